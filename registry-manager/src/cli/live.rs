@@ -1,0 +1,329 @@
+//! Commands that talk to a live manager over gRPC (`--manager ADDR`).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::admin_client::AdminClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use super::offline::{file_name, read_text};
+use super::render::{print_explained, Explained};
+
+/// Runs a live command on a small runtime of its own.
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    fut: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
+/// An operator action on a package.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Drain,
+    Withdraw,
+    Restore,
+}
+
+/// Connects to a manager's Admin service, with a bounded connect time so a dead address fails fast.
+pub async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let channel = Endpoint::from_shared(uri)
+        .with_context(|| format!("bad manager address {addr:?}; expected HOST:PORT"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| {
+            format!("cannot reach a registry manager at {addr}; is `registry-manager serve` running there? (set --manager ADDR)")
+        })?;
+    Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// Turns a gRPC status into a one-line error that keeps the manager's message.
+fn status_error(what: &str, addr: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} refused by the manager at {addr} ({:?}): {}",
+        status.code(),
+        status.message()
+    )
+}
+
+pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let yaml = read_text(path)?;
+    // Check locally first: the same validation the manager runs, with every error printed.
+    if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        anyhow::bail!(
+            "{} has {} error(s); nothing was applied",
+            file_name(path),
+            errors.0.len()
+        );
+    }
+    let mut client = connect(addr).await?;
+    let resp = client
+        .apply_topology(proto::TopologyRequest {
+            yaml,
+            file_name: file_name(path),
+        })
+        .await
+        .map_err(|s| status_error("topology apply", addr, s))?
+        .into_inner();
+    if json {
+        println!("{}", json!({ "revision": resp.revision }));
+    } else {
+        println!("applied {} at revision {}", file_name(path), resp.revision);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn diff(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let yaml = read_text(path)?;
+    if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        anyhow::bail!("{} has {} error(s)", file_name(path), errors.0.len());
+    }
+    let mut client = connect(addr).await?;
+    let d = client
+        .diff_topology(proto::TopologyRequest {
+            yaml,
+            file_name: file_name(path),
+        })
+        .await
+        .map_err(|s| status_error("topology diff", addr, s))?
+        .into_inner();
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    if json {
+        println!(
+            "{}",
+            json!({
+                "domains_added": d.domains_added,
+                "domains_removed": d.domains_removed,
+                "domains_moved": d.domains_moved.iter().map(|m| json!({
+                    "domain": m.domain, "from_parent": m.from_parent, "to_parent": m.to_parent,
+                })).collect::<Vec<_>>(),
+                "hosts_added": d.hosts_added,
+                "hosts_removed": d.hosts_removed,
+                "hosts_moved": d.hosts_moved.iter().map(|m| json!({
+                    "host": m.host, "from": m.from_domain, "to": m.to_domain,
+                })).collect::<Vec<_>>(),
+                "route_changes": d.route_changes.iter().map(|c| json!({
+                    "host": c.host, "type": c.r#type,
+                    "old": opt(&c.old_chosen), "new": opt(&c.new_chosen),
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!("domains added:   {}", list(&d.domains_added));
+    println!("domains removed: {}", list(&d.domains_removed));
+    for m in &d.domains_moved {
+        println!(
+            "domain moved:    {} from under {} to under {}",
+            m.domain, m.from_parent, m.to_parent
+        );
+    }
+    println!("hosts added:     {}", list(&d.hosts_added));
+    println!("hosts removed:   {}", list(&d.hosts_removed));
+    for m in &d.hosts_moved {
+        println!(
+            "host moved:      {} from {} to {}",
+            m.host, m.from_domain, m.to_domain
+        );
+    }
+    if d.route_changes.is_empty() {
+        println!("blast radius:    no host changes manager");
+    } else {
+        println!(
+            "blast radius:    {} (host, type) pairs change manager:",
+            d.route_changes.len()
+        );
+        for c in &d.route_changes {
+            println!(
+                "  {} {}: {} -> {}",
+                c.host,
+                c.r#type,
+                opt(&c.old_chosen).unwrap_or_else(|| "none".into()),
+                opt(&c.new_chosen).unwrap_or_else(|| "none".into()),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let resp = client
+        .show_topology(proto::ShowTopologyRequest {})
+        .await
+        .map_err(|s| status_error("topology show", addr, s))?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            json!({ "revision": resp.revision, "yaml": resp.yaml })
+        );
+    } else if resp.yaml.is_empty() {
+        println!("# no topology applied (revision {})", resp.revision);
+    } else {
+        println!("# revision {}", resp.revision);
+        print!("{}", resp.yaml);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn explain(
+    addr: &str,
+    host: &str,
+    package_type: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let resp = client
+        .explain_route(proto::ExplainRouteRequest {
+            host: host.to_string(),
+            r#type: package_type.to_string(),
+        })
+        .await
+        .map_err(|s| status_error("route explain", addr, s))?
+        .into_inner();
+    print_explained(&Explained::from_wire(&resp), json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let resp = client
+        .export_registry(proto::ExportRegistryRequest {})
+        .await
+        .map_err(|s| status_error("registry export", addr, s))?
+        .into_inner();
+    if json {
+        println!("{}", resp.snapshot_json);
+    } else {
+        let snapshot = topology::RegistrySnapshot::parse("<manager>", &resp.snapshot_json)
+            .map_err(|e| anyhow::anyhow!("the manager sent an unreadable snapshot: {e}"))?;
+        print!("{}", snapshot.to_yaml());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let resp = client
+        .list_hosts(proto::ListHostsRequest {})
+        .await
+        .map_err(|s| status_error("host listing", addr, s))?
+        .into_inner();
+    if json {
+        let hosts: Vec<_> = resp
+            .hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "host": h.host, "domain": h.domain, "alive": h.alive,
+                    "session": (!h.session_id.is_empty()).then(|| h.session_id.clone()),
+                    "last_heartbeat_ms": h.last_heartbeat_ms,
+                    "packages": h.packages.iter().map(|p| json!({
+                        "type": p.r#type, "endpoint": p.endpoint, "status": status_name(p.status),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "revision": resp.revision, "hosts": hosts })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("revision {}", resp.revision);
+    for h in &resp.hosts {
+        let pkgs: Vec<String> = h
+            .packages
+            .iter()
+            .map(|p| format!("{}={}", p.r#type, status_name(p.status)))
+            .collect();
+        println!(
+            "{:<24} {:<20} {:<6} {:<10} {}",
+            h.host,
+            h.domain,
+            if h.alive { "alive" } else { "down" },
+            if h.session_id.is_empty() {
+                "no-session".to_string()
+            } else {
+                format!("{}ms", h.last_heartbeat_ms)
+            },
+            pkgs.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_name(status: i32) -> &'static str {
+    match proto::PackageStatus::try_from(status) {
+        Ok(proto::PackageStatus::Starting) => "starting",
+        Ok(proto::PackageStatus::Running) => "running",
+        Ok(proto::PackageStatus::Failing) => "failing",
+        Ok(proto::PackageStatus::Stopped) => "stopped",
+        Ok(proto::PackageStatus::Draining) => "draining",
+        Ok(proto::PackageStatus::Withdrawn) => "withdrawn",
+        _ => "unknown",
+    }
+}
+
+pub async fn package(
+    addr: &str,
+    action: Action,
+    host: &str,
+    package_type: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (wire, verb) = match action {
+        Action::Drain => (proto::PackageAction::Drain, "drained"),
+        Action::Withdraw => (proto::PackageAction::Withdraw, "withdrawn"),
+        Action::Restore => (proto::PackageAction::Restore, "restored"),
+    };
+    let mut client = connect(addr).await?;
+    let resp = client
+        .package_action(proto::PackageActionRequest {
+            host: host.to_string(),
+            r#type: package_type.to_string(),
+            action: wire as i32,
+        })
+        .await
+        .map_err(|s| status_error("package action", addr, s))?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            json!({ "host": host, "type": package_type, "action": verb, "revision": resp.revision })
+        );
+    } else {
+        println!(
+            "{package_type} on {host} {verb} at revision {}",
+            resp.revision
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

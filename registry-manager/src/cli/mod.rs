@@ -1,0 +1,214 @@
+//! The `registry-manager` command line: subcommands, flags and dispatch.
+//!
+//! - `serve.rs`: the daemon (`serve`), its config file and flags.
+//! - `offline.rs`: commands that need no manager (`topology check|schema`, `route explain` with files).
+//! - `live.rs`: commands that talk to a live manager over gRPC (`--manager ADDR`).
+//! - `render.rs`: the JSON and text forms of answers, shared by offline and live commands.
+
+mod live;
+mod offline;
+mod render;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default address of a live manager's gRPC API.
+pub const DEFAULT_MANAGER: &str = "127.0.0.1:7400";
+
+/// The registry manager of fleet-registry: keeps the fleet's registry and pushes it to every agent.
+#[derive(Debug, Parser)]
+#[command(name = "registry-manager", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a registry manager (single node by default: data in ./registry-data, gRPC on 127.0.0.1:7400).
+    Serve(serve::ServeArgs),
+    /// Validate, apply, compare, show the topology, or print its JSON Schema.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Explain which manager a host routes to, and why.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Read the live registry.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Operator actions on a package: drain (maintenance), withdraw, restore.
+    #[command(subcommand)]
+    Package(PackageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Validate a topology file offline: a one-line summary, or every error as FILE:LINE:COL: message.
+    Check {
+        /// The topology file (YAML, version 1).
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Apply a topology file to a live manager, atomically; prints the new revision.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show what applying a topology file would change, and which hosts would move to another manager.
+    Diff {
+        file: PathBuf,
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print the topology the live manager has applied.
+    Show {
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print the JSON Schema of the topology file (for editors).
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// The route of HOST to the managers of TYPE: offline with --topology and --registry, else from the live manager.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// The requesting host.
+    #[arg(long)]
+    host: String,
+    /// The manager type, e.g. command-control-manager.
+    #[arg(long = "type")]
+    package_type: String,
+    /// Topology file, for an offline answer (needs --registry too).
+    #[arg(long, requires = "registry")]
+    topology: Option<PathBuf>,
+    /// Registry snapshot file (YAML or JSON, as `registry export` writes), for an offline answer.
+    #[arg(long, requires = "topology")]
+    registry: Option<PathBuf>,
+    #[command(flatten)]
+    manager: ManagerAddr,
+    #[command(flatten)]
+    out: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistryCommand {
+    /// The live registry as a snapshot (YAML; JSON with --json).
+    Export {
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Every host the live registry knows, with its session.
+    Hosts {
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PackageCommand {
+    /// Put a package into maintenance: it takes no new requests until `restore`.
+    Drain(PackageArgs),
+    /// Withdraw a package from routing until `restore`.
+    Withdraw(PackageArgs),
+    /// Clear drain/withdraw: the agent's latest report counts again.
+    Restore(PackageArgs),
+}
+
+#[derive(Debug, Args)]
+struct PackageArgs {
+    #[arg(long)]
+    host: String,
+    #[arg(long = "type")]
+    package_type: String,
+    #[command(flatten)]
+    manager: ManagerAddr,
+    #[command(flatten)]
+    out: Output,
+}
+
+#[derive(Debug, Args)]
+struct ManagerAddr {
+    /// Address of a live registry manager.
+    #[arg(long = "manager", value_name = "ADDR", default_value = DEFAULT_MANAGER)]
+    addr: String,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+struct Output {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs one command; the exit code on success, an error (printed on one line) otherwise.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Topology(TopologyCommand::Check { file, out }) => offline::check(&file, out.json),
+        Command::Topology(TopologyCommand::Schema) => offline::schema(),
+        Command::Topology(TopologyCommand::Apply { file, manager, out }) => {
+            live::block_on(live::apply(&manager.addr, &file, out.json))
+        }
+        Command::Topology(TopologyCommand::Diff { file, manager, out }) => {
+            live::block_on(live::diff(&manager.addr, &file, out.json))
+        }
+        Command::Topology(TopologyCommand::Show { manager, out }) => {
+            live::block_on(live::show(&manager.addr, out.json))
+        }
+        Command::Route(RouteCommand::Explain(args)) => match (&args.topology, &args.registry) {
+            (Some(topology), Some(registry)) => offline::explain(
+                topology,
+                registry,
+                &args.host,
+                &args.package_type,
+                args.out.json,
+            ),
+            _ => live::block_on(live::explain(
+                &args.manager.addr,
+                &args.host,
+                &args.package_type,
+                args.out.json,
+            )),
+        },
+        Command::Registry(RegistryCommand::Export { manager, out }) => {
+            live::block_on(live::export(&manager.addr, out.json))
+        }
+        Command::Registry(RegistryCommand::Hosts { manager, out }) => {
+            live::block_on(live::hosts(&manager.addr, out.json))
+        }
+        Command::Package(cmd) => {
+            let (action, args) = match cmd {
+                PackageCommand::Drain(a) => (live::Action::Drain, a),
+                PackageCommand::Withdraw(a) => (live::Action::Withdraw, a),
+                PackageCommand::Restore(a) => (live::Action::Restore, a),
+            };
+            live::block_on(live::package(
+                &args.manager.addr,
+                action,
+                &args.host,
+                &args.package_type,
+                args.out.json,
+            ))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Commands that work without a manager: `topology check`, `topology schema`, and
+//! `route explain --topology F --registry F`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use topology::{RegistrySnapshot, Topology};
+
+use super::render;
+
+/// Reads a file as UTF-8 text, naming the file when it cannot.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The name a file is quoted by in error messages: the path as given.
+pub fn file_name(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `topology check FILE`: a one-line summary, or every error as `FILE:LINE:COL: message`.
+pub fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let text = read_text(path)?;
+    match Topology::from_yaml(&file_name(path), &text) {
+        Ok(topology) => {
+            let s = topology.summary();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file_name(path), "valid": true,
+                        "domains": s.domains, "hosts": s.hosts, "depth": s.depth,
+                    })
+                );
+            } else {
+                println!(
+                    "{}: ok: {} domains, {} hosts, depth {}",
+                    file_name(path),
+                    s.domains,
+                    s.hosts,
+                    s.depth
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            if json {
+                let list: Vec<_> = errors
+                    .0
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "file": e.file, "line": e.line, "column": e.column, "message": e.message,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": file_name(path), "valid": false, "errors": list })
+                );
+            } else {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `topology schema`: the JSON Schema of the topology file.
+pub fn schema() -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&topology::json_schema())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `route explain` from a topology file and a registry snapshot file.
+pub fn explain(
+    topology_path: &Path,
+    registry_path: &Path,
+    host: &str,
+    package_type: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let topology = Topology::from_yaml(&file_name(topology_path), &read_text(topology_path)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot =
+        RegistrySnapshot::parse(&file_name(registry_path), &read_text(registry_path)?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let explanation = topology::explain(&topology, &snapshot, host, package_type, &|_| false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let answer = render::Explained::from_topology(&explanation, Some(snapshot.revision.0), None);
+    render::print_explained(&answer, json);
+    Ok(ExitCode::SUCCESS)
+}

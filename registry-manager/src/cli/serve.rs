@@ -1,0 +1,148 @@
+//! `registry-manager serve`: flags, the config file, and the daemon's lifetime (SIGINT/SIGTERM).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `serve`; each wins over the same key of the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (YAML) with the keys listen, data_dir, topology, session_ttl.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC address to listen on [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Where the registry is stored (sled) [default: ./registry-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Topology file applied at start; the manager refuses to start if it is invalid.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// A host whose agent does not renew its session within this long is marked not alive [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    session_ttl: Option<Duration>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    topology::parse_duration(s)
+}
+
+/// The config file of `serve`. Relative paths are taken from the current directory, like flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    topology: Option<PathBuf>,
+    session_ttl: Option<String>,
+}
+
+fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: ServeFile = serde_saphyr::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl",
+            path.display(),
+            e.to_string().replace('\n', " ")
+        )
+    })?;
+    Ok(file)
+}
+
+/// Resolves flags over the config file over the defaults.
+fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => ServeFile::default(),
+    };
+    let defaults = registry_manager::ServeConfig::default();
+    let file_ttl = match &file.session_ttl {
+        Some(s) => Some(topology::parse_duration(s).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: session_ttl {s:?}: {e}",
+                args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        })?),
+        None => None,
+    };
+    let session_ttl = args.session_ttl.or(file_ttl).unwrap_or(defaults.session_ttl);
+    if session_ttl < Duration::from_millis(30) {
+        anyhow::bail!(
+            "session_ttl {session_ttl:?} is too short: heartbeats are sent every third of it; use 30ms or more"
+        );
+    }
+    let topology = match args.topology.or(file.topology) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read topology file {}", path.display()))?;
+            // Validate here so every error is printed, one per line, before refusing to start.
+            if let Err(errors) = topology::Topology::from_yaml(&path.display().to_string(), &text)
+            {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                anyhow::bail!(
+                    "{} has {} error(s); the manager did not start",
+                    path.display(),
+                    errors.0.len()
+                );
+            }
+            Some((path.display().to_string(), text))
+        }
+        None => None,
+    };
+    Ok(registry_manager::ServeConfig {
+        listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+        topology,
+        session_ttl,
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(registry_manager::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
