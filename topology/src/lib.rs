@@ -1,1 +1,40 @@
-pub fn placeholder() {}
+//! `topology`: the domain tree, its YAML form, validation and the routing rule of
+//! fleet-registry. Pure: no I/O, no async.
+//!
+//! Module map:
+//! - [`names`]: SPEC §2 names (`HostName`, `DomainName`, `PackageType`) and `Revision`.
+//! - [`policy`]: the `routing:` section and the duration syntax.
+//! - [`topology`]: the validated tree ([`Topology`]) and [`TopologyBuilder`].
+//! - `parse` / `file_format`: the YAML file, version 1 (SPEC §3), located errors ([`error`]).
+//! - [`snapshot`]: the registry snapshot (SPEC §4).
+//! - [`route`]: the routing rule (SPEC §5) and `explain`.
+//! - [`route_table`]: every route of a revision, precomputed.
+//! - [`diff`]: tree changes and who moves.
+//! - [`schema`]: the JSON Schema of the file.
+//! - [`gen`]: deterministic generated fleets for benchmarks and tests.
+
+pub mod diff;
+pub mod error;
+pub mod file_format;
+pub mod gen;
+pub mod names;
+mod parse;
+pub mod policy;
+pub mod route;
+pub mod route_table;
+pub mod schema;
+pub mod snapshot;
+pub mod topology;
+mod yaml;
+
+pub use diff::{diff, RouteChange, TopologyDiff};
+pub use error::{TopologyError, TopologyErrors};
+pub use names::{DomainName, HostName, NameError, NameKind, PackageType, Revision};
+pub use policy::{parse_duration, RevertAfter, RoutingPolicy};
+pub use route::{explain, rendezvous_score, Candidate, Explanation, RouteError, Tier};
+pub use route_table::RouteTable;
+pub use schema::json_schema;
+pub use snapshot::{HostState, PackageState, PackageStatus, RegistrySnapshot, SnapshotError};
+pub use topology::{
+    Domain, DomainId, Host, Summary, Topology, TopologyBuilder, MAX_DEPTH, MAX_FILE_BYTES,
+};

@@ -1,0 +1,1 @@
+//! Deterministic generated fleets (work in progress).

@@ -1,0 +1,212 @@
+//! The registry snapshot of SPEC §4: which host is alive and which packages run where, at
+//! one revision. YAML or JSON with the same shape; the format is detected by content.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{HostName, PackageType, Revision};
+
+/// Largest snapshot accepted, in bytes.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+
+/// The status of one package on one host (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageStatus {
+    /// Deployed, not yet passing its local check.
+    Starting,
+    /// Passing its local check: the only status that can be routed to.
+    Running,
+    /// Its local check is failing.
+    Failing,
+    /// Stopped on its host.
+    Stopped,
+    /// Maintenance: takes no new requests (operator action).
+    Draining,
+    /// Removed by an operator.
+    Withdrawn,
+}
+
+impl PackageStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [PackageStatus; 6] = [
+        PackageStatus::Starting,
+        PackageStatus::Running,
+        PackageStatus::Failing,
+        PackageStatus::Stopped,
+        PackageStatus::Draining,
+        PackageStatus::Withdrawn,
+    ];
+
+    /// The lowercase name used in files and answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageStatus::Starting => "starting",
+            PackageStatus::Running => "running",
+            PackageStatus::Failing => "failing",
+            PackageStatus::Stopped => "stopped",
+            PackageStatus::Draining => "draining",
+            PackageStatus::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+impl fmt::Display for PackageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PackageStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PackageStatus::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown package status {s:?}; use one of starting, running, failing, stopped, draining, withdrawn"
+            )
+        })
+    }
+}
+
+/// One package deployed on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageState {
+    /// Where clients reach it (`host:port`).
+    pub endpoint: String,
+    /// Its current status.
+    pub status: PackageStatus,
+}
+
+fn default_alive() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// What the registry knows about one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostState {
+    /// False once the host's agent stopped renewing its session. Default true.
+    #[serde(default = "default_alive", skip_serializing_if = "is_true")]
+    pub alive: bool,
+    /// Packages by type; a host runs at most one package of a type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub packages: BTreeMap<PackageType, PackageState>,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        HostState { alive: true, packages: BTreeMap::new() }
+    }
+}
+
+/// The registry at one revision, beyond the topology.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySnapshot {
+    /// The registry revision this snapshot was taken at.
+    #[serde(default)]
+    pub revision: Revision,
+    /// Hosts by name. Hosts missing here are alive with no packages.
+    #[serde(default)]
+    pub hosts: BTreeMap<HostName, HostState>,
+}
+
+/// A snapshot file that could not be read: `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct SnapshotError {
+    /// The file name as given by the caller.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RegistrySnapshot {
+    /// Parses a snapshot: JSON when the first non-blank character is `{`, YAML otherwise.
+    pub fn parse(file_name: &str, text: &str) -> Result<Self, SnapshotError> {
+        let err = |line: usize, column: usize, message: String| SnapshotError {
+            file: file_name.to_owned(),
+            line,
+            column,
+            message,
+        };
+        if text.len() > MAX_SNAPSHOT_BYTES {
+            return Err(err(
+                1,
+                1,
+                format!("snapshot is {} bytes, over the limit of {MAX_SNAPSHOT_BYTES}", text.len()),
+            ));
+        }
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Err(err(1, 1, "snapshot is empty; expected a map with `revision` and `hosts`".into()));
+        }
+        if trimmed.starts_with('{') {
+            // serde_json has its own recursion limit (128), so deep input cannot overflow.
+            serde_json::from_str(text).map_err(|e| {
+                let msg = e.to_string();
+                let msg = match msg.rfind(" at line ") {
+                    Some(i) => msg[..i].to_owned(),
+                    None => msg,
+                };
+                err(e.line(), e.column(), msg)
+            })
+        } else {
+            let opts = crate::yaml::options(crate::yaml::Policy::Snapshot);
+            serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
+                let (line, column, message) = crate::yaml::describe(&e);
+                err(line, column, message)
+            })
+        }
+    }
+
+    /// YAML in the shape of SPEC §4.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).expect("a snapshot always serializes")
+    }
+
+    /// JSON in the shape of SPEC §4.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a snapshot always serializes")
+    }
+
+    /// The state of a host, if the snapshot names it.
+    pub fn host(&self, name: &str) -> Option<&HostState> {
+        self.hosts.get(name)
+    }
+
+    /// Sets (or adds) one package's state; a convenience for tests and generators.
+    pub fn set_package(&mut self, host: HostName, package_type: PackageType, endpoint: impl Into<String>, status: PackageStatus) {
+        self.hosts
+            .entry(host)
+            .or_default()
+            .packages
+            .insert(package_type, PackageState { endpoint: endpoint.into(), status });
+    }
+
+    /// Sets a host's liveness (adding the host when missing).
+    pub fn set_alive(&mut self, host: HostName, alive: bool) {
+        self.hosts.entry(host).or_default().alive = alive;
+    }
+
+    /// Every package type any host runs, sorted.
+    pub fn package_types(&self) -> Vec<PackageType> {
+        let mut v: Vec<PackageType> =
+            self.hosts.values().flat_map(|h| h.packages.keys().cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
