@@ -1,1 +1,17 @@
-//! placeholder
+//! End-to-end harness: runs the real `registry-manager` and `registry-agent` binaries as a small
+//! fleet on loopback, with stand-in manager packages, and breaks it the ways real fleets break.
+//!
+//! - [`fleet`]: the [`Fleet`] builder and the processes it owns (every one reaped on drop).
+//! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
+//! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
+//! - [`wait`]: waiting on conditions with deadlines.
+
+pub mod fleet;
+pub mod relay;
+pub mod standin;
+pub mod wait;
+
+pub use fleet::{Fleet, FleetBuilder};
+pub use relay::Relay;
+pub use standin::StandIn;
+pub use wait::wait_until;

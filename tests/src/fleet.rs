@@ -1,0 +1,726 @@
+//! A small fleet of real processes on loopback: one `registry-manager`, some `registry-agent`s,
+//! and stand-in manager packages (`fleet-standin` processes), each on its own ports, every one
+//! killed and reaped when the [`Fleet`] is dropped. Logs live in a temporary directory that is
+//! kept (and its path printed) when a test fails.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::relay::Relay;
+use crate::wait::wait_until;
+
+/// Where the workspace's binaries are: next to the running test or benchmark executable.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One child process the fleet owns, with its command line kept for restarts.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn new(name: &str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Proc {
+        Proc {
+            name: name.to_string(),
+            program,
+            args,
+            log,
+            child: None,
+        }
+    }
+
+    /// Starts (or starts again) the process, appending to its log.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY-free: libc::kill on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// SIGKILL and reap: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.signal_pid(child.id(), libc::SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal_pid(&self, pid: u32, sig: i32) {
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+
+    /// SIGSTOP: the process hangs silently; its sockets stay open.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL; reaps either way.
+    pub fn terminate(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            self.signal_pid(child.id(), libc::SIGCONT);
+            self.signal_pid(child.id(), libc::SIGTERM);
+            let deadline = std::time::Instant::now() + grace;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Whether it exited by itself (for diagnostics).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The tail of its log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        let mut out = format!("--- {} ({}) ---\n", self.name, self.log.display());
+        for l in &all[start..] {
+            let _ = writeln!(out, "{l}");
+        }
+        out
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Builder of a [`Fleet`]: `Fleet::from_topology(yaml).manager().agent("agent-4")...start()`.
+#[derive(Debug, Clone)]
+pub struct FleetBuilder {
+    topology: String,
+    manager: bool,
+    agents: Vec<String>,
+    packages: Vec<(String, String)>,
+    forwards: Vec<String>,
+    session_ttl: String,
+    health: String,
+    check: String,
+    relays: bool,
+}
+
+impl FleetBuilder {
+    /// Adds the registry manager (started first).
+    pub fn manager(mut self) -> Self {
+        self.manager = true;
+        self
+    }
+
+    /// Adds an agent for `host`.
+    pub fn agent(mut self, host: &str) -> Self {
+        self.agents.push(host.to_string());
+        self
+    }
+
+    /// Adds agents for every host of the topology.
+    pub fn every_agent(mut self) -> anyhow::Result<Self> {
+        let t = topology::Topology::from_yaml("fleet", &self.topology)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for h in t.hosts() {
+            if !self.agents.iter().any(|a| a == h.name.as_str()) {
+                self.agents.push(h.name.to_string());
+            }
+        }
+        Ok(self)
+    }
+
+    /// Runs a stand-in package of `package_type` on `host` (its agent checks and registers it).
+    pub fn package(mut self, host: &str, package_type: &str) -> Self {
+        self.packages
+            .push((host.to_string(), package_type.to_string()));
+        self
+    }
+
+    /// Every agent gets a forwarding port for `package_type`.
+    pub fn forward(mut self, package_type: &str) -> Self {
+        self.forwards.push(package_type.to_string());
+        self
+    }
+
+    /// The manager's `--session-ttl` (default `1s`).
+    pub fn session_ttl(mut self, ttl: &str) -> Self {
+        self.session_ttl = ttl.to_string();
+        self
+    }
+
+    /// The agents' `health` block, as YAML flow mapping.
+    pub fn health(mut self, health: &str) -> Self {
+        self.health = health.to_string();
+        self
+    }
+
+    /// Agents reach the manager through a cuttable [`Relay`] each.
+    pub fn relays(mut self) -> Self {
+        self.relays = true;
+        self
+    }
+
+    /// Starts every process and waits until each agent answers on its local API.
+    pub async fn start(self) -> anyhow::Result<Fleet> {
+        let dir = tempfile::Builder::new().prefix("fleet-").tempdir()?;
+        let topology_path = dir.path().join("topology.yaml");
+        std::fs::write(&topology_path, &self.topology)?;
+        let mut fleet = Fleet {
+            manager_addr: loopback(free_port()?),
+            manager: None,
+            agents: BTreeMap::new(),
+            standins: BTreeMap::new(),
+            topology_path,
+            dir: Some(dir),
+            spec: self.clone(),
+        };
+        if self.manager {
+            let m = fleet.manager_proc()?;
+            fleet.manager = Some(m);
+            fleet.start_manager().await?;
+        }
+        for (host, ty) in &self.packages {
+            fleet.start_standin(host, ty).await?;
+        }
+        for host in &self.agents {
+            fleet.add_agent(host).await?;
+        }
+        for host in &self.agents {
+            fleet.wait_agent_ready(host).await?;
+        }
+        Ok(fleet)
+    }
+}
+
+/// One agent of the fleet.
+#[derive(Debug)]
+pub struct AgentHandle {
+    pub proc: Proc,
+    /// Its local API.
+    pub api: SocketAddr,
+    /// Its forwarding port per type.
+    pub forwards: BTreeMap<String, SocketAddr>,
+    /// The relay between it and the manager, when the fleet was built with relays.
+    pub relay: Option<Relay>,
+    client: Option<AgentClient<Channel>>,
+}
+
+/// A running fleet. Dropping it kills and reaps every process.
+#[derive(Debug)]
+pub struct Fleet {
+    manager_addr: SocketAddr,
+    manager: Option<Proc>,
+    agents: BTreeMap<String, AgentHandle>,
+    standins: BTreeMap<(String, String), (Proc, SocketAddr)>,
+    topology_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    spec: FleetBuilder,
+}
+
+impl Fleet {
+    /// Starts building a fleet on a topology (YAML text).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn from_topology(yaml: &str) -> FleetBuilder {
+        FleetBuilder {
+            topology: yaml.to_string(),
+            manager: false,
+            agents: Vec::new(),
+            packages: Vec::new(),
+            forwards: Vec::new(),
+            session_ttl: "1s".into(),
+            health: "{ interval: 200ms, timeout: 200ms, fall: 2, rise: 2 }".into(),
+            check: "{ interval: 100ms, fall: 2, rise: 2 }".into(),
+            relays: false,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("fleet dir").path()
+    }
+
+    /// The manager's gRPC address.
+    pub fn manager_addr(&self) -> SocketAddr {
+        self.manager_addr
+    }
+
+    fn manager_proc(&self) -> anyhow::Result<Proc> {
+        let args = vec![
+            "serve".into(),
+            "--listen".into(),
+            self.manager_addr.to_string(),
+            "--data-dir".into(),
+            self.dir().join("manager-data").display().to_string(),
+            "--topology".into(),
+            self.topology_path.display().to_string(),
+            "--session-ttl".into(),
+            self.spec.session_ttl.clone(),
+        ];
+        Ok(Proc::new(
+            "registry-manager",
+            bin_path("registry-manager")?,
+            args,
+            self.dir().join("manager.log"),
+        ))
+    }
+
+    /// Starts (or restarts) the manager and waits until it answers.
+    pub async fn start_manager(&mut self) -> anyhow::Result<()> {
+        let addr = self.manager_addr;
+        let m = self.manager.as_mut().context("fleet has no manager")?;
+        m.spawn()?;
+        let r = wait_until(
+            "the registry manager to answer",
+            Duration::from_secs(20),
+            || async {
+                let uri = format!("http://{addr}");
+                let ch = Endpoint::from_shared(uri)
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                proto::admin_client::AdminClient::new(ch)
+                    .show_topology(proto::ShowTopologyRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            anyhow::bail!("{e}\n{}", self.logs());
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the manager.
+    pub fn kill_manager(&mut self) {
+        if let Some(m) = self.manager.as_mut() {
+            m.kill();
+        }
+    }
+
+    /// The manager process.
+    pub fn manager(&mut self) -> Option<&mut Proc> {
+        self.manager.as_mut()
+    }
+
+    async fn start_standin(&mut self, host: &str, ty: &str) -> anyhow::Result<()> {
+        let addr = loopback(free_port()?);
+        let mut p = Proc::new(
+            &format!("standin {host}/{ty}"),
+            bin_path("fleet-standin")?,
+            vec![
+                "--host".into(),
+                host.to_string(),
+                "--listen".into(),
+                addr.to_string(),
+            ],
+            self.dir().join(format!("standin-{host}-{ty}.log")),
+        );
+        p.spawn()?;
+        wait_until(
+            "a stand-in package to listen",
+            Duration::from_secs(10),
+            || async {
+                crate::standin::greeting(addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        self.standins
+            .insert((host.to_string(), ty.to_string()), (p, addr));
+        Ok(())
+    }
+
+    /// The stand-in package of `package_type` on `host`.
+    pub fn package(&mut self, host: &str, package_type: &str) -> anyhow::Result<&mut Proc> {
+        self.standins
+            .get_mut(&(host.to_string(), package_type.to_string()))
+            .map(|(p, _)| p)
+            .with_context(|| format!("no stand-in {package_type} on {host}"))
+    }
+
+    /// Restarts a killed stand-in package on its port and waits until it answers.
+    pub async fn restart_package(&mut self, host: &str, package_type: &str) -> anyhow::Result<()> {
+        let key = (host.to_string(), package_type.to_string());
+        let (p, addr) = self
+            .standins
+            .get_mut(&key)
+            .with_context(|| format!("no stand-in {package_type} on {host}"))?;
+        let addr = *addr;
+        p.spawn()?;
+        wait_until(
+            "a restarted stand-in to listen",
+            Duration::from_secs(10),
+            || async {
+                crate::standin::greeting(addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await
+    }
+
+    fn agent_config(
+        &self,
+        host: &str,
+        api: SocketAddr,
+        forwards: &BTreeMap<String, SocketAddr>,
+        manager: SocketAddr,
+    ) -> String {
+        let mut y = String::new();
+        let _ = writeln!(y, "host: {host}");
+        let _ = writeln!(y, "managers: [\"{manager}\"]");
+        let _ = writeln!(
+            y,
+            "data_dir: {}",
+            self.dir().join(format!("agent-{host}")).display()
+        );
+        let _ = writeln!(y, "listen: {api}");
+        let _ = writeln!(y, "health: {}", self.spec.health);
+        let pkgs: Vec<_> = self
+            .standins
+            .iter()
+            .filter(|((h, _), _)| h == host)
+            .collect();
+        if !pkgs.is_empty() {
+            let _ = writeln!(y, "packages:");
+            for ((_, ty), (_, addr)) in pkgs {
+                let _ = writeln!(y, "  - type: {ty}");
+                let _ = writeln!(y, "    endpoint: {addr}");
+                let check = self
+                    .spec
+                    .check
+                    .trim_start_matches('{')
+                    .trim_end_matches('}');
+                let _ = writeln!(y, "    check: {{ tcp: \"{addr}\", {check} }}");
+            }
+        }
+        if !forwards.is_empty() {
+            let _ = writeln!(y, "forward:");
+            for (ty, addr) in forwards {
+                let _ = writeln!(y, "  - type: {ty}");
+                let _ = writeln!(y, "    listen: {addr}");
+            }
+        }
+        y
+    }
+
+    async fn add_agent(&mut self, host: &str) -> anyhow::Result<()> {
+        let api = loopback(free_port()?);
+        let mut forwards = BTreeMap::new();
+        for ty in &self.spec.forwards {
+            forwards.insert(ty.clone(), loopback(free_port()?));
+        }
+        let relay = if self.spec.relays {
+            Some(Relay::start(self.manager_addr).await?)
+        } else {
+            None
+        };
+        let manager = relay.as_ref().map(Relay::addr).unwrap_or(self.manager_addr);
+        let config = self.agent_config(host, api, &forwards, manager);
+        let config_path = self.dir().join(format!("agent-{host}.yaml"));
+        std::fs::write(&config_path, config)?;
+        let mut proc = Proc::new(
+            &format!("agent {host}"),
+            bin_path("registry-agent")?,
+            vec![
+                "run".into(),
+                "--config".into(),
+                config_path.display().to_string(),
+            ],
+            self.dir().join(format!("agent-{host}.log")),
+        );
+        proc.spawn()?;
+        self.agents.insert(
+            host.to_string(),
+            AgentHandle {
+                proc,
+                api,
+                forwards,
+                relay,
+                client: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn wait_agent_ready(&mut self, host: &str) -> anyhow::Result<()> {
+        let api = self.agent(host)?.api;
+        let r = wait_until(
+            &format!("agent {host} to answer"),
+            Duration::from_secs(20),
+            || async {
+                let ch = connect(api).await.map_err(|e| e.to_string())?;
+                AgentClient::new(ch)
+                    .routes(proto::RoutesRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            anyhow::bail!("{e}\n{}", self.logs());
+        }
+        Ok(())
+    }
+
+    /// The agent of `host`.
+    pub fn agent(&mut self, host: &str) -> anyhow::Result<&mut AgentHandle> {
+        self.agents
+            .get_mut(host)
+            .with_context(|| format!("no agent for {host} in this fleet"))
+    }
+
+    /// Restarts a killed or stopped agent with the same config and waits until it answers.
+    pub async fn restart_agent(&mut self, host: &str) -> anyhow::Result<()> {
+        let a = self.agent(host)?;
+        a.client = None;
+        a.proc.spawn()?;
+        self.wait_agent_ready(host).await
+    }
+
+    /// Asks the agent of `host` how it routes `package_type` now.
+    pub async fn resolve(
+        &mut self,
+        host: &str,
+        package_type: &str,
+    ) -> anyhow::Result<proto::RouteExplanation> {
+        let a = self.agent(host)?;
+        if a.client.is_none() {
+            a.client = Some(AgentClient::new(connect(a.api).await?));
+        }
+        let client = a.client.as_mut().expect("client set above");
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.resolve(proto::ResolveRequest {
+                r#type: package_type.to_string(),
+                brief: false,
+            }),
+        )
+        .await
+        .context("resolve timed out")??;
+        Ok(r.into_inner())
+    }
+
+    /// The manager `host`'s agent has chosen for `package_type` now.
+    pub async fn chosen(
+        &mut self,
+        host: &str,
+        package_type: &str,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(self.resolve(host, package_type).await?.chosen)
+    }
+
+    /// Waits until the agent of `host` chooses `expected` for `package_type`; returns how long it took.
+    pub async fn wait_chosen(
+        &mut self,
+        host: &str,
+        package_type: &str,
+        expected: Option<&str>,
+        deadline: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let seen = self.resolve(host, package_type).await;
+            match &seen {
+                Ok(r) if r.chosen.as_deref() == expected => return Ok(start.elapsed()),
+                _ => {}
+            }
+            if start.elapsed() >= deadline {
+                let seen = match seen {
+                    Ok(r) => format!(
+                        "chosen {:?}, route {:?}, revision {}, stale {}",
+                        r.chosen, r.route, r.revision, r.stale
+                    ),
+                    Err(e) => format!("error: {e}"),
+                };
+                anyhow::bail!(
+                    "agent {host} did not choose {expected:?} for {package_type} within {deadline:?}; last seen: {seen}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Connects through the forwarding port of `host` for `package_type` and returns the host
+    /// name the manager at the other end greets with.
+    pub async fn through_forward(
+        &mut self,
+        host: &str,
+        package_type: &str,
+    ) -> anyhow::Result<String> {
+        let addr = *self
+            .agent(host)?
+            .forwards
+            .get(package_type)
+            .with_context(|| format!("agent {host} has no forward for {package_type}"))?;
+        crate::standin::greeting(addr).await
+    }
+
+    /// Runs the real `registry-manager` command line against this fleet's manager.
+    pub fn manager_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        full.push("--manager".into());
+        full.push(self.manager_addr.to_string());
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(out)
+    }
+
+    /// Runs an operator command and fails with its stderr if it fails.
+    pub fn operator(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.manager_cli(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`registry-manager {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Writes `yaml` to a file and applies it with `registry-manager topology apply`.
+    pub fn apply_topology(&mut self, yaml: &str) -> anyhow::Result<String> {
+        std::fs::write(&self.topology_path, yaml)?;
+        self.spec.topology = yaml.to_string();
+        let path = self.topology_path.display().to_string();
+        self.operator(&["topology", "apply", &path])
+    }
+
+    /// The last lines of every process's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Some(m) = &self.manager {
+            out.push_str(&m.log_tail(30));
+        }
+        for a in self.agents.values() {
+            out.push_str(&a.proc.log_tail(15));
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            a.proc.kill();
+        }
+        if let Some(m) = self.manager.as_mut() {
+            m.kill();
+        }
+        for (p, _) in self.standins.values_mut() {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("fleet logs kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+/// A channel to a local agent API, with a bounded connect time.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}

@@ -1,0 +1,264 @@
+//! Faults on real processes: manager restart, agent started with no manager, a flapping package,
+//! a silent (SIGSTOP) host, a partition between an agent and the registry, a crashed manager
+//! behind a forwarding port.
+
+use std::time::Duration;
+
+use tests::Fleet;
+
+const CCM: &str = "command-control-manager";
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn topology(revert_after: &str) -> String {
+    format!(
+        "version: 1
+routing:
+  revert_after: {revert_after}
+domain: framework
+hosts: [fm]
+subdomains:
+  - domain: subdomain-1
+    hosts: [agent-1, agent-2]
+    subdomains:
+      - domain: subdomain-1a
+        hosts: [agent-3, agent-4]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_restart_midway_agents_keep_routing_and_lose_no_change() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    let before = fleet.resolve("agent-4", CCM).await?.revision;
+
+    fleet.kill_manager();
+    // From their copies, agents keep routing while no manager is reachable.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let r = fleet.resolve("agent-4", CCM).await?;
+        assert_eq!(
+            r.chosen.as_deref(),
+            Some("agent-3"),
+            "routing kept from the copy"
+        );
+        if r.stale {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent-4 never noticed the manager was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fleet.start_manager().await?;
+    // A change made after the restart reaches the agents: nothing is lost, numbering continues.
+    fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    let after = fleet.resolve("agent-4", CCM).await?;
+    assert!(!after.stale, "agent-4 resumed a live session");
+    assert!(
+        after.revision > before,
+        "revision numbering continues after restart ({before} -> {})",
+        after.revision
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_with_no_manager_answers_from_its_persisted_copy() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    fleet.kill_manager();
+    fleet.agent("agent-4")?.proc.kill();
+    fleet.restart_agent("agent-4").await?;
+    let r = fleet.resolve("agent-4", CCM).await?;
+    assert_eq!(r.chosen.as_deref(), Some("agent-3"));
+    assert!(
+        r.stale,
+        "no manager is reachable, so the answer is marked stale"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_manager_does_not_make_agents_oscillate() -> anyhow::Result<()> {
+    let hold_down = Duration::from_millis(1500);
+    let mut fleet = Fleet::from_topology(&topology("1500ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+
+    // agent-3's package flaps: down 400 ms, up 400 ms, six times.
+    fleet.package("agent-3", CCM)?.kill();
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    let mut last_up = None;
+    for i in 0..6 {
+        if i % 2 == 0 {
+            fleet.restart_package("agent-3", CCM).await?;
+            last_up = Some(tokio::time::Instant::now());
+        } else {
+            fleet.package("agent-3", CCM)?.kill();
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(400);
+        while tokio::time::Instant::now() < until {
+            let chosen = fleet.chosen("agent-4", CCM).await?;
+            assert_eq!(
+                chosen.as_deref(),
+                Some("agent-1"),
+                "agent-4 went back to a manager that never stayed up for revert_after"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    // Up for good now (the loop ended with a restart): agent-4 returns, but not before the hold-down.
+    let up_since = last_up.expect("restarted at least once");
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    assert!(
+        up_since.elapsed() >= hold_down,
+        "moved back after {:?}, before revert_after {hold_down:?}",
+        up_since.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_host_is_routed_around_after_its_session_lapses() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .session_ttl("1s")
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    // The whole host agent-3 hangs: its agent and its package stop, sockets stay open (no RST).
+    fleet.agent("agent-3")?.proc.pause();
+    fleet.package("agent-3", CCM)?.pause();
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    let r = fleet.resolve("agent-4", CCM).await?;
+    let c = r
+        .candidates
+        .iter()
+        .find(|c| c.host == "agent-3")
+        .expect("candidate");
+    assert!(!c.eligible, "agent-3 is skipped: {}", c.reason);
+    fleet.agent("agent-3")?.proc.resume();
+    fleet.package("agent-3", CCM)?.resume();
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_agent_keeps_routing_from_its_copy() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-3", CCM)
+        .relays()
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    fleet.agent("agent-4")?.relay.as_ref().expect("relay").cut();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let r = fleet.resolve("agent-4", CCM).await?;
+        assert_eq!(
+            r.chosen.as_deref(),
+            Some("agent-3"),
+            "still routes from its copy"
+        );
+        if r.stale {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never marked stale");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    fleet
+        .agent("agent-4")?
+        .relay
+        .as_ref()
+        .expect("relay")
+        .heal();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while fleet.resolve("agent-4", CCM).await?.stale {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reconnected after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_manager_costs_forward_clients_no_failed_connection() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("5s"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .forward(CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    assert_eq!(fleet.through_forward("agent-4", CCM).await?, "agent-3");
+    fleet.package("agent-3", CCM)?.kill();
+    // Right after the crash, before any push: every connection still succeeds, at agent-1.
+    for _ in 0..20 {
+        assert_eq!(fleet.through_forward("agent-4", CCM).await?, "agent-1");
+    }
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    Ok(())
+}
