@@ -1,0 +1,271 @@
+//! `fleet-demo`: the SPEC §5 worked example played on real processes — one registry manager,
+//! six agents, stand-in managers — through maintenance, a lost host, a withdrawn package and a
+//! new subdomain. After each step it prints every agent's chosen manager, the host a connection
+//! through its forwarding port reached, and how long the re-route took. Then it cleans up.
+//!
+//! Run with `cargo run --release -p tests --bin fleet-demo`; it builds the daemons it needs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tests::Fleet;
+
+const CCM: &str = "command-control-manager";
+
+/// Plays the worked example of fleet-registry on a small fleet of real processes.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-demo", version, about)]
+struct Args {
+    /// Don't build the daemons first (they must already be next to this executable).
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn topology(with_subdomain_2: bool) -> String {
+    let mut t = String::from(
+        "version: 1
+routing: { cross_branch: true, revert_after: 1s }
+domain: framework
+hosts: [fm]
+subdomains:
+  - domain: subdomain-1
+    hosts: [agent-1, agent-2]
+    subdomains:
+      - domain: subdomain-1a
+        hosts: [agent-3, agent-4]
+",
+    );
+    if with_subdomain_2 {
+        t.push_str("  - domain: subdomain-2\n    hosts: [s2-host]\n");
+    }
+    t
+}
+
+/// Builds the daemons into the target directory this executable runs from, in its profile.
+fn build_daemons() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().context("no exe dir")?;
+    let target_dir: PathBuf = profile_dir.parent().context("no target dir")?.to_path_buf();
+    let release = profile_dir.ends_with("release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "registry-manager",
+        "-p",
+        "registry-agent",
+    ])
+    .args([
+        "-p",
+        "tests",
+        "--bin",
+        "registry-manager",
+        "--bin",
+        "registry-agent",
+    ])
+    .args(["--bin", "fleet-standin", "--target-dir"])
+    .arg(&target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("building the daemons (once)...");
+    let status = cmd
+        .status()
+        .context("cannot run cargo to build the daemons")?;
+    anyhow::ensure!(status.success(), "building the daemons failed");
+    Ok(())
+}
+
+struct Step<'a> {
+    title: &'a str,
+    expect: Vec<(&'a str, &'a str)>,
+}
+
+async fn show(
+    fleet: &mut Fleet,
+    step: &Step<'_>,
+    started: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    println!("\n== {} ==", step.title);
+    // Poll every agent until each reports the expected choice; note when each first did.
+    let mut took: Vec<Option<Duration>> = vec![None; step.expect.len()];
+    let deadline = started + Duration::from_secs(15);
+    while took.iter().any(Option::is_none) {
+        for (i, (host, expected)) in step.expect.iter().enumerate() {
+            if took[i].is_none() && fleet.chosen(host, CCM).await?.as_deref() == Some(*expected) {
+                took[i] = Some(started.elapsed());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            // Let wait_chosen produce the detailed error for the first one missing.
+            let i = took.iter().position(Option::is_none).unwrap_or(0);
+            let (host, expected) = step.expect[i];
+            fleet
+                .wait_chosen(host, CCM, Some(expected), Duration::ZERO)
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "{:<9} {:<10} {:<12} {:>14}",
+        "agent", "chosen", "via forward", "re-routed in"
+    );
+    for ((host, chosen), took) in step.expect.iter().zip(took) {
+        let via = fleet
+            .through_forward(host, CCM)
+            .await
+            .unwrap_or_else(|e| format!("error: {e}"));
+        println!(
+            "{:<9} {:<10} {:<12} {:>11} ms",
+            host,
+            chosen,
+            via,
+            took.unwrap_or_default().as_millis()
+        );
+    }
+    Ok(())
+}
+
+async fn demo() -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology(false))
+        .manager()
+        .agent("fm")
+        .agent("agent-1")
+        .agent("agent-2")
+        .agent("agent-3")
+        .agent("agent-4")
+        .agent("s2-host")
+        .package("fm", CCM)
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .package("s2-host", CCM)
+        .forward(CCM)
+        .start()
+        .await?;
+    println!(
+        "fleet up: registry manager on {}; {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology)",
+        fleet.manager_addr()
+    );
+
+    let t = tokio::time::Instant::now();
+    show(
+        &mut fleet,
+        &Step {
+            title: "1. all up: each agent uses the nearest manager",
+            expect: vec![
+                ("fm", "fm"),
+                ("agent-1", "agent-1"),
+                ("agent-2", "agent-1"),
+                ("agent-3", "agent-3"),
+                ("agent-4", "agent-3"),
+            ],
+        },
+        t,
+    )
+    .await?;
+
+    println!("\n$ registry-manager package drain --host agent-3 --type {CCM}");
+    let t = tokio::time::Instant::now();
+    fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
+    show(
+        &mut fleet,
+        &Step {
+            title: "2. agent-3 drained for maintenance: subdomain-1a moves up to agent-1",
+            expect: vec![("agent-3", "agent-1"), ("agent-4", "agent-1")],
+        },
+        t,
+    )
+    .await?;
+
+    println!("\n# host agent-1 lost: its agent and its manager killed (SIGKILL)");
+    let t = tokio::time::Instant::now();
+    fleet.agent("agent-1")?.proc.kill();
+    fleet.package("agent-1", CCM)?.kill();
+    show(
+        &mut fleet,
+        &Step {
+            title: "3. agent-1 lost too: everyone below goes to fm",
+            expect: vec![("agent-2", "fm"), ("agent-3", "fm"), ("agent-4", "fm")],
+        },
+        t,
+    )
+    .await?;
+
+    println!("\n$ registry-manager package withdraw --host fm --type {CCM}");
+    println!("$ registry-manager package restore --host agent-3 --type {CCM}");
+    let t = tokio::time::Instant::now();
+    fleet.operator(&["package", "withdraw", "--host", "fm", "--type", CCM])?;
+    fleet.operator(&["package", "restore", "--host", "agent-3", "--type", CCM])?;
+    show(
+        &mut fleet,
+        &Step {
+            title: "4. fm withdrawn, agent-3 back (after the 1s hold-down): agent-3 for all",
+            expect: vec![
+                ("fm", "agent-3"),
+                ("agent-2", "agent-3"),
+                ("agent-3", "agent-3"),
+                ("agent-4", "agent-3"),
+            ],
+        },
+        t,
+    )
+    .await?;
+
+    println!("\n$ registry-manager topology apply topology.yaml   # adds subdomain-2 with s2-host");
+    println!("$ registry-manager package drain --host agent-3 --type {CCM}");
+    let t = tokio::time::Instant::now();
+    fleet.apply_topology(&topology(true))?;
+    fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
+    show(
+        &mut fleet,
+        &Step {
+            title:
+                "5. new subdomain-2: with no other manager eligible, everyone crosses to s2-host",
+            expect: vec![
+                ("fm", "s2-host"),
+                ("agent-2", "s2-host"),
+                ("agent-3", "s2-host"),
+                ("agent-4", "s2-host"),
+            ],
+        },
+        t,
+    )
+    .await?;
+
+    let explained = fleet.resolve("agent-4", CCM).await?;
+    println!("\n$ registry-agent resolve {CCM}   # on agent-4");
+    for c in &explained.candidates {
+        println!(
+            "  {:<8} {:<13} {:<8} {}",
+            c.host,
+            c.domain,
+            c.tier,
+            if c.eligible {
+                "eligible".to_string()
+            } else {
+                format!("skipped: {}", c.reason)
+            }
+        );
+    }
+    println!("\ndone; stopping the fleet");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.no_build {
+        build_daemons()?;
+    }
+    let started = std::time::Instant::now();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo())?;
+    println!("demo took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
