@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::names::{DomainName, HostName, PackageType};
 use crate::route_table::RouteTable;
 use crate::snapshot::RegistrySnapshot;
-use crate::topology::Topology;
+use crate::tree::Topology;
 
 /// One (host, type) whose chosen manager changes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{format_duration, RevertAfter};
-use crate::topology::{DomainId, Topology};
+use crate::tree::{DomainId, Topology};
 
 /// A topology file, version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -4,7 +4,7 @@
 //! Module map:
 //! - [`names`]: SPEC §2 names (`HostName`, `DomainName`, `PackageType`) and `Revision`.
 //! - [`policy`]: the `routing:` section and the duration syntax.
-//! - [`topology`]: the validated tree ([`Topology`]) and [`TopologyBuilder`].
+//! - [`tree`]: the validated tree ([`Topology`]) and [`TopologyBuilder`].
 //! - `parse` / `file_format`: the YAML file, version 1 (SPEC §3), located errors ([`error`]).
 //! - [`snapshot`]: the registry snapshot (SPEC §4).
 //! - [`route`]: the routing rule (SPEC §5) and `explain`.
@@ -18,13 +18,14 @@ pub mod error;
 pub mod file_format;
 pub mod gen;
 pub mod names;
+mod node;
 mod parse;
 pub mod policy;
 pub mod route;
 pub mod route_table;
 pub mod schema;
 pub mod snapshot;
-pub mod topology;
+pub mod tree;
 mod yaml;
 
 pub use diff::{diff, RouteChange, TopologyDiff};
@@ -35,6 +36,6 @@ pub use route::{explain, rendezvous_score, Candidate, Explanation, RouteError, T
 pub use route_table::RouteTable;
 pub use schema::json_schema;
 pub use snapshot::{HostState, PackageState, PackageStatus, RegistrySnapshot, SnapshotError};
-pub use topology::{
+pub use tree::{
     Domain, DomainId, Host, Summary, Topology, TopologyBuilder, MAX_DEPTH, MAX_FILE_BYTES,
 };

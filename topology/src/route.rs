@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::names::{DomainName, HostName, NameError, PackageType};
 use crate::snapshot::{PackageStatus, RegistrySnapshot};
-use crate::topology::{DomainId, Topology};
+use crate::tree::{DomainId, Topology};
 
 /// How near a candidate is to the requester; `Ord` puts the nearest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

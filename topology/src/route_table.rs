@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::names::{HostName, PackageType};
 use crate::route::explain;
 use crate::snapshot::RegistrySnapshot;
-use crate::topology::Topology;
+use crate::tree::Topology;
 
 /// How many hosts of each route the table keeps: the chosen one and the next in line.
 pub const ROUTE_PREFIX_LEN: usize = 3;

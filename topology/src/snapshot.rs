@@ -164,7 +164,7 @@ impl RegistrySnapshot {
                 err(e.line(), e.column(), msg)
             })
         } else {
-            let opts = crate::yaml::options(crate::yaml::Policy::Snapshot);
+            let opts = crate::yaml::snapshot_options();
             serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
                 let (line, column, message) = crate::yaml::describe(&e);
                 err(line, column, message)

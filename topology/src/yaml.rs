@@ -1,38 +1,23 @@
-//! serde-saphyr settings shared by the topology and snapshot parsers: resource budgets that
-//! keep any input from exhausting the stack or memory, and plain located error messages.
+//! serde-saphyr settings for the snapshot parser: resource budgets that keep any input from
+//! exhausting the stack or memory, and plain located error messages.
 
 use serde_saphyr::{Budget, DuplicateKeyPolicy, Options};
 
-use crate::topology::MAX_DEPTH;
+/// YAML nesting a snapshot needs is 5 (root, hosts, host, packages, package); anything much
+/// deeper is refused by the parser before serde recurses into it.
+pub(crate) const MAX_SNAPSHOT_DEPTH: usize = 12;
 
-/// Which file the options are for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Policy {
-    /// Topology: duplicate keys pass through so the validator reports each with both lines.
-    Topology,
-    /// Snapshot: duplicate keys are an error of the parser.
-    Snapshot,
-}
-
-/// YAML nesting allowed in a topology file: two levels per subdomain (the `subdomains` list
-/// and the entry map) plus the host long form, with a little slack, so the semantic depth
-/// check fires first on ordinary files and the parser's budget stops pathological ones.
-pub(crate) const MAX_YAML_DEPTH: usize = 2 * MAX_DEPTH + 8;
-
-pub(crate) fn options(policy: Policy) -> Options {
+pub(crate) fn snapshot_options() -> Options {
     let mut budget = Budget::default();
-    budget.max_depth = MAX_YAML_DEPTH;
-    budget.flow_nesting_limit = MAX_YAML_DEPTH;
+    budget.max_depth = MAX_SNAPSHOT_DEPTH;
+    budget.flow_nesting_limit = MAX_SNAPSHOT_DEPTH;
     budget.max_nodes = 20_000_000;
     budget.max_events = 40_000_000;
     budget.max_aliases = 10_000;
     budget.max_anchors = 10_000;
     let mut options = Options::default();
     options.budget = Some(budget);
-    options.duplicate_keys = match policy {
-        Policy::Topology => DuplicateKeyPolicy::PassThrough,
-        Policy::Snapshot => DuplicateKeyPolicy::Error,
-    };
+    options.duplicate_keys = DuplicateKeyPolicy::Error;
     options
 }
 
