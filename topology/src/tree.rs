@@ -80,10 +80,24 @@ pub struct Topology {
     pub(crate) hosts: BTreeMap<HostName, Host>,
     /// Host names sorted, so that a host's position is a dense id ordered like its name.
     pub(crate) host_ids: Arc<[HostName]>,
+    /// Dense-id indexes shared with route tables.
+    pub(crate) index: Arc<HostIndex>,
     /// Euler-tour entry / exit times: `C` is in the subtree of `X` iff
     /// `tin[X] <= tin[C] < tout[X]`.
     pub(crate) tin: Vec<u32>,
     pub(crate) tout: Vec<u32>,
+}
+
+/// Dense-id views of the tree for the route table: built once per topology.
+#[derive(Debug)]
+pub(crate) struct HostIndex {
+    /// Host name -> dense id.
+    pub(crate) by_name: HashMap<HostName, u32>,
+    /// Dense host id -> domain index.
+    pub(crate) host_domain: Vec<u32>,
+    /// Hosts of domain `d` are `domain_hosts[domain_start[d]..domain_start[d + 1]]`.
+    pub(crate) domain_start: Vec<u32>,
+    pub(crate) domain_hosts: Vec<u32>,
 }
 
 impl Topology {
@@ -306,7 +320,25 @@ impl TopologyBuilder {
             }
         }
         let host_ids: Arc<[HostName]> = self.hosts.keys().cloned().collect();
+        let host_domain: Vec<u32> = self.hosts.values().map(|h| h.domain.0).collect();
+        let by_name: HashMap<HostName, u32> =
+            host_ids.iter().enumerate().map(|(i, h)| (h.clone(), i as u32)).collect();
+        let mut domain_start = vec![0u32; n + 1];
+        for &d in &host_domain {
+            domain_start[d as usize + 1] += 1;
+        }
+        for i in 0..n {
+            domain_start[i + 1] += domain_start[i];
+        }
+        let mut fill = domain_start.clone();
+        let mut domain_hosts = vec![0u32; host_domain.len()];
+        for (h, &d) in host_domain.iter().enumerate() {
+            domain_hosts[fill[d as usize] as usize] = h as u32;
+            fill[d as usize] += 1;
+        }
+        let index = Arc::new(HostIndex { by_name, host_domain, domain_start, domain_hosts });
         Topology {
+            index,
             routing: self.routing,
             domains: self.domains,
             domain_index: self.domain_index,
