@@ -1,0 +1,149 @@
+//! Errors of the registry manager: [`RegistryError`] for requests (mapped to a gRPC status in
+//! one place, [`to_status`]) and [`ServeError`] for what stops a manager from running.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use topology::{HostName, NameError, PackageType, RouteError, TopologyErrors};
+
+use crate::session_id::SessionId;
+use crate::store::StoreError;
+
+/// Why a request was refused. Each variant says what was wrong, where, and how to mend it.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A name breaks SPEC §2.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A request field is missing or malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong and how to mend it.
+        reason: String,
+    },
+    /// A topology file with errors (one `FILE:LINE:COL: message` per line).
+    #[error("{0}")]
+    InvalidTopology(TopologyErrors),
+    /// No topology has been applied yet.
+    #[error("no topology has been applied to this registry yet; apply one first with `registry-manager topology apply FILE`")]
+    NoTopology,
+    /// The topology does not name the host.
+    #[error("host \"{host}\" is not in the topology; add it to the topology file and apply it (`registry-manager topology apply FILE`)")]
+    HostNotInTopology {
+        /// The host.
+        host: HostName,
+    },
+    /// Another live session holds the host.
+    #[error("host \"{host}\" already has a live session; a second agent claiming the same host is refused. If this agent restarted, retry: the old session lapses after {}ms without heartbeats", ttl.as_millis())]
+    SessionExists {
+        /// The host.
+        host: HostName,
+        /// The session TTL, after which the old session lapses.
+        ttl: Duration,
+    },
+    /// The session is unknown, expired or ended.
+    #[error("session {session_id} is not live (expired, ended or unknown); open a new session for host \"{host}\"")]
+    SessionNotLive {
+        /// The host the request named.
+        host: HostName,
+        /// The session quoted.
+        session_id: SessionId,
+    },
+    /// A session reported for a host other than its own.
+    #[error("session {session_id} belongs to host \"{session_host}\"; an agent may only report for its own host, not \"{host}\"")]
+    WrongHost {
+        /// The host the request named.
+        host: HostName,
+        /// The host that owns the session.
+        session_host: HostName,
+        /// The session quoted.
+        session_id: SessionId,
+    },
+    /// The host has registered no package of that type.
+    #[error("host \"{host}\" has no registered package of type \"{package_type}\"{}", if registered.is_empty() { String::from(" (it has registered no packages)") } else { format!(" (registered: {})", registered.join(", ")) })]
+    UnknownPackage {
+        /// The host.
+        host: HostName,
+        /// The type asked for.
+        package_type: PackageType,
+        /// The types the host has registered, for the hint.
+        registered: Vec<String>,
+    },
+    /// Route explain failed (unknown host, bad name, ...).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The storage failed; the write was not acknowledged.
+    #[error("registry storage failed, the change was not made: {0}")]
+    Storage(String),
+    /// The manager is shutting down.
+    #[error("the registry manager is shutting down; retry against another manager")]
+    ShuttingDown,
+}
+
+/// The one mapping from domain errors to gRPC statuses.
+pub fn to_status(err: RegistryError) -> tonic::Status {
+    use tonic::Code;
+    let code = match &err {
+        RegistryError::InvalidName(_)
+        | RegistryError::InvalidArgument { .. }
+        | RegistryError::InvalidTopology(_) => Code::InvalidArgument,
+        RegistryError::NoTopology | RegistryError::SessionNotLive { .. } => {
+            Code::FailedPrecondition
+        }
+        RegistryError::HostNotInTopology { .. } | RegistryError::UnknownPackage { .. } => {
+            Code::NotFound
+        }
+        RegistryError::SessionExists { .. } => Code::AlreadyExists,
+        RegistryError::WrongHost { .. } => Code::PermissionDenied,
+        RegistryError::Route(route) => route_code(route),
+        RegistryError::Storage(_) => Code::Internal,
+        RegistryError::ShuttingDown => Code::Unavailable,
+    };
+    tonic::Status::new(code, err.to_string())
+}
+
+fn route_code(err: &RouteError) -> tonic::Code {
+    match err {
+        RouteError::UnknownHost(_) => tonic::Code::NotFound,
+        _ => tonic::Code::InvalidArgument,
+    }
+}
+
+impl From<RegistryError> for tonic::Status {
+    fn from(err: RegistryError) -> Self {
+        to_status(err)
+    }
+}
+
+/// What stops a manager from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another manager running there? pick another address with --listen)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory could not be opened or read.
+    #[error("registry data in {}: {source}", data_dir.display())]
+    Store {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The topology given at start is invalid; the manager refuses to start.
+    #[error("the topology given at start is invalid, refusing to start:\n{0}")]
+    InvalidTopology(TopologyErrors),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A background task of the manager failed (storage failure, panic).
+    #[error("registry manager stopped: {0}")]
+    Fatal(String),
+}

@@ -1,0 +1,38 @@
+//! The expiry task: a dedicated timer on tokio's clock that lapses sessions silent for longer
+//! than the TTL (see [`crate::sessions`] for the starvation rule).
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::command::Command;
+use crate::engine::Engine;
+use crate::sessions::{tick_decision, tick_period, TickDecision};
+
+/// Runs until the manager is cancelled.
+pub(crate) async fn run(engine: Engine) {
+    let ttl = engine.ttl();
+    let cancel = engine.cancel_token().clone();
+    let mut interval = tokio::time::interval(tick_period(ttl));
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let due = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            due = interval.tick() => due,
+        };
+        if tick_decision(due, Instant::now(), ttl) == TickDecision::Defer {
+            tracing::warn!(
+                "session expiry tick ran late (process starved); deferring expiry decisions"
+            );
+            continue;
+        }
+        let sessions = engine.sessions();
+        for session in sessions.take_expired(sessions.now_ms(), ttl) {
+            tracing::info!(host = %session.host, session = %session.id, "session lapsed");
+            let command = Command::SessionExpired {
+                host: session.host.clone(),
+                session_id: session.id.clone(),
+            };
+            engine.propose_detached(command).await;
+        }
+    }
+}

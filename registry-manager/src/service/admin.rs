@@ -1,0 +1,222 @@
+//! The `Admin` gRPC service: topology apply / diff / show, package actions, registry export,
+//! live route explain and the host listing. Thin: validation at the edge, writes through the
+//! engine, reads under the state's read lock.
+
+use proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use topology::{HostName, PackageType, Topology};
+
+use crate::command::Command;
+use crate::engine::Engine;
+use crate::error::RegistryError;
+use crate::wire;
+
+/// File name quoted in errors when a request names none.
+const UNNAMED_FILE: &str = "<request>";
+
+/// Serves `fleet.registry.v1.Admin` on an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    engine: Engine,
+}
+
+impl AdminService {
+    /// The service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        AdminService { engine }
+    }
+}
+
+/// Parses a topology request; errors name the request's file.
+pub fn parse_topology(file_name: &str, yaml: &str) -> Result<Topology, RegistryError> {
+    let file_name = if file_name.is_empty() {
+        UNNAMED_FILE
+    } else {
+        file_name
+    };
+    Topology::from_yaml(file_name, yaml).map_err(RegistryError::InvalidTopology)
+}
+
+fn name_list<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn apply_topology(
+        &self,
+        request: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::ApplyTopologyResponse>, Status> {
+        let req = request.into_inner();
+        let topology = parse_topology(&req.file_name, &req.yaml)?;
+        let command = Command::ApplyTopology {
+            yaml: topology.to_yaml(),
+        };
+        let revision = self.engine.propose(command, None).await?;
+        Ok(Response::new(pb::ApplyTopologyResponse {
+            revision: revision.0,
+        }))
+    }
+
+    async fn diff_topology(
+        &self,
+        request: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::DiffTopologyResponse>, Status> {
+        let req = request.into_inner();
+        let new = parse_topology(&req.file_name, &req.yaml)?;
+        let (old, snapshot) = {
+            let state = self.engine.state().await;
+            (state.topology().cloned(), state.to_snapshot())
+        };
+        let Some(old) = old else {
+            // Nothing applied yet: everything is new, nobody routes yet, so nobody moves.
+            return Ok(Response::new(pb::DiffTopologyResponse {
+                domains_added: new.domains().map(|(_, d)| d.name.to_string()).collect(),
+                hosts_added: new.hosts().map(|h| h.name.to_string()).collect(),
+                ..Default::default()
+            }));
+        };
+        let d = topology::diff(&old, &new, &snapshot);
+        Ok(Response::new(pb::DiffTopologyResponse {
+            domains_added: name_list(&d.domains_added),
+            domains_removed: name_list(&d.domains_removed),
+            domains_moved: d
+                .domains_moved
+                .iter()
+                .map(|(domain, from, to)| pb::MovedDomain {
+                    domain: domain.to_string(),
+                    from_parent: from.to_string(),
+                    to_parent: to.to_string(),
+                })
+                .collect(),
+            hosts_added: name_list(&d.hosts_added),
+            hosts_removed: name_list(&d.hosts_removed),
+            hosts_moved: d
+                .hosts_moved
+                .iter()
+                .map(|(host, from, to)| pb::MovedHost {
+                    host: host.to_string(),
+                    from_domain: from.to_string(),
+                    to_domain: to.to_string(),
+                })
+                .collect(),
+            route_changes: d
+                .route_changes
+                .iter()
+                .map(|c| pb::RouteChange {
+                    host: c.host.to_string(),
+                    r#type: c.package_type.to_string(),
+                    old_chosen: c.old.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    new_chosen: c.new.as_ref().map(ToString::to_string).unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn show_topology(
+        &self,
+        _request: Request<pb::ShowTopologyRequest>,
+    ) -> Result<Response<pb::ShowTopologyResponse>, Status> {
+        let state = self.engine.state().await;
+        Ok(Response::new(pb::ShowTopologyResponse {
+            revision: state.revision().0,
+            yaml: state.topology_yaml().to_owned(),
+        }))
+    }
+
+    async fn package_action(
+        &self,
+        request: Request<pb::PackageActionRequest>,
+    ) -> Result<Response<pb::PackageActionResponse>, Status> {
+        let req = request.into_inner();
+        let host = HostName::new(req.host).map_err(RegistryError::from)?;
+        let package_type = PackageType::new(req.r#type).map_err(RegistryError::from)?;
+        let action = wire::action_from_proto(req.action)?;
+        let command = Command::OperatorAction {
+            host,
+            package_type,
+            action,
+        };
+        let revision = self.engine.propose(command, None).await?;
+        Ok(Response::new(pb::PackageActionResponse {
+            revision: revision.0,
+        }))
+    }
+
+    async fn export_registry(
+        &self,
+        _request: Request<pb::ExportRegistryRequest>,
+    ) -> Result<Response<pb::ExportRegistryResponse>, Status> {
+        let snapshot = self.engine.state().await.to_snapshot();
+        Ok(Response::new(pb::ExportRegistryResponse {
+            revision: snapshot.revision.0,
+            snapshot_json: snapshot.to_json(),
+        }))
+    }
+
+    async fn explain_route(
+        &self,
+        request: Request<pb::ExplainRouteRequest>,
+    ) -> Result<Response<pb::RouteExplanation>, Status> {
+        let req = request.into_inner();
+        HostName::new(req.host.as_str()).map_err(RegistryError::from)?;
+        PackageType::new(req.r#type.as_str()).map_err(RegistryError::from)?;
+        let (topology, snapshot) = {
+            let state = self.engine.state().await;
+            (state.topology().cloned(), state.to_snapshot())
+        };
+        let topology = topology.ok_or(RegistryError::NoTopology)?;
+        let e = topology::explain(&topology, &snapshot, &req.host, &req.r#type, &|_| false)
+            .map_err(RegistryError::from)?;
+        Ok(Response::new(wire::explanation_to_proto(
+            &e,
+            snapshot.revision,
+        )))
+    }
+
+    async fn list_hosts(
+        &self,
+        _request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let state = self.engine.state().await;
+        let sessions = self.engine.sessions();
+        let now = sessions.now_ms();
+        let entry = |host: &HostName, domain: String| {
+            let rec = state.host(host.as_str());
+            let live = rec.and_then(|r| r.session.as_ref());
+            let last_heartbeat_ms = sessions
+                .by_host(host.as_str())
+                .filter(|s| Some(&s.id) == live)
+                .map_or(0, |s| now.saturating_sub(s.last_seen_ms()));
+            pb::HostSession {
+                host: host.to_string(),
+                domain,
+                alive: rec.is_none_or(|r| r.alive()),
+                session_id: live.map(ToString::to_string).unwrap_or_default(),
+                last_heartbeat_ms,
+                packages: rec
+                    .map(|r| wire::packages_to_proto(&r.packages))
+                    .unwrap_or_default(),
+            }
+        };
+        let mut hosts = Vec::new();
+        if let Some(topology) = state.topology() {
+            for h in topology.hosts() {
+                let domain = topology.domain(h.domain).name.to_string();
+                hosts.push(entry(&h.name, domain));
+            }
+        }
+        for host in state.hosts().keys() {
+            if state
+                .topology()
+                .is_none_or(|t| t.host(host.as_str()).is_none())
+            {
+                hosts.push(entry(host, String::new()));
+            }
+        }
+        Ok(Response::new(pb::ListHostsResponse {
+            revision: state.revision().0,
+            hosts,
+        }))
+    }
+}

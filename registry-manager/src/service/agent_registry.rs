@@ -1,0 +1,167 @@
+//! The `AgentRegistry` gRPC service: sessions, heartbeats, status reports and watch streams.
+//!
+//! **Re-opening after an agent restart**: while the old session is alive, `OpenSession` for
+//! the same host is refused with ALREADY_EXISTS (a second agent must not steal a host). A
+//! restarted agent retries; the old session lapses after `session_ttl` without heartbeats, and
+//! the retry then succeeds. An agent that still has its session id simply keeps heartbeating.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use proto::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+use topology::{HostName, PackageType};
+
+use crate::command::Command;
+use crate::engine::Engine;
+use crate::error::RegistryError;
+use crate::session_id::SessionId;
+use crate::sessions::LiveSession;
+use crate::wire;
+
+/// Serves `fleet.registry.v1.AgentRegistry` on an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct AgentRegistryService {
+    engine: Engine,
+}
+
+impl AgentRegistryService {
+    /// The service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        AgentRegistryService { engine }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn session_id(text: String) -> Result<SessionId, RegistryError> {
+    if text.is_empty() || text.len() > 128 {
+        return Err(RegistryError::InvalidArgument {
+            field: "session_id",
+            reason: "a session id is the 1 to 128 characters OpenSession returned".into(),
+        });
+    }
+    Ok(SessionId::new(text))
+}
+
+/// Answers one heartbeat; `cached` is the stream's session, looked up once.
+fn heartbeat(
+    engine: &Engine,
+    cached: &mut Option<Arc<LiveSession>>,
+    hb: &pb::Heartbeat,
+) -> pb::HeartbeatAck {
+    let fresh = |s: &Arc<LiveSession>| {
+        s.id.as_str() == hb.session_id && s.host.as_str() == hb.host && !s.is_ended()
+    };
+    if !cached.as_ref().is_some_and(fresh) {
+        *cached = engine.sessions().by_host(&hb.host).filter(fresh);
+    }
+    match cached {
+        Some(session) => {
+            engine.sessions().touch(session);
+            pb::HeartbeatAck { ok: true, reason: String::new() }
+        }
+        None => pb::HeartbeatAck {
+            ok: false,
+            reason: format!(
+                "session {:?} is not the live session of host {:?} (expired, ended or unknown); open a new session",
+                hb.session_id, hb.host
+            ),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let req = request.into_inner();
+        let host = HostName::new(req.host).map_err(RegistryError::from)?;
+        let packages = wire::registrations_from_proto(req.packages)?;
+        let id = SessionId::random();
+        let command = Command::OpenSession {
+            host,
+            session_id: id.clone(),
+            packages,
+        };
+        let revision = self.engine.propose(command, None).await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session_id: id.to_string(),
+            ttl_ms: u64::try_from(self.engine.ttl().as_millis()).unwrap_or(u64::MAX),
+            revision: revision.0,
+        }))
+    }
+
+    type KeepAliveStream = BoxStream<pb::HeartbeatAck>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::Heartbeat>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let engine = self.engine.clone();
+        let cancel = engine.cancel_token().clone();
+        let mut cached = None;
+        let acks = request
+            .into_inner()
+            .map(move |hb| hb.map(|hb| heartbeat(&engine, &mut cached, &hb)))
+            .take_until(cancel.cancelled_owned());
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let req = request.into_inner();
+        let host = HostName::new(req.host).map_err(RegistryError::from)?;
+        let package_type = PackageType::new(req.r#type).map_err(RegistryError::from)?;
+        let status = wire::agent_status_from_proto(req.status, None)?;
+        let session = session_id(req.session_id)?;
+        if let Some(owner) = self.engine.sessions().host_of(&session) {
+            if owner != host {
+                return Err(RegistryError::WrongHost {
+                    host,
+                    session_host: owner,
+                    session_id: session,
+                }
+                .into());
+            }
+        }
+        if let Some(live) = self.engine.sessions().by_host(host.as_str()) {
+            if live.id == session && !live.is_ended() {
+                self.engine.sessions().touch(&live);
+            }
+        }
+        let command = Command::ReportStatus {
+            host,
+            package_type,
+            status,
+        };
+        let revision = self.engine.propose(command, Some(session)).await?;
+        Ok(Response::new(pb::ReportStatusResponse {
+            revision: revision.0,
+        }))
+    }
+
+    type WatchStream = BoxStream<pb::WatchEvent>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        if !req.host.is_empty() {
+            HostName::new(req.host.as_str()).map_err(RegistryError::from)?;
+        }
+        let cancel = self.engine.cancel_token().clone();
+        let hub = Arc::clone(self.engine.hub());
+        let events = hub
+            .watch(Arc::clone(self.engine.state_lock()), req.from_revision)
+            .await
+            .take_until(cancel.cancelled_owned());
+        Ok(Response::new(Box::pin(events)))
+    }
+}

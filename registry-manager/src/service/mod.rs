@@ -1,0 +1,7 @@
+//! The gRPC services a registry manager serves (health and reflection come from tonic).
+
+mod admin;
+mod agent_registry;
+
+pub use admin::{parse_topology, AdminService};
+pub use agent_registry::AgentRegistryService;

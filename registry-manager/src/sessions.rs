@@ -1,0 +1,263 @@
+//! Live agent sessions, in memory: who holds each host and when it was last heard from.
+//!
+//! Heartbeats touch an atomic timestamp and write nothing to disk; only opening and lapsing a
+//! session are commands. The expiry task ([`crate::engine`]) scans the table on a short tick of
+//! tokio's clock and proposes `SessionExpired` for sessions silent for longer than the TTL.
+//!
+//! **No false expiry on a busy machine**: a tick that runs late is a sign the process was
+//! starved (CPU saturated, paused); heartbeats may then be queued, unread, in sockets. Such a
+//! tick decides nothing and lets the streams catch up first ([`tick_decision`]).
+//!
+//! **After a manager restart** the persisted sessions are not trusted blindly: each is given
+//! one full TTL from the restart to resume heartbeating (with the same session id) before it
+//! lapses. Agents whose keep-alive stream broke with the old manager reconnect and carry on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use topology::HostName;
+
+use crate::session_id::SessionId;
+
+/// One live session.
+#[derive(Debug)]
+pub struct LiveSession {
+    /// The host it holds.
+    pub host: HostName,
+    /// Its id.
+    pub id: SessionId,
+    /// Milliseconds since the table's epoch at the last heartbeat.
+    last_seen_ms: AtomicU64,
+    /// Set once it lapsed or was replaced: later heartbeats are refused.
+    ended: AtomicBool,
+}
+
+impl LiveSession {
+    /// True once the session lapsed or was ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since the table's epoch at the last heartbeat.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The live sessions, by host and by id.
+#[derive(Debug)]
+pub struct SessionTable {
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_host: HashMap<HostName, Arc<LiveSession>>,
+    by_id: HashMap<SessionId, HostName>,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable::new()
+    }
+}
+
+impl SessionTable {
+    /// An empty table whose clock starts now.
+    pub fn new() -> Self {
+        SessionTable {
+            epoch: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Milliseconds of tokio's clock since the table was made.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts tracking a session, last heard from now. A previous session of the host ends.
+    pub fn insert(&self, host: HostName, id: SessionId) {
+        let session = Arc::new(LiveSession {
+            host: host.clone(),
+            id: id.clone(),
+            last_seen_ms: AtomicU64::new(self.now_ms()),
+            ended: AtomicBool::new(false),
+        });
+        let mut inner = self.lock();
+        if let Some(old) = inner.by_host.insert(host.clone(), session) {
+            old.ended.store(true, Ordering::Release);
+            inner.by_id.remove(&old.id);
+        }
+        inner.by_id.insert(id, host);
+    }
+
+    /// Stops tracking the host's session (only if it is `id`, when given).
+    pub fn end(&self, host: &str, id: Option<&SessionId>) {
+        let mut inner = self.lock();
+        let matches = inner
+            .by_host
+            .get(host)
+            .is_some_and(|s| id.is_none_or(|id| &s.id == id));
+        if matches {
+            if let Some(old) = inner.by_host.remove(host) {
+                old.ended.store(true, Ordering::Release);
+                inner.by_id.remove(&old.id);
+            }
+        }
+    }
+
+    /// The live session of a host.
+    pub fn by_host(&self, host: &str) -> Option<Arc<LiveSession>> {
+        self.lock().by_host.get(host).cloned()
+    }
+
+    /// The host holding a session id.
+    pub fn host_of(&self, id: &SessionId) -> Option<HostName> {
+        self.lock().by_id.get(id).cloned()
+    }
+
+    /// Records a heartbeat of `session`.
+    pub fn touch(&self, session: &LiveSession) {
+        session
+            .last_seen_ms
+            .fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Sessions silent for longer than `ttl` at `now_ms`, marked ended (each is returned once).
+    pub fn take_expired(&self, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let inner = self.lock();
+        inner
+            .by_host
+            .values()
+            .filter(|s| !s.is_ended() && is_expired(s.last_seen_ms(), now_ms, ttl_ms))
+            .filter(|s| !s.ended.swap(true, Ordering::AcqRel))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.lock().by_host.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A session lapses when it has been silent for strictly longer than its TTL.
+pub fn is_expired(last_seen_ms: u64, now_ms: u64, ttl_ms: u64) -> bool {
+    now_ms.saturating_sub(last_seen_ms) > ttl_ms
+}
+
+/// What an expiry tick may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickDecision {
+    /// The tick ran on time: expire silent sessions.
+    Expire,
+    /// The tick ran late (the process was starved): decide nothing this time, so heartbeats
+    /// queued meanwhile are read first.
+    Defer,
+}
+
+/// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms.
+pub fn tick_period(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(50))
+}
+
+/// Decides a tick that was due at `due` and runs at `now`: late by more than a quarter of the
+/// TTL means starvation.
+pub fn tick_decision(due: Instant, now: Instant, ttl: Duration) -> TickDecision {
+    if now.saturating_duration_since(due) > ttl / 4 {
+        TickDecision::Defer
+    } else {
+        TickDecision::Expire
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(s: &str) -> HostName {
+        HostName::new(s).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_strictly_after_the_ttl() {
+        assert!(!is_expired(100, 1100, 1000));
+        assert!(is_expired(100, 1101, 1000));
+        assert!(
+            !is_expired(2000, 1000, 1000),
+            "a clock read before a touch is not expiry"
+        );
+    }
+
+    #[test]
+    fn late_ticks_defer_decisions() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(1);
+        assert_eq!(
+            tick_decision(t, t + Duration::from_millis(200), ttl),
+            TickDecision::Expire
+        );
+        assert_eq!(
+            tick_decision(t, t + Duration::from_millis(300), ttl),
+            TickDecision::Defer
+        );
+        assert_eq!(tick_period(ttl), Duration::from_millis(50));
+        assert_eq!(
+            tick_period(Duration::from_millis(30)),
+            Duration::from_millis(5)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_sessions_are_taken_once_and_touched_ones_stay() {
+        let table = SessionTable::new();
+        let ttl = Duration::from_millis(300);
+        table.insert(host("a"), SessionId::new("sa"));
+        table.insert(host("b"), SessionId::new("sb"));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        table.touch(&table.by_host("b").unwrap());
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let expired = table.take_expired(table.now_ms(), ttl);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].host, host("a"));
+        assert!(expired[0].is_ended());
+        assert!(
+            table.take_expired(table.now_ms(), ttl).is_empty(),
+            "taken once"
+        );
+    }
+
+    #[test]
+    fn replacing_or_ending_a_session_ends_the_old_one() {
+        let table = SessionTable::new();
+        table.insert(host("a"), SessionId::new("s1"));
+        let first = table.by_host("a").unwrap();
+        table.insert(host("a"), SessionId::new("s2"));
+        assert!(first.is_ended());
+        assert_eq!(table.host_of(&SessionId::new("s1")), None);
+        assert_eq!(table.host_of(&SessionId::new("s2")), Some(host("a")));
+        table.end("a", Some(&SessionId::new("s1")));
+        assert!(
+            table.by_host("a").is_some(),
+            "ending another id leaves the live one"
+        );
+        table.end("a", None);
+        assert!(table.by_host("a").is_none());
+        assert!(table.is_empty());
+    }
+}

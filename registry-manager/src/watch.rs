@@ -1,0 +1,297 @@
+//! Push at fleet scale: the [`WatchHub`] fans every revision out to every watch stream.
+//!
+//! - Each delta is encoded once, by the writer, and shared (`Bytes`) by every stream.
+//! - One encoded snapshot per revision, cached: a reconnect storm after a restart encodes the
+//!   registry once, not once per watcher.
+//! - A bounded in-memory window of recent deltas lets watchers resume from a revision they
+//!   have; older resumptions get a snapshot ([`resume_plan`]).
+//! - Fan-out is a tokio broadcast of bounded capacity: a slow or stuck watcher never holds up
+//!   the others nor grows memory; when it falls behind by more than the capacity it is sent a
+//!   fresh snapshot and carries on from there.
+//! - A stream is a small state machine polled by tonic (no task or queue of its own).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::Stream;
+use proto::v1 as pb;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use topology::Revision;
+
+use crate::state::State;
+use crate::wire;
+
+/// How a watch stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePlan {
+    /// Send the whole registry first.
+    Snapshot,
+    /// Send the deltas after this revision (all still in the window).
+    Deltas {
+        /// The revision the watcher has.
+        after: u64,
+    },
+    /// The watcher is up to date: send nothing until the next change.
+    UpToDate,
+}
+
+/// Decides how a watcher that has `from` (0: nothing) starts, when the registry is at `head`
+/// and the window holds the deltas `window` (first, last), if any.
+///
+/// A watcher that claims a revision beyond `head` (it watched another manager, or this one
+/// lost unacknowledged data) gets a snapshot, whose lower revision it must accept.
+pub fn resume_plan(from: u64, head: u64, window: Option<(u64, u64)>) -> ResumePlan {
+    if from == 0 || from > head {
+        return ResumePlan::Snapshot;
+    }
+    if from == head {
+        return ResumePlan::UpToDate;
+    }
+    match window {
+        Some((first, last)) if first <= from + 1 && last == head => {
+            ResumePlan::Deltas { after: from }
+        }
+        _ => ResumePlan::Snapshot,
+    }
+}
+
+/// The recent deltas, encoded, in revision order (contiguous).
+#[derive(Debug)]
+struct DeltaWindow {
+    capacity: usize,
+    deltas: VecDeque<(u64, Bytes)>,
+}
+
+impl DeltaWindow {
+    fn bounds(&self) -> Option<(u64, u64)> {
+        Some((self.deltas.front()?.0, self.deltas.back()?.0))
+    }
+
+    fn push(&mut self, revision: u64, delta: Bytes) {
+        if self.deltas.back().is_some_and(|(r, _)| *r + 1 != revision) {
+            // Never expected: keep the window contiguous rather than serve a gap.
+            self.deltas.clear();
+        }
+        self.deltas.push_back((revision, delta));
+        while self.deltas.len() > self.capacity {
+            self.deltas.pop_front();
+        }
+    }
+
+    fn after(&self, from: u64) -> Vec<pb::WatchEvent> {
+        let Some((first, _)) = self.bounds() else {
+            return Vec::new();
+        };
+        let skip = usize::try_from((from + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+        self.deltas
+            .iter()
+            .skip(skip)
+            .map(|(r, d)| wire::delta_event(*r, d.clone()))
+            .collect()
+    }
+}
+
+/// The fan-out point of every revision.
+#[derive(Debug)]
+pub struct WatchHub {
+    tx: broadcast::Sender<pb::WatchEvent>,
+    window: Mutex<DeltaWindow>,
+    snapshot: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl WatchHub {
+    /// A hub keeping `window` deltas for resumption and `capacity` in the broadcast queue.
+    pub fn new(window: usize, capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        WatchHub {
+            tx,
+            window: Mutex::new(DeltaWindow {
+                capacity: window.max(1),
+                deltas: VecDeque::new(),
+            }),
+            snapshot: tokio::sync::Mutex::new(None),
+            watchers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, DeltaWindow> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a delta in the window without pushing it (recovery at open).
+    pub fn remember(&self, revision: Revision, delta: Bytes) {
+        self.window().push(revision.0, delta);
+    }
+
+    /// Publishes the delta of a new revision to every watcher. Called by the writer while it
+    /// holds the state's write lock, so a watcher that subscribed before reading the state
+    /// sees every later revision.
+    pub fn publish(&self, revision: Revision, delta: Bytes) {
+        self.window().push(revision.0, delta.clone());
+        // No receiver is not an error: nobody is watching.
+        let _ = self.tx.send(wire::delta_event(revision.0, delta));
+    }
+
+    /// The oldest and newest revisions whose deltas are kept.
+    pub fn window_bounds(&self) -> Option<(u64, u64)> {
+        self.window().bounds()
+    }
+
+    /// Number of open watch streams.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// The encoded snapshot of `state`, built once per revision and shared.
+    pub async fn snapshot_of(&self, state: &State) -> (u64, Bytes) {
+        let revision = state.revision().0;
+        let mut cache = self.snapshot.lock().await;
+        if let Some((r, bytes)) = cache.as_ref() {
+            if *r == revision {
+                return (*r, bytes.clone());
+            }
+        }
+        let bytes = wire::encode_state(state);
+        *cache = Some((revision, bytes.clone()));
+        (revision, bytes)
+    }
+
+    /// Opens a watch stream for a watcher that has `from`. `state` is the registry's lock.
+    pub async fn watch(
+        self: &Arc<Self>,
+        state: Arc<tokio::sync::RwLock<State>>,
+        from: u64,
+    ) -> impl Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Send + 'static {
+        // Subscribe before reading the state: every revision after the one read is received.
+        let rx = self.tx.subscribe();
+        let (pending, last) = {
+            let guard = state.read().await;
+            let head = guard.revision().0;
+            match resume_plan(from, head, self.window_bounds()) {
+                ResumePlan::Snapshot => {
+                    let (rev, bytes) = self.snapshot_of(&guard).await;
+                    (VecDeque::from([wire::snapshot_event(rev, bytes)]), rev)
+                }
+                ResumePlan::Deltas { after } => (self.window().after(after).into(), head),
+                ResumePlan::UpToDate => (VecDeque::new(), head),
+            }
+        };
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        let cursor = Cursor {
+            hub: Arc::clone(self),
+            state,
+            rx,
+            pending,
+            last,
+            _count: WatcherCount(Arc::clone(&self.watchers)),
+        };
+        futures::stream::unfold(cursor, |mut c| async move {
+            let ev = c.next().await?;
+            Some((Ok(ev), c))
+        })
+    }
+}
+
+/// Decrements the watcher count when a stream is dropped.
+#[derive(Debug)]
+struct WatcherCount(Arc<AtomicUsize>);
+
+impl Drop for WatcherCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The per-stream state: where the watcher is, and what is queued for it.
+#[derive(Debug)]
+struct Cursor {
+    hub: Arc<WatchHub>,
+    state: Arc<tokio::sync::RwLock<State>>,
+    rx: broadcast::Receiver<pb::WatchEvent>,
+    /// Events decided at open (snapshot or resumed deltas), sent before live ones.
+    pending: VecDeque<pb::WatchEvent>,
+    /// The last revision this watcher was sent (or had).
+    last: u64,
+    _count: WatcherCount,
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<pb::WatchEvent> {
+        if let Some(ev) = self.pending.pop_front() {
+            return Some(ev);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(ev) if ev.revision <= self.last => continue,
+                Ok(ev) if ev.revision == self.last + 1 => {
+                    self.last = ev.revision;
+                    return Some(ev);
+                }
+                // A gap (never expected) or a watcher that fell behind the queue: resync.
+                Ok(_) | Err(RecvError::Lagged(_)) => return Some(self.resync().await),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    async fn resync(&mut self) -> pb::WatchEvent {
+        let guard = self.state.read().await;
+        let (rev, bytes) = self.hub.snapshot_of(&guard).await;
+        self.last = rev;
+        wire::snapshot_event(rev, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_decisions() {
+        assert_eq!(resume_plan(0, 0, None), ResumePlan::Snapshot);
+        assert_eq!(resume_plan(0, 10, Some((1, 10))), ResumePlan::Snapshot);
+        assert_eq!(resume_plan(10, 10, None), ResumePlan::UpToDate);
+        assert_eq!(
+            resume_plan(5, 10, Some((1, 10))),
+            ResumePlan::Deltas { after: 5 }
+        );
+        assert_eq!(
+            resume_plan(5, 10, Some((6, 10))),
+            ResumePlan::Deltas { after: 5 }
+        );
+        assert_eq!(
+            resume_plan(5, 10, Some((7, 10))),
+            ResumePlan::Snapshot,
+            "trimmed"
+        );
+        assert_eq!(resume_plan(5, 10, None), ResumePlan::Snapshot);
+        assert_eq!(
+            resume_plan(11, 10, Some((1, 10))),
+            ResumePlan::Snapshot,
+            "ahead"
+        );
+    }
+
+    #[test]
+    fn window_keeps_the_last_deltas_and_serves_after_a_revision() {
+        let mut w = DeltaWindow {
+            capacity: 3,
+            deltas: VecDeque::new(),
+        };
+        for r in 1..=5 {
+            w.push(r, Bytes::from(vec![r as u8]));
+        }
+        assert_eq!(w.bounds(), Some((3, 5)));
+        let revs: Vec<u64> = w.after(3).iter().map(|e| e.revision).collect();
+        assert_eq!(revs, vec![4, 5]);
+        let revs: Vec<u64> = w.after(2).iter().map(|e| e.revision).collect();
+        assert_eq!(revs, vec![3, 4, 5]);
+        assert!(w.after(5).is_empty());
+        w.push(9, Bytes::new());
+        assert_eq!(w.bounds(), Some((9, 9)), "a gap restarts the window");
+    }
+}

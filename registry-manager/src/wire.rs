@@ -1,0 +1,177 @@
+//! The edge between domain values and the `proto` wire types: every conversion in one place.
+
+use bytes::Bytes;
+use prost::Message;
+use proto::v1 as pb;
+use topology::{PackageStatus, PackageType};
+
+use crate::command::{AgentStatus, OperatorAction, Registration};
+use crate::delta::{Delta, HostView};
+use crate::error::RegistryError;
+use crate::state::State;
+
+/// A domain status as its wire enum value.
+pub fn status_to_proto(status: PackageStatus) -> pb::PackageStatus {
+    match status {
+        PackageStatus::Starting => pb::PackageStatus::Starting,
+        PackageStatus::Running => pb::PackageStatus::Running,
+        PackageStatus::Failing => pb::PackageStatus::Failing,
+        PackageStatus::Stopped => pb::PackageStatus::Stopped,
+        PackageStatus::Draining => pb::PackageStatus::Draining,
+        PackageStatus::Withdrawn => pb::PackageStatus::Withdrawn,
+    }
+}
+
+/// A status an agent sent. `unspecified_as` is what UNSPECIFIED means (None: refused).
+pub fn agent_status_from_proto(
+    value: i32,
+    unspecified_as: Option<AgentStatus>,
+) -> Result<AgentStatus, RegistryError> {
+    let bad = |reason: String| RegistryError::InvalidArgument {
+        field: "status",
+        reason,
+    };
+    match pb::PackageStatus::try_from(value) {
+        Ok(pb::PackageStatus::Starting) => Ok(AgentStatus::Starting),
+        Ok(pb::PackageStatus::Running) => Ok(AgentStatus::Running),
+        Ok(pb::PackageStatus::Failing) => Ok(AgentStatus::Failing),
+        Ok(pb::PackageStatus::Stopped) => Ok(AgentStatus::Stopped),
+        Ok(pb::PackageStatus::Unspecified) => unspecified_as.ok_or_else(|| {
+            bad("status is unspecified; an agent reports starting, running, failing or stopped".into())
+        }),
+        Ok(s @ (pb::PackageStatus::Draining | pb::PackageStatus::Withdrawn)) => Err(bad(format!(
+            "{} is set by operators (`registry-manager package drain|withdraw`), not reported by agents",
+            s.as_str_name()
+        ))),
+        Err(_) => Err(bad(format!("unknown package status value {value}"))),
+    }
+}
+
+/// An operator action from the wire.
+pub fn action_from_proto(value: i32) -> Result<OperatorAction, RegistryError> {
+    match pb::PackageAction::try_from(value) {
+        Ok(pb::PackageAction::Drain) => Ok(OperatorAction::Drain),
+        Ok(pb::PackageAction::Withdraw) => Ok(OperatorAction::Withdraw),
+        Ok(pb::PackageAction::Restore) => Ok(OperatorAction::Restore),
+        _ => Err(RegistryError::InvalidArgument {
+            field: "action",
+            reason: format!("action value {value} is not one of drain, withdraw, restore"),
+        }),
+    }
+}
+
+/// The packages of an `OpenSession` request, validated.
+pub fn registrations_from_proto(
+    packages: Vec<pb::Package>,
+) -> Result<Vec<Registration>, RegistryError> {
+    packages
+        .into_iter()
+        .map(|p| {
+            Ok(Registration {
+                package_type: PackageType::new(p.r#type)?,
+                endpoint: p.endpoint,
+                status: agent_status_from_proto(p.status, Some(AgentStatus::Starting))?,
+            })
+        })
+        .collect()
+}
+
+/// One host entry on the wire.
+pub fn host_to_proto(view: &HostView) -> pb::HostEntry {
+    pb::HostEntry {
+        host: view.host.to_string(),
+        alive: view.alive,
+        packages: view
+            .packages
+            .iter()
+            .map(|p| pb::Package {
+                r#type: p.package_type.to_string(),
+                endpoint: p.endpoint.clone(),
+                status: status_to_proto(p.status) as i32,
+            })
+            .collect(),
+    }
+}
+
+/// A delta, encoded once (shared by every watcher of its revision).
+pub fn encode_delta(delta: &Delta) -> Bytes {
+    let msg = pb::Delta {
+        revision: delta.revision.0,
+        upserts: delta.upserts.iter().map(host_to_proto).collect(),
+        removed_hosts: delta.removed_hosts.iter().map(|h| h.to_string()).collect(),
+        topology_yaml: delta.topology_yaml.clone(),
+    };
+    Bytes::from(msg.encode_to_vec())
+}
+
+/// The whole registry, encoded once per revision for every watcher that needs a snapshot.
+pub fn encode_state(state: &State) -> Bytes {
+    let msg = pb::RegistryState {
+        revision: state.revision().0,
+        topology_yaml: state.topology_yaml().to_owned(),
+        hosts: state.host_views().map(|v| host_to_proto(&v)).collect(),
+    };
+    Bytes::from(msg.encode_to_vec())
+}
+
+/// A watch event carrying a pre-encoded delta.
+pub fn delta_event(revision: u64, delta: Bytes) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision,
+        payload: Some(pb::watch_event::Payload::Delta(delta)),
+    }
+}
+
+/// A watch event carrying a pre-encoded snapshot.
+pub fn snapshot_event(revision: u64, snapshot: Bytes) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision,
+        payload: Some(pb::watch_event::Payload::Snapshot(snapshot)),
+    }
+}
+
+/// The packages of a host record, with effective statuses.
+pub fn packages_to_proto(
+    packages: &std::collections::BTreeMap<PackageType, crate::state::PackageRecord>,
+) -> Vec<pb::Package> {
+    packages
+        .iter()
+        .map(|(t, p)| pb::Package {
+            r#type: t.to_string(),
+            endpoint: p.endpoint.clone(),
+            status: status_to_proto(p.effective()) as i32,
+        })
+        .collect()
+}
+
+/// A route explanation (SPEC §6) on the wire, computed at `revision`.
+pub fn explanation_to_proto(
+    e: &topology::Explanation,
+    revision: topology::Revision,
+) -> pb::RouteExplanation {
+    pb::RouteExplanation {
+        host: e.host.to_string(),
+        r#type: e.package_type.to_string(),
+        chosen: e.chosen.as_ref().map(ToString::to_string),
+        endpoint: e.endpoint.clone(),
+        route: e.route.iter().map(ToString::to_string).collect(),
+        candidates: e
+            .candidates
+            .iter()
+            .map(|c| pb::RouteCandidate {
+                host: c.host.to_string(),
+                domain: c
+                    .domain
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                tier: c.tier.map(|t| t.name().to_owned()).unwrap_or_default(),
+                eligible: c.eligible,
+                reason: c.reason.clone().unwrap_or_default(),
+                endpoint: c.endpoint.clone(),
+            })
+            .collect(),
+        revision: revision.0,
+        stale: false,
+    }
+}
