@@ -185,7 +185,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let manager = start(config).await?;
-    tracing::info!(addr = %manager.local_addr(), revision = manager.revision().await, "registry manager serving");
+    let revision = manager.revision().await;
+    tracing::info!(addr = %manager.local_addr(), revision, "registry manager serving");
     let cancel = manager.cancel.clone();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),

@@ -441,3 +441,373 @@ fn view(host: &HostName, rec: &HostRecord) -> HostView {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::OperatorAction;
+
+    const TTL: Duration = Duration::from_secs(1);
+
+    const TREE: &str = "version: 1\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2]\n  - domain: subdomain-2\n    hosts: [s2-host]\n";
+    /// agent-2 moved to subdomain-2, s2-host removed.
+    const TREE_CHANGED: &str = "version: 1\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1]\n  - domain: subdomain-2\n    hosts: [agent-2]\n";
+
+    fn h(s: &str) -> HostName {
+        HostName::new(s).unwrap()
+    }
+    fn t(s: &str) -> PackageType {
+        PackageType::new(s).unwrap()
+    }
+    fn sid(s: &str) -> SessionId {
+        SessionId::new(s)
+    }
+    fn topo(yaml: &str) -> Command {
+        let t = Topology::from_yaml("t.yaml", yaml).unwrap();
+        Command::ApplyTopology { yaml: t.to_yaml() }
+    }
+    fn reg(ty: &str, status: AgentStatus) -> Registration {
+        Registration {
+            package_type: t(ty),
+            endpoint: "127.0.0.1:7001".into(),
+            status,
+        }
+    }
+    fn open(host: &str, id: &str, packages: Vec<Registration>) -> Command {
+        Command::OpenSession {
+            host: h(host),
+            session_id: sid(id),
+            packages,
+        }
+    }
+    fn report(host: &str, ty: &str, status: AgentStatus) -> Command {
+        Command::ReportStatus {
+            host: h(host),
+            package_type: t(ty),
+            status,
+        }
+    }
+    fn act(host: &str, ty: &str, action: OperatorAction) -> Command {
+        Command::OperatorAction {
+            host: h(host),
+            package_type: t(ty),
+            action,
+        }
+    }
+    /// Checks then applies, like the writer.
+    fn run(state: &mut State, cmd: Command) -> Result<Option<Delta>, RegistryError> {
+        match state.check(&cmd, None, TTL)? {
+            Check::Apply => Ok(Some(state.apply(&cmd))),
+            Check::Unchanged => Ok(None),
+        }
+    }
+    fn status_of(state: &State, host: &str, ty: &str) -> PackageStatus {
+        state.host(host).unwrap().packages[ty].effective()
+    }
+    const CCM: &str = "command-control-manager";
+
+    fn with_topology() -> State {
+        let mut s = State::new();
+        run(&mut s, topo(TREE)).unwrap();
+        s
+    }
+
+    #[test]
+    fn sessions_need_a_topology_that_names_the_host() {
+        let mut s = State::new();
+        let err = run(&mut s, open("fm", "a", vec![])).unwrap_err();
+        assert!(matches!(err, RegistryError::NoTopology), "{err}");
+        let mut s = with_topology();
+        let err = run(&mut s, open("ghost", "a", vec![])).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::HostNotInTopology { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("add it to the topology"), "{err}");
+        assert_eq!(s.revision(), Revision(1), "refusals change nothing");
+    }
+
+    #[test]
+    fn one_live_session_per_host_until_it_lapses() {
+        let mut s = with_topology();
+        let d = run(
+            &mut s,
+            open("agent-1", "s1", vec![reg(CCM, AgentStatus::Running)]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.revision, Revision(2));
+        assert_eq!(d.upserts.len(), 1);
+        assert!(d.upserts[0].alive);
+        let err = run(&mut s, open("agent-1", "s2", vec![])).unwrap_err();
+        assert!(matches!(err, RegistryError::SessionExists { .. }), "{err}");
+        // A stale expiry (another id) changes nothing.
+        let stale = Command::SessionExpired {
+            host: h("agent-1"),
+            session_id: sid("old"),
+        };
+        assert!(run(&mut s, stale.clone()).unwrap().is_none());
+        assert!(s.apply(&stale).is_empty(), "moot when applied anyway");
+        let d = run(
+            &mut s,
+            Command::SessionExpired {
+                host: h("agent-1"),
+                session_id: sid("s1"),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!d.upserts[0].alive);
+        assert_eq!(
+            d.upserts[0].packages.len(),
+            1,
+            "packages stay listed while not alive"
+        );
+        run(&mut s, open("agent-1", "s2", vec![])).unwrap().unwrap();
+        assert!(s.host("agent-1").unwrap().alive());
+    }
+
+    #[test]
+    fn reports_need_the_live_session_and_a_registered_type() {
+        let mut s = with_topology();
+        run(
+            &mut s,
+            open("agent-1", "s1", vec![reg(CCM, AgentStatus::Starting)]),
+        )
+        .unwrap();
+        let cmd = report("agent-1", CCM, AgentStatus::Running);
+        let err = s.check(&cmd, Some(&sid("other")), TTL).unwrap_err();
+        assert!(matches!(err, RegistryError::SessionNotLive { .. }), "{err}");
+        assert_eq!(s.check(&cmd, Some(&sid("s1")), TTL).unwrap(), Check::Apply);
+        let err = run(
+            &mut s,
+            report("agent-1", "event-manager", AgentStatus::Running),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RegistryError::UnknownPackage { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("registered: command-control-manager"),
+            "{err}"
+        );
+        run(&mut s, cmd.clone()).unwrap().unwrap();
+        assert_eq!(status_of(&s, "agent-1", CCM), PackageStatus::Running);
+        assert!(
+            run(&mut s, cmd).unwrap().is_none(),
+            "the same report again writes nothing"
+        );
+    }
+
+    #[test]
+    fn operator_override_beats_agent_reports_until_restore() {
+        let mut s = with_topology();
+        run(
+            &mut s,
+            open("agent-1", "s1", vec![reg(CCM, AgentStatus::Running)]),
+        )
+        .unwrap();
+        run(&mut s, act("agent-1", CCM, OperatorAction::Drain))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status_of(&s, "agent-1", CCM), PackageStatus::Draining);
+        run(&mut s, report("agent-1", CCM, AgentStatus::Failing))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status_of(&s, "agent-1", CCM), PackageStatus::Draining);
+        run(&mut s, act("agent-1", CCM, OperatorAction::Withdraw))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status_of(&s, "agent-1", CCM), PackageStatus::Withdrawn);
+        assert!(run(&mut s, act("agent-1", CCM, OperatorAction::Withdraw))
+            .unwrap()
+            .is_none());
+        run(&mut s, act("agent-1", CCM, OperatorAction::Restore))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            status_of(&s, "agent-1", CCM),
+            PackageStatus::Failing,
+            "latest report counts again"
+        );
+        assert!(run(&mut s, act("agent-1", CCM, OperatorAction::Restore))
+            .unwrap()
+            .is_none());
+        let err = run(&mut s, act("agent-2", CCM, OperatorAction::Drain)).unwrap_err();
+        assert!(matches!(err, RegistryError::UnknownPackage { .. }), "{err}");
+        let err = run(&mut s, act("ghost", CCM, OperatorAction::Drain)).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::HostNotInTopology { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn effective_status_is_the_override_else_the_report() {
+        assert_eq!(
+            effective_status(AgentStatus::Running, None),
+            PackageStatus::Running
+        );
+        assert_eq!(
+            effective_status(AgentStatus::Running, Some(Override::Drain)),
+            PackageStatus::Draining
+        );
+        assert_eq!(
+            effective_status(AgentStatus::Stopped, Some(Override::Withdraw)),
+            PackageStatus::Withdrawn
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_overrides_of_types_still_registered() {
+        let mut s = with_topology();
+        let both = vec![
+            reg(CCM, AgentStatus::Running),
+            reg("event-manager", AgentStatus::Running),
+        ];
+        run(&mut s, open("agent-1", "s1", both)).unwrap();
+        run(&mut s, act("agent-1", CCM, OperatorAction::Drain)).unwrap();
+        run(
+            &mut s,
+            act("agent-1", "event-manager", OperatorAction::Withdraw),
+        )
+        .unwrap();
+        run(
+            &mut s,
+            Command::SessionExpired {
+                host: h("agent-1"),
+                session_id: sid("s1"),
+            },
+        )
+        .unwrap();
+        run(
+            &mut s,
+            open("agent-1", "s2", vec![reg(CCM, AgentStatus::Starting)]),
+        )
+        .unwrap();
+        let rec = s.host("agent-1").unwrap();
+        assert_eq!(rec.packages.len(), 1);
+        assert_eq!(rec.packages[CCM].operator, Some(Override::Drain));
+        run(
+            &mut s,
+            Command::SessionExpired {
+                host: h("agent-1"),
+                session_id: sid("s2"),
+            },
+        )
+        .unwrap();
+        run(
+            &mut s,
+            open(
+                "agent-1",
+                "s3",
+                vec![reg("event-manager", AgentStatus::Running)],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            s.host("agent-1").unwrap().packages["event-manager"].operator,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_registrations_are_refused() {
+        let mut s = with_topology();
+        let dup = vec![
+            reg(CCM, AgentStatus::Running),
+            reg(CCM, AgentStatus::Running),
+        ];
+        assert!(run(&mut s, open("agent-1", "s1", dup)).is_err());
+        for endpoint in ["", "no-port", "a b:1", "host:99999"] {
+            let p = vec![Registration {
+                package_type: t(CCM),
+                endpoint: endpoint.into(),
+                status: AgentStatus::Running,
+            }];
+            let err = run(&mut s, open("agent-1", "s1", p)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RegistryError::InvalidArgument {
+                        field: "endpoint",
+                        ..
+                    }
+                ),
+                "{endpoint:?}: {err}"
+            );
+        }
+        assert_eq!(s.revision(), Revision(1));
+    }
+
+    #[test]
+    fn topology_change_removes_dropped_hosts_and_keeps_moved_ones() {
+        let mut s = with_topology();
+        run(
+            &mut s,
+            open("agent-2", "s-a2", vec![reg(CCM, AgentStatus::Running)]),
+        )
+        .unwrap();
+        run(
+            &mut s,
+            open("s2-host", "s-s2", vec![reg(CCM, AgentStatus::Running)]),
+        )
+        .unwrap();
+        let d = run(&mut s, topo(TREE_CHANGED)).unwrap().unwrap();
+        assert_eq!(d.removed_hosts, vec![h("s2-host")]);
+        assert!(d.upserts.is_empty());
+        assert!(d
+            .topology_yaml
+            .as_deref()
+            .is_some_and(|y| y.contains("agent-2")));
+        assert!(s.host("s2-host").is_none());
+        assert_eq!(
+            s.host("agent-2").unwrap().session,
+            Some(sid("s-a2")),
+            "a moved host keeps its session"
+        );
+        assert_eq!(
+            s.topology()
+                .unwrap()
+                .host_domain("agent-2")
+                .map(|d| d.to_string()),
+            Some("subdomain-2".to_string())
+        );
+        let err = run(&mut s, open("s2-host", "again", vec![])).unwrap_err();
+        assert!(matches!(err, RegistryError::HostNotInTopology { .. }));
+    }
+
+    #[test]
+    fn replaying_the_log_rebuilds_the_same_state_and_checkpoints_round_trip() {
+        let cmds = vec![
+            topo(TREE),
+            open("agent-1", "s1", vec![reg(CCM, AgentStatus::Starting)]),
+            report("agent-1", CCM, AgentStatus::Running),
+            act("agent-1", CCM, OperatorAction::Drain),
+            open("fm", "s2", vec![reg(CCM, AgentStatus::Running)]),
+            Command::SessionExpired {
+                host: h("fm"),
+                session_id: sid("s2"),
+            },
+            topo(TREE_CHANGED),
+        ];
+        let mut a = State::new();
+        let mut b = State::new();
+        let da: Vec<Delta> = cmds.iter().map(|c| a.apply(c)).collect();
+        let db: Vec<Delta> = cmds.iter().map(|c| b.apply(c)).collect();
+        assert_eq!(da, db);
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert_eq!(a.revision(), Revision(cmds.len() as u64));
+        let c = State::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(c.to_bytes(), a.to_bytes());
+        assert_eq!(
+            c.topology().map(|t| t.to_yaml()),
+            a.topology().map(|t| t.to_yaml())
+        );
+        let snap = a.to_snapshot();
+        assert!(!snap.hosts["fm"].alive);
+        assert_eq!(
+            snap.hosts["agent-1"].packages[CCM].status,
+            PackageStatus::Draining
+        );
+    }
+}
