@@ -778,7 +778,7 @@ mod tests {
 
     #[test]
     fn replaying_the_log_rebuilds_the_same_state_and_checkpoints_round_trip() {
-        let cmds = vec![
+        let cmds = [
             topo(TREE),
             open("agent-1", "s1", vec![reg(CCM, AgentStatus::Starting)]),
             report("agent-1", CCM, AgentStatus::Running),

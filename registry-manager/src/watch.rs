@@ -239,6 +239,9 @@ impl Cursor {
     }
 
     async fn resync(&mut self) -> pb::WatchEvent {
+        // Drop what is queued (all older than the snapshot), subscribing again before the
+        // state is read, so no later revision is missed.
+        self.rx = self.rx.resubscribe();
         let guard = self.state.read().await;
         let (rev, bytes) = self.hub.snapshot_of(&guard).await;
         self.last = rev;
@@ -249,6 +252,76 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Command;
+    use futures::StreamExt;
+    use prost::Message;
+
+    const TREE: &str = "version: 1\ndomain: root\nhosts: [a]\n";
+
+    /// Applies a command and publishes its delta, like the writer.
+    async fn write(hub: &WatchHub, state: &tokio::sync::RwLock<State>) -> u64 {
+        let mut s = state.write().await;
+        let delta = s.apply(&Command::ApplyTopology { yaml: TREE.into() });
+        hub.publish(delta.revision, wire::encode_delta(&delta));
+        delta.revision.0
+    }
+
+    fn kind(ev: &pb::WatchEvent) -> &'static str {
+        match ev.payload {
+            Some(pb::watch_event::Payload::Snapshot(_)) => "snapshot",
+            Some(pb::watch_event::Payload::Delta(_)) => "delta",
+            None => "none",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_the_queue_gets_a_fresh_snapshot() {
+        let hub = Arc::new(WatchHub::new(100, 2));
+        let state = Arc::new(tokio::sync::RwLock::new(State::new()));
+        write(&hub, &state).await;
+        let stream = hub.watch(Arc::clone(&state), 0).await;
+        let mut stream = std::pin::pin!(stream);
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!((kind(&first), first.revision), ("snapshot", 1));
+        assert_eq!(hub.watchers(), 1);
+        // Ten revisions while the watcher reads nothing: more than the queue holds.
+        let mut last = 0;
+        for _ in 0..10 {
+            last = write(&hub, &state).await;
+        }
+        let ev = stream.next().await.unwrap().unwrap();
+        assert_eq!((kind(&ev), ev.revision), ("snapshot", last));
+        let Some(pb::watch_event::Payload::Snapshot(bytes)) = ev.payload else {
+            unreachable!()
+        };
+        assert_eq!(pb::RegistryState::decode(bytes).unwrap().revision, last);
+        // Then live deltas again, in order.
+        let next = write(&hub, &state).await;
+        let ev = stream.next().await.unwrap().unwrap();
+        assert_eq!((kind(&ev), ev.revision), ("delta", next));
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_revision_share_one_encoded_snapshot() {
+        let hub = Arc::new(WatchHub::new(100, 16));
+        let state = Arc::new(tokio::sync::RwLock::new(State::new()));
+        write(&hub, &state).await;
+        let mut payloads = Vec::new();
+        for _ in 0..3 {
+            let stream = hub.watch(Arc::clone(&state), 0).await;
+            let mut stream = std::pin::pin!(stream);
+            let ev = stream.next().await.unwrap().unwrap();
+            let Some(pb::watch_event::Payload::Snapshot(bytes)) = ev.payload else {
+                panic!()
+            };
+            payloads.push(bytes);
+        }
+        assert!(
+            payloads.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()),
+            "one encoding, shared"
+        );
+        assert_eq!(hub.watchers(), 0, "dropped streams are counted out");
+    }
 
     #[test]
     fn resume_decisions() {

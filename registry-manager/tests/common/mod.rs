@@ -220,6 +220,12 @@ pub struct Watcher {
     stream: tonic::Streaming<pb::WatchEvent>,
 }
 
+impl From<tonic::Streaming<pb::WatchEvent>> for Watcher {
+    fn from(stream: tonic::Streaming<pb::WatchEvent>) -> Self {
+        Watcher { stream }
+    }
+}
+
 impl Watcher {
     /// The next event, within `WAIT`.
     pub async fn next(&mut self) -> Result<Event> {
