@@ -600,6 +600,68 @@ async fn an_invalid_topology_at_start_refuses_to_start() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_each_receive_every_change_in_order() -> Result<()> {
+    let mut h = Harness::start(TTL).await?;
+    let addr = h.manager.as_ref().unwrap().local_addr();
+    let channels = [
+        h.channel.clone(),
+        connect(addr).await?,
+        connect(addr).await?,
+    ];
+    let mut watchers = Vec::new();
+    for i in 0..300 {
+        let channel = channels[i % channels.len()].clone();
+        let mut client = proto::v1::agent_registry_client::AgentRegistryClient::new(channel);
+        let req = pb::WatchRequest {
+            from_revision: 0,
+            host: format!("watcher-{i}"),
+        };
+        watchers.push(Watcher::from(client.watch(req).await?.into_inner()));
+    }
+    let start = h.revision().await;
+    for w in &mut watchers {
+        assert_eq!(w.next().await?.snapshot()?.revision, start);
+    }
+    assert_eq!(h.manager.as_ref().unwrap().watchers(), 300);
+    h.open("agent-1", &[CCM]).await?;
+    h.action("agent-1", CCM, pb::PackageAction::Drain).await?;
+    let last = h.action("agent-1", CCM, pb::PackageAction::Restore).await?;
+    let tasks: Vec<_> = watchers
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                let mut revs = Vec::new();
+                while revs.last() != Some(&last) {
+                    revs.push(w.next().await?.delta()?.revision);
+                }
+                anyhow::Ok(revs)
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await??, (start + 1..=last).collect::<Vec<_>>());
+    }
+    h.shutdown().await
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused_with_its_path() -> Result<()> {
+    let h = Harness::start(TTL).await?;
+    let config = config(&h.dir, TTL, None);
+    let err = registry_manager::start(config).await.unwrap_err();
+    assert!(
+        matches!(err, registry_manager::ServeError::Store { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&h.dir.path().display().to_string()),
+        "{err}"
+    );
+    h.shutdown().await
+}
+
 #[tokio::test]
 async fn run_stops_when_its_shutdown_future_resolves() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -37,7 +37,12 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Engine(format!("cannot create the data directory: {e}")))?;
-        let db = sled::Config::new().path(dir).open().map_err(engine)?;
+        // The page cache is bounded explicitly: the registry itself lives in memory already.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(engine)?;
         let log = db.open_tree(LOG_TREE).map_err(engine)?;
         let meta = db.open_tree(META_TREE).map_err(engine)?;
         let store = SledStore {

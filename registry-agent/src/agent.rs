@@ -1,0 +1,255 @@
+//! Starting, running and stopping an agent: wires the tasks together (local checks, session
+//! client, routing engine, prober, local API, forwarders) around shared state, and owns the
+//! shutdown signal that stops them all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use proto::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use topology::PackageType;
+
+use crate::api::AgentApi;
+use crate::bootstrap::Bootstrap;
+use crate::checks::spawn_checks;
+use crate::config::AgentConfig;
+use crate::copy_store::CopyStore;
+use crate::error::AgentError;
+use crate::forwarder::Forwarder;
+use crate::health_view::HealthView;
+use crate::prober::run_prober;
+use crate::registry_copy::RegistryCopy;
+use crate::route_book::RouteBook;
+use crate::route_engine::{run_engine, EngineInputs, RouteEngine};
+use crate::session::{SessionClient, SessionTiming, REGISTRY_MANAGER_TYPE};
+
+/// How long `shutdown` waits for tasks to finish before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A running agent. Dropping it without [`RunningAgent::shutdown`] leaves its tasks running
+/// until the runtime ends; call `shutdown` to stop it and release its data directory.
+#[derive(Debug)]
+pub struct RunningAgent {
+    local_addr: SocketAddr,
+    forwards: BTreeMap<PackageType, SocketAddr>,
+    book: watch::Receiver<Arc<RouteBook>>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// The bound address of the local API.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bound address of the forward port of a type.
+    pub fn forward_addr(&self, package_type: &str) -> Option<SocketAddr> {
+        self.forwards.get(package_type).copied()
+    }
+
+    /// The routes as the agent sees them now.
+    pub fn routes(&self) -> Arc<RouteBook> {
+        self.book.borrow().clone()
+    }
+
+    /// A receiver of every new route book (for tests and harnesses that wait on a condition).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RouteBook>> {
+        self.book.clone()
+    }
+
+    /// The chosen manager of a type now.
+    pub fn chosen(&self, package_type: &str) -> Option<String> {
+        self.book
+            .borrow()
+            .chosen(package_type)
+            .map(|h| h.as_str().to_owned())
+    }
+
+    /// True while the agent has no live registry session.
+    pub fn stale(&self) -> bool {
+        self.book.borrow().stale
+    }
+
+    /// Revision of the registry copy.
+    pub fn revision(&self) -> u64 {
+        self.book.borrow().revision
+    }
+
+    /// Route changes since start, all types together.
+    pub fn route_changes(&self) -> u64 {
+        self.book.borrow().total_changes
+    }
+
+    /// Stops every task and waits for them (bounded), releasing ports and the data directory.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { what, addr, source })
+}
+
+/// Starts an agent: opens the persisted copy (answering from it at once), binds the local API
+/// and forward ports, and starts every task. Returns once everything listens.
+pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let store = CopyStore::open(&config.data_dir)?;
+    let copy = match store.load() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "starting with an empty registry copy");
+            RegistryCopy::default()
+        }
+    };
+    if copy.has_data() {
+        tracing::info!(
+            revision = copy.revision(),
+            "loaded the persisted registry copy"
+        );
+    }
+
+    let api_listener = bind("the local API".into(), config.listen).await?;
+    let local_addr = api_listener
+        .local_addr()
+        .map_err(|source| AgentError::Bind {
+            what: "the local API".into(),
+            addr: config.listen,
+            source,
+        })?;
+    let mut forward_listeners = Vec::new();
+    let mut forwards = BTreeMap::new();
+    for f in &config.forward {
+        let what = format!("forward {}", f.package_type);
+        let l = bind(what.clone(), f.listen).await?;
+        let addr = l.local_addr().map_err(|source| AgentError::Bind {
+            what,
+            addr: f.listen,
+            source,
+        })?;
+        forwards.insert(f.package_type.clone(), addr);
+        forward_listeners.push((f.package_type.clone(), l));
+    }
+
+    let shutdown = CancellationToken::new();
+    let health = Arc::new(HealthView::new(&config.health));
+    let mut always: Vec<PackageType> = config
+        .forward
+        .iter()
+        .map(|f| f.package_type.clone())
+        .collect();
+    always.extend(PackageType::new(REGISTRY_MANAGER_TYPE));
+    let mut engine = RouteEngine::new(config.host.clone(), always);
+    let first = engine.recompute(&copy, &|_, _| false, true, Instant::now());
+    let (book_tx, book_rx) = watch::channel(Arc::new(first.book));
+    let copy = Arc::new(RwLock::new(copy));
+    let (copy_changed_tx, copy_changed_rx) = watch::channel(0u64);
+    let (stale_tx, stale_rx) = watch::channel(true);
+
+    let mut tasks = Vec::new();
+    let inputs = EngineInputs {
+        copy: copy.clone(),
+        copy_changed: copy_changed_rx,
+        stale: stale_rx,
+        health: health.clone(),
+    };
+    tasks.push(tokio::spawn(run_engine(
+        engine,
+        inputs,
+        book_tx,
+        shutdown.clone(),
+    )));
+
+    let (statuses, check_tasks) = spawn_checks(&config.packages, &shutdown);
+    tasks.extend(check_tasks);
+
+    let session = SessionClient {
+        host: config.host.clone(),
+        packages: config.packages.clone(),
+        statuses,
+        copy,
+        copy_changed: copy_changed_tx,
+        stale: stale_tx,
+        store,
+        book: book_rx.clone(),
+        health: health.clone(),
+        bootstrap: Bootstrap::new(config.managers.clone()),
+        timing: SessionTiming::default(),
+    };
+    tasks.push(tokio::spawn(session.run(shutdown.clone())));
+
+    tasks.push(tokio::spawn(run_prober(
+        config.health,
+        book_rx.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )));
+
+    for (t, l) in forward_listeners {
+        let f = Forwarder {
+            package_type: t,
+            book: book_rx.clone(),
+            health: health.clone(),
+            connect_timeout: config.health.timeout,
+        };
+        tasks.push(tokio::spawn(f.run(l, shutdown.clone())));
+    }
+
+    let api = AgentApi {
+        book: book_rx.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<AgentServer<AgentApi>>().await;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(api_listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
+    let server_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(AgentServer::new(api))
+            .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "local API server stopped");
+        }
+    }));
+
+    tracing::info!(host = %config.host, listen = %local_addr, "registry agent started");
+    Ok(RunningAgent {
+        local_addr,
+        forwards,
+        book: book_rx,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Runs an agent until `shutdown` is cancelled (the entry point of `registry-agent run`).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let agent = start(config).await?;
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}

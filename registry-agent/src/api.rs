@@ -1,0 +1,177 @@
+//! The local API of the agent (`Agent` gRPC service on `listen`): `Resolve` (with a `brief`
+//! fast path: a map lookup and a clone of a pre-built answer), `WatchRoute` and `Routes`,
+//! all answered from the current [`RouteBook`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::v1 as pb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use topology::PackageType;
+
+use crate::route_book::{BookProblem, RouteBook, TypeRoute};
+
+/// The `Agent` service implementation.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    /// The current routes.
+    pub book: watch::Receiver<Arc<RouteBook>>,
+    /// Ends open `WatchRoute` streams at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+fn check_type(t: &str) -> Result<PackageType, Status> {
+    PackageType::new(t).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn problem_status(p: &BookProblem) -> Status {
+    match p {
+        BookProblem::NoCopy | BookProblem::NoTopology => Status::unavailable(p.to_string()),
+        BookProblem::UnknownHost(_) => Status::failed_precondition(p.to_string()),
+    }
+}
+
+/// The answer for a type no host runs (and no forward port names): no manager.
+fn nobody(book: &RouteBook, t: &str, brief: bool) -> pb::RouteExplanation {
+    pb::RouteExplanation {
+        r#type: if brief { String::new() } else { t.to_owned() },
+        revision: book.revision,
+        stale: book.stale,
+        ..Default::default()
+    }
+}
+
+fn update_of(book: &RouteBook, t: &str, route: Option<&Arc<TypeRoute>>) -> pb::RouteUpdate {
+    match route {
+        Some(r) => r.update(book.revision, book.stale),
+        None => pb::RouteUpdate {
+            r#type: t.to_owned(),
+            revision: book.revision,
+            stale: book.stale,
+            reason: book
+                .problem
+                .as_ref()
+                .map_or_else(|| "no host runs this type".to_owned(), |p| p.to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::RouteUpdate, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentApi {
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::RouteExplanation>, Status> {
+        let req = request.into_inner();
+        let book = self.book.borrow().clone();
+        let answer = match book.routes.get(req.r#type.as_str()) {
+            Some(r) => {
+                // The book's answers carry the revision and staleness of their computation;
+                // staleness may have changed since, so it is set from the book.
+                let mut a = if req.brief {
+                    r.brief.clone()
+                } else {
+                    r.full.clone()
+                };
+                a.stale = book.stale;
+                a
+            }
+            None => {
+                check_type(&req.r#type)?;
+                if let Some(p) = &book.problem {
+                    return Err(problem_status(p));
+                }
+                nobody(&book, &req.r#type, req.brief)
+            }
+        };
+        Ok(Response::new(answer))
+    }
+
+    type WatchRouteStream = UpdateStream;
+
+    async fn watch_route(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let t = check_type(&request.into_inner().r#type)?;
+        let mut rx = self.book.clone();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream_of(
+            move |tx: tokio::sync::mpsc::Sender<Result<pb::RouteUpdate, Status>>| async move {
+                let mut last: Option<pb::RouteUpdate> = None;
+                loop {
+                    let update = {
+                        let book = rx.borrow_and_update().clone();
+                        let mut u = update_of(&book, t.as_str(), book.get(t.as_str()));
+                        if last.is_none() {
+                            u.reason = "initial".to_owned();
+                        }
+                        u
+                    };
+                    let changed = match &last {
+                        None => true,
+                        Some(l) => {
+                            (&l.chosen, &l.endpoint, &l.route, l.stale)
+                                != (
+                                    &update.chosen,
+                                    &update.endpoint,
+                                    &update.route,
+                                    update.stale,
+                                )
+                        }
+                    };
+                    if changed {
+                        if tx.send(Ok(update.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(update);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        r = rx.changed() => if r.is_err() { return },
+                    }
+                }
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn routes(
+        &self,
+        _request: Request<pb::RoutesRequest>,
+    ) -> Result<Response<pb::RoutesResponse>, Status> {
+        let book = self.book.borrow().clone();
+        if book.routes.is_empty() {
+            if let Some(p) = &book.problem {
+                return Err(problem_status(p));
+            }
+        }
+        Ok(Response::new(pb::RoutesResponse {
+            revision: book.revision,
+            stale: book.stale,
+            routes: book
+                .routes
+                .values()
+                .map(|r| r.update(book.revision, book.stale))
+                .collect(),
+        }))
+    }
+}
+
+/// A stream fed by a spawned producer through a small channel (back-pressure to the producer).
+fn async_stream_of<F, Fut>(producer: F) -> UpdateStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::RouteUpdate, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,231 @@
+//! Persistence of the registry copy in sled under `data_dir`, so a restarted agent answers at
+//! once from what it last knew, even with every manager down, and resumes the watch from that
+//! revision.
+//!
+//! Layout (one tree, `copy`): `meta/revision` (u64 big-endian), `meta/topology` (YAML text),
+//! `host/<name>` (an encoded `HostEntry`). Every watch event is written as one atomic batch, so
+//! the stored copy is always the copy at some revision, never a mix of two.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use proto::v1 as pb;
+
+use crate::registry_copy::RegistryCopy;
+
+const KEY_REVISION: &[u8] = b"meta/revision";
+const KEY_TOPOLOGY: &[u8] = b"meta/topology";
+const KEY_SESSION: &[u8] = b"meta/session";
+const HOST_PREFIX: &[u8] = b"host/";
+/// sled's page cache; the copy itself is small and lives in memory anyway.
+const CACHE_BYTES: u64 = 4 << 20;
+
+/// Errors of the persisted copy.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open the registry copy in {dir}: {source}; check that the directory is writable and that no other agent uses it")]
+    Open {
+        /// The data directory.
+        dir: PathBuf,
+        /// The sled error.
+        source: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("registry copy storage error: {0}")]
+    Io(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error("the stored registry copy is damaged ({0}); delete the data directory to start from the manager's snapshot")]
+    Corrupt(String),
+}
+
+/// The sled-backed store of the registry copy.
+#[derive(Debug, Clone)]
+pub struct CopyStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl CopyStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<CopyStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir.join("registry-copy"))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(open_err)?;
+        let tree = db.open_tree("copy").map_err(open_err)?;
+        Ok(CopyStore { db, tree })
+    }
+
+    /// The persisted copy, or an empty one when nothing was stored yet.
+    pub fn load(&self) -> Result<RegistryCopy, StoreError> {
+        let revision = match self.tree.get(KEY_REVISION)? {
+            None => return Ok(RegistryCopy::default()),
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("revision is not 8 bytes".into()))?,
+            ),
+        };
+        let topology_yaml = match self.tree.get(KEY_TOPOLOGY)? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt("topology is not UTF-8".into()))?,
+            None => String::new(),
+        };
+        let mut hosts = Vec::new();
+        for kv in self.tree.scan_prefix(HOST_PREFIX) {
+            let (_, v) = kv?;
+            hosts.push(
+                pb::HostEntry::decode(v.as_ref())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(RegistryCopy::from_state(&pb::RegistryState {
+            revision,
+            topology_yaml,
+            hosts,
+        }))
+    }
+
+    /// Replaces the stored copy by a full state.
+    pub async fn save_state(&self, state: &pb::RegistryState) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let keep: std::collections::HashSet<Vec<u8>> =
+            state.hosts.iter().map(|h| host_key(&h.host)).collect();
+        for kv in self.tree.scan_prefix(HOST_PREFIX).keys() {
+            let k = kv?;
+            if !keep.contains(k.as_ref()) {
+                batch.remove(k);
+            }
+        }
+        for h in &state.hosts {
+            batch.insert(host_key(&h.host), h.encode_to_vec());
+        }
+        batch.insert(KEY_TOPOLOGY, state.topology_yaml.as_bytes());
+        batch.insert(KEY_REVISION, &state.revision.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Applies a delta to the stored copy.
+    pub async fn save_delta(&self, delta: &pb::Delta) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for h in &delta.removed_hosts {
+            batch.remove(host_key(h));
+        }
+        for h in &delta.upserts {
+            batch.insert(host_key(&h.host), h.encode_to_vec());
+        }
+        if let Some(t) = &delta.topology_yaml {
+            batch.insert(KEY_TOPOLOGY, t.as_bytes());
+        }
+        batch.insert(KEY_REVISION, &delta.revision.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+impl CopyStore {
+    /// The session id of the last session this agent held (to resume it after a restart).
+    pub fn load_session(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tree
+            .get(KEY_SESSION)?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+            .filter(|s| !s.is_empty()))
+    }
+
+    /// Remembers the current session id (`None`: forget it).
+    pub async fn save_session(&self, id: Option<&str>) -> Result<(), StoreError> {
+        match id {
+            Some(id) => self.tree.insert(KEY_SESSION, id.as_bytes())?,
+            None => self.tree.remove(KEY_SESSION)?,
+        };
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn host_key(host: &str) -> Vec<u8> {
+    let mut k = HOST_PREFIX.to_vec();
+    k.extend_from_slice(host.as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(host: &str) -> pb::HostEntry {
+        pb::HostEntry {
+            host: host.into(),
+            alive: true,
+            packages: vec![pb::Package {
+                r#type: "ccm".into(),
+                endpoint: "127.0.0.1:1".into(),
+                status: pb::PackageStatus::Running as i32,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn persists_snapshot_and_deltas_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = CopyStore::open(dir.path()).unwrap();
+            assert_eq!(s.load().unwrap().revision(), 0);
+            let state = pb::RegistryState {
+                revision: 4,
+                topology_yaml: "version: 1\ndomain: r\nhosts: [a, b]\n".into(),
+                hosts: vec![entry("a"), entry("b")],
+            };
+            s.save_state(&state).await.unwrap();
+            s.save_delta(&pb::Delta {
+                revision: 5,
+                upserts: vec![entry("c")],
+                removed_hosts: vec!["a".into()],
+                topology_yaml: None,
+            })
+            .await
+            .unwrap();
+        }
+        let s = CopyStore::open(dir.path()).unwrap();
+        let c = s.load().unwrap();
+        assert_eq!(c.revision(), 5);
+        assert!(c.topology.is_some());
+        let names: Vec<&str> = c.snapshot.hosts.keys().map(|h| h.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        // A new snapshot drops hosts it does not name.
+        s.save_state(&pb::RegistryState {
+            revision: 9,
+            topology_yaml: String::new(),
+            hosts: vec![entry("z")],
+        })
+        .await
+        .unwrap();
+        let c = s.load().unwrap();
+        assert_eq!(c.revision(), 9);
+        assert!(c.topology.is_none());
+        assert_eq!(
+            c.snapshot
+                .hosts
+                .keys()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>(),
+            ["z"]
+        );
+        assert_eq!(s.load_session().unwrap(), None);
+        s.save_session(Some("abc")).await.unwrap();
+        assert_eq!(s.load_session().unwrap().as_deref(), Some("abc"));
+        s.save_session(None).await.unwrap();
+        assert_eq!(s.load_session().unwrap(), None);
+    }
+}

@@ -1,0 +1,504 @@
+//! Computes the [`RouteBook`] from (registry copy, health view, time): `topology::explain` for
+//! the agent's own host and every manager type, then [`router::decide`] for the hold-down. The
+//! engine itself is a plain value (tested without sockets); [`run_engine`] is the task that
+//! recomputes whenever the copy, the health view or the session state changes, or a hold-down
+//! ends, and publishes the result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use proto::v1 as pb;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use topology::{explain, Explanation, HostName, PackageType, RouteError};
+
+use crate::health_view::HealthView;
+use crate::registry_copy::RegistryCopy;
+use crate::route_book::{BookProblem, RouteBook, Target, TypeRoute};
+use crate::router::{self, EligibleSince, Reason};
+
+/// Reason text of a candidate that is eligible but nearer than the chosen manager.
+pub const REASON_IN_HOLD_DOWN: &str = "recovered; in revert hold-down (routing.revert_after)";
+
+/// One change of the chosen manager of a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEvent {
+    /// The manager type.
+    pub package_type: PackageType,
+    /// Previous choice.
+    pub from: Option<HostName>,
+    /// New choice.
+    pub to: Option<HostName>,
+    /// Why.
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    current: Option<HostName>,
+    since: EligibleSince,
+    changes: u64,
+    reason: String,
+}
+
+/// The routing state of a live agent across recomputations.
+#[derive(Debug)]
+pub struct RouteEngine {
+    own_host: HostName,
+    /// Types always present in the book even when no host runs them (forward ports,
+    /// `registry-manager`).
+    always: BTreeSet<PackageType>,
+    types: BTreeMap<PackageType, TypeState>,
+    total_changes: u64,
+}
+
+/// The result of one recomputation.
+#[derive(Debug)]
+pub struct Recomputed {
+    /// The new book.
+    pub book: RouteBook,
+    /// Changes of chosen managers, to log and count.
+    pub events: Vec<RouteEvent>,
+    /// When to recompute again even if nothing changes (end of a hold-down).
+    pub next_wakeup: Option<Instant>,
+}
+
+impl RouteEngine {
+    /// An engine for `own_host`; `always` lists types to keep in the book.
+    pub fn new(own_host: HostName, always: impl IntoIterator<Item = PackageType>) -> RouteEngine {
+        RouteEngine {
+            own_host,
+            always: always.into_iter().collect(),
+            types: BTreeMap::new(),
+            total_changes: 0,
+        }
+    }
+
+    /// Recomputes every route. `held_down(host, type)` is the health view.
+    pub fn recompute(
+        &mut self,
+        copy: &RegistryCopy,
+        held_down: &dyn Fn(&str, &str) -> bool,
+        stale: bool,
+        now: Instant,
+    ) -> Recomputed {
+        let revision = copy.revision();
+        let mut book = RouteBook {
+            revision,
+            stale,
+            problem: None,
+            routes: BTreeMap::new(),
+            total_changes: 0,
+        };
+        let Some(topology) = copy.topology.as_deref() else {
+            book.problem = Some(if copy.has_data() {
+                BookProblem::NoTopology
+            } else {
+                BookProblem::NoCopy
+            });
+            book.total_changes = self.total_changes;
+            return Recomputed {
+                book,
+                events: Vec::new(),
+                next_wakeup: None,
+            };
+        };
+        if topology.host(self.own_host.as_str()).is_none() {
+            book.problem = Some(BookProblem::UnknownHost(self.own_host.as_str().to_owned()));
+            book.total_changes = self.total_changes;
+            return Recomputed {
+                book,
+                events: Vec::new(),
+                next_wakeup: None,
+            };
+        }
+        let revert_after = topology.routing().revert_after;
+        let mut types: BTreeSet<PackageType> = self.always.clone();
+        for h in copy.snapshot.hosts.values() {
+            types.extend(h.packages.keys().cloned());
+        }
+        self.types.retain(|t, _| types.contains(t));
+
+        let mut events = Vec::new();
+        let mut next_wakeup: Option<Instant> = None;
+        for t in types {
+            let held = |h: &str| held_down(h, t.as_str());
+            let ex = match explain(
+                topology,
+                &copy.snapshot,
+                self.own_host.as_str(),
+                t.as_str(),
+                &held,
+            ) {
+                Ok(ex) => ex,
+                Err(RouteError::UnknownHost(h)) => {
+                    book.problem = Some(BookProblem::UnknownHost(h));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(package_type = %t, error = %e, "route not computable");
+                    continue;
+                }
+            };
+            let fresh = !self.types.contains_key(&t);
+            let st = self.types.entry(t.clone()).or_default();
+            router::track_eligibility(&mut st.since, &ex.route, now);
+            let d = router::decide(&ex.route, st.current.as_ref(), &st.since, now, revert_after);
+            if d.chosen != st.current {
+                let reason = reason_text(&d.reason, fresh, &ex);
+                events.push(RouteEvent {
+                    package_type: t.clone(),
+                    from: st.current.clone(),
+                    to: d.chosen.clone(),
+                    reason: reason.clone(),
+                });
+                st.current = d.chosen.clone();
+                st.changes += 1;
+                st.reason = reason;
+                self.total_changes += 1;
+            } else if fresh {
+                st.reason = "initial".to_owned();
+            }
+            if let Some(w) = d.next_wakeup {
+                next_wakeup = Some(next_wakeup.map_or(w, |n| n.min(w)));
+            }
+            let route = build_type_route(&t, ex, st, revision, stale);
+            book.routes.insert(t, Arc::new(route));
+        }
+        book.total_changes = self.total_changes;
+        Recomputed {
+            book,
+            events,
+            next_wakeup,
+        }
+    }
+}
+
+fn reason_text(reason: &Reason, fresh: bool, ex: &Explanation) -> String {
+    match reason {
+        Reason::Available if fresh => "initial".to_owned(),
+        Reason::Left { from } => {
+            let why = ex
+                .candidates
+                .iter()
+                .find(|c| &c.host == from)
+                .and_then(|c| c.reason.clone())
+                .unwrap_or_else(|| "no longer runs this type".to_owned());
+            format!("manager failed: {from} {why}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn build_type_route(
+    t: &PackageType,
+    ex: Explanation,
+    st: &TypeState,
+    revision: u64,
+    stale: bool,
+) -> TypeRoute {
+    let endpoint_of = |h: &HostName| {
+        ex.candidates
+            .iter()
+            .find(|c| &c.host == h)
+            .map(|c| c.endpoint.clone())
+            .unwrap_or_default()
+    };
+    let chosen = st.current.clone();
+    let endpoint = chosen.as_ref().map(endpoint_of);
+    let mut order = Vec::with_capacity(ex.route.len());
+    if let (Some(c), Some(e)) = (&chosen, &endpoint) {
+        order.push(Target {
+            host: c.clone(),
+            endpoint: e.clone(),
+        });
+    }
+    for h in &ex.route {
+        if Some(h) != chosen.as_ref() {
+            order.push(Target {
+                host: h.clone(),
+                endpoint: endpoint_of(h),
+            });
+        }
+    }
+    let held_down = ex
+        .candidates
+        .iter()
+        .filter(|c| c.reason.as_deref() == Some(topology::route::REASON_HELD_DOWN))
+        .map(|c| Target {
+            host: c.host.clone(),
+            endpoint: c.endpoint.clone(),
+        })
+        .collect();
+    // Hosts ahead of the chosen one on the route are waiting out the revert hold-down.
+    let ahead: Vec<&HostName> = match &chosen {
+        Some(c) => ex.route.iter().take_while(|h| *h != c).collect(),
+        None => Vec::new(),
+    };
+    let route_names: Vec<String> = ex.route.iter().map(|h| h.as_str().to_owned()).collect();
+    let full = pb::RouteExplanation {
+        host: ex.host.as_str().to_owned(),
+        r#type: t.as_str().to_owned(),
+        chosen: chosen.as_ref().map(|h| h.as_str().to_owned()),
+        endpoint: endpoint.clone(),
+        route: route_names.clone(),
+        candidates: ex
+            .candidates
+            .iter()
+            .map(|c| pb::RouteCandidate {
+                host: c.host.as_str().to_owned(),
+                domain: c
+                    .domain
+                    .as_ref()
+                    .map(|d| d.as_str().to_owned())
+                    .unwrap_or_default(),
+                tier: c.tier.map(|t| t.name().to_owned()).unwrap_or_default(),
+                eligible: c.eligible,
+                reason: if ahead.contains(&&c.host) {
+                    REASON_IN_HOLD_DOWN.to_owned()
+                } else {
+                    c.reason.clone().unwrap_or_default()
+                },
+                endpoint: c.endpoint.clone(),
+            })
+            .collect(),
+        revision,
+        stale,
+    };
+    let brief = pb::RouteExplanation {
+        chosen: full.chosen.clone(),
+        endpoint: full.endpoint.clone(),
+        route: route_names,
+        revision,
+        stale,
+        ..Default::default()
+    };
+    TypeRoute {
+        package_type: t.clone(),
+        chosen,
+        endpoint,
+        route: ex.route,
+        order,
+        held_down,
+        reason: st.reason.clone(),
+        changes: st.changes,
+        full,
+        brief,
+    }
+}
+
+/// Shared inputs of the engine task.
+#[derive(Debug, Clone)]
+pub struct EngineInputs {
+    /// The registry copy (written by the session task).
+    pub copy: Arc<RwLock<RegistryCopy>>,
+    /// Bumped by the session task whenever the copy changes.
+    pub copy_changed: watch::Receiver<u64>,
+    /// True while there is no live session + watch.
+    pub stale: watch::Receiver<bool>,
+    /// The health view.
+    pub health: Arc<HealthView>,
+}
+
+/// Recomputes and publishes the book until `shutdown`.
+pub async fn run_engine(
+    mut engine: RouteEngine,
+    mut inputs: EngineInputs,
+    book_tx: watch::Sender<Arc<RouteBook>>,
+    shutdown: CancellationToken,
+) {
+    let mut health_changed = inputs.health.subscribe();
+    loop {
+        let stale = *inputs.stale.borrow_and_update();
+        inputs.copy_changed.borrow_and_update();
+        health_changed.borrow_and_update();
+        let now = Instant::now();
+        let r = {
+            let copy = inputs.copy.read().unwrap_or_else(|p| p.into_inner());
+            let health = &inputs.health;
+            engine.recompute(&copy, &|h, t| health.is_down(h, t), stale, now)
+        };
+        for e in &r.events {
+            let from = e.from.as_ref().map_or("none", |h| h.as_str());
+            let to = e.to.as_ref().map_or("none", |h| h.as_str());
+            tracing::info!(package_type = %e.package_type, from, to, reason = %e.reason, "route changed");
+        }
+        // Forget health entries of managers that are no longer candidates at all.
+        {
+            let book = &r.book;
+            if book.problem.is_none() {
+                inputs.health.retain(|t, h| {
+                    book.get(t.as_str())
+                        .is_some_and(|r| r.full.candidates.iter().any(|c| c.host == h.as_str()))
+                });
+            }
+        }
+        let next_wakeup = r.next_wakeup;
+        book_tx.send_replace(Arc::new(r.book));
+        let sleep = async {
+            match next_wakeup {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = inputs.copy_changed.changed() => if r.is_err() { return },
+            r = inputs.stale.changed() => if r.is_err() { return },
+            _ = health_changed.changed() => {},
+            _ = sleep => {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use topology::{HostState, PackageState, PackageStatus, RegistrySnapshot, Revision, Topology};
+
+    const TOPO: &str = "version: 1\nrouting: { revert_after: 5s }\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2]\n    subdomains:\n      - domain: subdomain-1a\n        hosts: [agent-3, agent-4]\n";
+    const CCM: &str = "command-control-manager";
+
+    fn copy(rev: u64, pkgs: &[(&str, PackageStatus, bool)]) -> RegistryCopy {
+        let mut snapshot = RegistrySnapshot {
+            revision: Revision(rev),
+            ..Default::default()
+        };
+        for (h, s, alive) in pkgs {
+            let mut st = HostState {
+                alive: *alive,
+                packages: Default::default(),
+            };
+            st.packages.insert(
+                PackageType::new(CCM).unwrap(),
+                PackageState {
+                    endpoint: format!("{h}:7001"),
+                    status: *s,
+                },
+            );
+            snapshot.hosts.insert(HostName::new(*h).unwrap(), st);
+        }
+        RegistryCopy {
+            topology_yaml: TOPO.into(),
+            topology: Some(Arc::new(Topology::from_yaml("t", TOPO).unwrap())),
+            snapshot,
+        }
+    }
+
+    use PackageStatus::{Draining, Running, Withdrawn};
+
+    fn chosen(r: &Recomputed) -> Option<&str> {
+        r.book.chosen(CCM).map(|h| h.as_str())
+    }
+
+    #[test]
+    fn spec_worked_example_for_agent_4_with_hold_down() {
+        let t0 = Instant::now();
+        let no = |_: &str, _: &str| false;
+        let mut e = RouteEngine::new(HostName::new("agent-4").unwrap(), []);
+        let all = [
+            ("fm", Running, true),
+            ("agent-1", Running, true),
+            ("agent-3", Running, true),
+        ];
+        let r = e.recompute(&copy(1, &all), &no, false, t0);
+        assert_eq!(chosen(&r), Some("agent-3"));
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(r.book.get(CCM).unwrap().reason, "initial");
+        let order: Vec<&str> = r
+            .book
+            .get(CCM)
+            .unwrap()
+            .order
+            .iter()
+            .map(|t| t.host.as_str())
+            .collect();
+        assert_eq!(order, ["agent-3", "agent-1", "fm"]);
+
+        // agent-3 drained: agent-4 moves to agent-1 at once.
+        let drained = [
+            ("fm", Running, true),
+            ("agent-1", Running, true),
+            ("agent-3", Draining, true),
+        ];
+        let r = e.recompute(&copy(2, &drained), &no, false, t0 + Duration::from_secs(1));
+        assert_eq!(chosen(&r), Some("agent-1"));
+        assert_eq!(
+            r.events[0].reason,
+            "manager failed: agent-3 package status is draining"
+        );
+
+        // agent-1 lost as well: fm.
+        let lost = [
+            ("fm", Running, true),
+            ("agent-1", Running, false),
+            ("agent-3", Draining, true),
+        ];
+        let r = e.recompute(&copy(3, &lost), &no, false, t0 + Duration::from_secs(2));
+        assert_eq!(chosen(&r), Some("fm"));
+
+        // fm withdrawn, agent-3 back: agent-3 is the only one left: taken at once.
+        let back = [
+            ("fm", Withdrawn, true),
+            ("agent-1", Running, false),
+            ("agent-3", Running, true),
+        ];
+        let t = t0 + Duration::from_secs(3);
+        let r = e.recompute(&copy(4, &back), &no, false, t);
+        assert_eq!(chosen(&r), Some("agent-3"));
+
+        // agent-3 held down by this agent's probes: no manager at all.
+        let held = |h: &str, _: &str| h == "agent-3";
+        let r = e.recompute(&copy(4, &back), &held, false, t + Duration::from_secs(1));
+        assert_eq!(chosen(&r), None);
+        assert_eq!(r.book.get(CCM).unwrap().held_down.len(), 1);
+
+        // fm restored: taken at once (nothing else), then agent-3 recovers: hold-down.
+        let r = e.recompute(&copy(5, &lost), &no, false, t + Duration::from_secs(2));
+        assert_eq!(chosen(&r), Some("fm"));
+        let r = e.recompute(&copy(6, &all), &no, false, t + Duration::from_secs(3));
+        assert_eq!(chosen(&r), Some("fm"));
+        assert_eq!(r.next_wakeup, Some(t + Duration::from_secs(8)));
+        let cands = &r.book.get(CCM).unwrap().full.candidates;
+        assert_eq!(cands[0].reason, REASON_IN_HOLD_DOWN);
+        let r = e.recompute(&copy(6, &all), &no, false, t + Duration::from_secs(8));
+        assert_eq!(chosen(&r), Some("agent-3"));
+        assert_eq!(r.events[0].reason, "reverted after hold-down");
+        assert_eq!(r.book.total_changes, 7);
+    }
+
+    #[test]
+    fn no_topology_or_unknown_host_is_a_problem_not_a_panic() {
+        let t0 = Instant::now();
+        let no = |_: &str, _: &str| false;
+        let mut e = RouteEngine::new(HostName::new("stranger").unwrap(), []);
+        let r = e.recompute(&RegistryCopy::default(), &no, true, t0);
+        assert_eq!(r.book.problem, Some(BookProblem::NoCopy));
+        let r = e.recompute(&copy(1, &[("fm", Running, true)]), &no, true, t0);
+        assert_eq!(
+            r.book.problem,
+            Some(BookProblem::UnknownHost("stranger".into()))
+        );
+    }
+
+    #[test]
+    fn always_types_are_listed_even_without_managers() {
+        let t0 = Instant::now();
+        let no = |_: &str, _: &str| false;
+        let mut e = RouteEngine::new(
+            HostName::new("fm").unwrap(),
+            [PackageType::new("registry-manager").unwrap()],
+        );
+        let r = e.recompute(&copy(1, &[("fm", Running, true)]), &no, false, t0);
+        assert!(r.book.get("registry-manager").unwrap().chosen.is_none());
+        assert_eq!(chosen(&r), Some("fm"));
+        assert_eq!(r.book.get(CCM).unwrap().full.candidates[0].tier, "self");
+        let b = &r.book.get(CCM).unwrap().brief;
+        assert_eq!(
+            (b.host.as_str(), b.chosen.as_deref(), b.endpoint.as_deref()),
+            ("", Some("fm"), Some("fm:7001"))
+        );
+    }
+}

@@ -1,0 +1,638 @@
+//! The agent's side of the `AgentRegistry` protocol: one connection to one registry manager at
+//! a time, carrying the watch stream (applied to the registry copy and persisted), the session
+//! of this host (opened with the packages and their local status, kept alive with heartbeats
+//! every third of the TTL) and status reports from the local checks.
+//!
+//! Which manager: first the `registry-manager` route of the copy (nearest first, SPEC §7), then
+//! the bootstrap `managers` list. A manager that cannot be reached is skipped at once for the
+//! next; a full round that reaches none waits an exponential backoff with jitter, capped at
+//! one second, before the next round.
+//!
+//! Session rules:
+//! - a session is resumed on a new manager with its old id when possible (a replicated group
+//!   knows it), and opened anew when the manager answers `ok = false`;
+//! - `OpenSession` refused with `ALREADY_EXISTS` (the previous session of this host has not
+//!   lapsed yet, for example after an agent restart) is retried every ~150 ms until it works;
+//! - no heartbeat ack for a whole TTL means the manager is gone: move to the next one;
+//! - `starting` is only ever sent in `OpenSession`; reports carry `running`, `failing`,
+//!   `stopped` changes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::agent_registry_client::AgentRegistryClient;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+use topology::{HostName, PackageStatus, PackageType};
+
+use crate::bootstrap::Bootstrap;
+use crate::checks::Statuses;
+use crate::config::PackageConfig;
+use crate::copy_store::CopyStore;
+use crate::health_view::HealthView;
+use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
+use crate::route_book::RouteBook;
+
+/// The package type of registry managers (SPEC §7).
+pub const REGISTRY_MANAGER_TYPE: &str = "registry-manager";
+
+/// Timing of the session client.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTiming {
+    /// Connect timeout to one manager.
+    pub connect_timeout: Duration,
+    /// Timeout of one unary call.
+    pub call_timeout: Duration,
+    /// First backoff after a round that reached no manager.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_cap: Duration,
+    /// Retry period of `OpenSession` refused with `ALREADY_EXISTS`.
+    pub already_exists_retry: Duration,
+    /// Retry period of `OpenSession` refused because the topology does not name this host.
+    pub unknown_host_retry: Duration,
+}
+
+impl Default for SessionTiming {
+    fn default() -> Self {
+        SessionTiming {
+            connect_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_secs(1),
+            already_exists_retry: Duration::from_millis(150),
+            unknown_host_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter in [d/2, d].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let lo = d / 2;
+        lo + rand::rng().random_range(Duration::ZERO..=d - lo)
+    }
+
+    /// Back to the first delay.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    id: String,
+    ttl: Duration,
+    confirmed: bool,
+}
+
+#[derive(Debug)]
+enum KaEvent {
+    Confirmed,
+    Rejected(String),
+    Lost(String),
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum ConnEnd {
+    /// Never got going: try the next manager at once.
+    Unreachable(String),
+    /// Worked for a while, then failed.
+    Lost(String),
+}
+
+/// The session client task.
+#[derive(Debug)]
+pub struct SessionClient {
+    /// This host.
+    pub host: HostName,
+    /// Its packages.
+    pub packages: Vec<PackageConfig>,
+    /// Local check results.
+    pub statuses: watch::Receiver<Statuses>,
+    /// The registry copy.
+    pub copy: Arc<RwLock<RegistryCopy>>,
+    /// Bumped when the copy changes.
+    pub copy_changed: watch::Sender<u64>,
+    /// True while there is no live session + watch.
+    pub stale: watch::Sender<bool>,
+    /// Persistence.
+    pub store: CopyStore,
+    /// Routes (for the `registry-manager` route).
+    pub book: watch::Receiver<Arc<RouteBook>>,
+    /// Health view (unreachable routed managers are held down).
+    pub health: Arc<HealthView>,
+    /// Bootstrap list.
+    pub bootstrap: Bootstrap,
+    /// Timing.
+    pub timing: SessionTiming,
+}
+
+/// Per-process session state, kept across connections.
+#[derive(Debug)]
+struct State {
+    session: Option<Session>,
+    /// What the registry was last told (or, after a restart, what it is believed to hold).
+    reported: BTreeMap<PackageType, PackageStatus>,
+    /// Before the first `OpenSession`, wait this long for the checks to settle so the
+    /// registration carries real statuses rather than `starting`.
+    settle_until: Option<Instant>,
+}
+
+impl SessionClient {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut state = State {
+            session: None,
+            reported: BTreeMap::new(),
+            settle_until: None,
+        };
+        match self.store.load_session() {
+            Ok(Some(id)) => {
+                // A restarted agent resumes its previous session if the registry still has it;
+                // the registry then still holds its last reports.
+                let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(me) = copy.snapshot.hosts.get(self.host.as_str()) {
+                    state.reported = me
+                        .packages
+                        .iter()
+                        .map(|(t, p)| (t.clone(), p.status))
+                        .collect();
+                }
+                state.session = Some(Session {
+                    id,
+                    ttl: Duration::from_secs(1),
+                    confirmed: false,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the previous session id"),
+        }
+        let settle = self
+            .packages
+            .iter()
+            .map(|p| p.interval.saturating_mul(p.rise) + Duration::from_millis(50))
+            .max()
+            .unwrap_or_default()
+            .min(Duration::from_secs(2));
+        state.settle_until = Some(Instant::now() + settle);
+
+        let mut backoff = Backoff::new(self.timing.backoff_base, self.timing.backoff_cap);
+        loop {
+            let candidates = self.candidates().await;
+            if candidates.is_empty() {
+                tracing::warn!(
+                    "no registry manager address to try (empty route and bootstrap list)"
+                );
+            }
+            for (addr, routed_host) in candidates {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let end = self.serve(&addr, &mut state, &shutdown).await;
+                self.stale.send_if_modified(|s| !std::mem::replace(s, true));
+                match end {
+                    Ok(()) => return,
+                    Err(ConnEnd::Unreachable(why)) => {
+                        tracing::debug!(manager = %addr, reason = %why, "registry manager unreachable; trying the next");
+                        if let Some(h) = routed_host {
+                            if let Ok(t) = PackageType::new(REGISTRY_MANAGER_TYPE) {
+                                self.health.mark_down(&t, &h, &addr);
+                            }
+                        }
+                    }
+                    Err(ConnEnd::Lost(why)) => {
+                        tracing::warn!(manager = %addr, reason = %why, "lost the registry manager; trying the next");
+                        backoff.reset();
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Routed registry managers first (nearest first), then the bootstrap list.
+    async fn candidates(&self) -> Vec<(String, Option<HostName>)> {
+        let mut v: Vec<(String, Option<HostName>)> = Vec::new();
+        if let Some(r) = self.book.borrow().get(REGISTRY_MANAGER_TYPE) {
+            for t in &r.order {
+                v.push((t.endpoint.clone(), Some(t.host.clone())));
+            }
+        }
+        for a in self.bootstrap.addresses().await {
+            if !v.iter().any(|(e, _)| *e == a) {
+                v.push((a, None));
+            }
+        }
+        v
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Channel, String> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address: {e}"))?
+            .connect_timeout(self.timing.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        match tokio::time::timeout(self.timing.connect_timeout * 2, ep.connect()).await {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => Err(format!("connect: {e}")),
+            Err(_) => Err("connect timed out".into()),
+        }
+    }
+
+    async fn open_watch(
+        &self,
+        client: &mut AgentRegistryClient<Channel>,
+        from: u64,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, String> {
+        let req = pb::WatchRequest {
+            from_revision: from,
+            host: self.host.as_str().to_owned(),
+        };
+        match tokio::time::timeout(self.timing.call_timeout, client.watch(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(format!("watch refused: {} {}", s.code(), s.message())),
+            Err(_) => Err("watch: no answer".into()),
+        }
+    }
+
+    /// Applies one event to the copy, notifies, persists.
+    async fn apply(&self, ev: &pb::WatchEvent) -> Result<(), crate::registry_copy::CopyError> {
+        let res = {
+            let mut c = self.copy.write().unwrap_or_else(|p| p.into_inner());
+            c.apply_event(ev)
+        };
+        let (applied, decoded) = res?;
+        if applied == Applied::Ignored {
+            return Ok(());
+        }
+        self.copy_changed.send_modify(|g| *g += 1);
+        let saved = match &decoded {
+            Decoded::Snapshot(s) => self.store.save_state(s).await,
+            Decoded::Delta(d) => self.store.save_delta(d).await,
+        };
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "cannot persist the registry copy; answering from memory");
+        }
+        Ok(())
+    }
+
+    fn spawn_keepalive(
+        &self,
+        client: &AgentRegistryClient<Channel>,
+        session: &Session,
+        cancel: CancellationToken,
+    ) -> mpsc::Receiver<KaEvent> {
+        let (ev_tx, ev_rx) = mpsc::channel(4);
+        let mut client = client.clone();
+        let hb = pb::Heartbeat {
+            session_id: session.id.clone(),
+            host: self.host.as_str().to_owned(),
+        };
+        let ttl = session.ttl;
+        tokio::spawn(async move {
+            let send = |e: KaEvent| {
+                let ev_tx = ev_tx.clone();
+                async move {
+                    let _ = ev_tx.send(e).await;
+                }
+            };
+            let (hb_tx, hb_rx) = mpsc::channel::<pb::Heartbeat>(4);
+            let _ = hb_tx.try_send(hb.clone());
+            let call = client.keep_alive(tokio_stream::wrappers::ReceiverStream::new(hb_rx));
+            let mut acks = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(ttl.max(Duration::from_millis(500)), call) => match r {
+                    Ok(Ok(r)) => r.into_inner(),
+                    Ok(Err(s)) => return send(KaEvent::Lost(format!("keep-alive refused: {} {}", s.code(), s.message()))).await,
+                    Err(_) => return send(KaEvent::Lost("keep-alive: no answer".into())).await,
+                },
+            };
+            let period = (ttl / 3).max(Duration::from_millis(10));
+            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_ack = Instant::now();
+            let mut confirmed = false;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        if last_ack.elapsed() > ttl {
+                            return send(KaEvent::Lost(format!("no heartbeat ack for {ttl:?}: the manager is not answering"))).await;
+                        }
+                        let _ = hb_tx.try_send(hb.clone());
+                    }
+                    m = acks.message() => match m {
+                        Ok(Some(a)) if a.ok => {
+                            last_ack = Instant::now();
+                            if !confirmed {
+                                confirmed = true;
+                                send(KaEvent::Confirmed).await;
+                            }
+                        }
+                        Ok(Some(a)) => return send(KaEvent::Rejected(a.reason)).await,
+                        Ok(None) => return send(KaEvent::Lost("keep-alive stream ended".into())).await,
+                        Err(s) => return send(KaEvent::Lost(format!("keep-alive: {} {}", s.code(), s.message()))).await,
+                    },
+                }
+            }
+        });
+        ev_rx
+    }
+
+    /// One connection to one manager, until it fails or `shutdown`.
+    async fn serve(
+        &self,
+        addr: &str,
+        state: &mut State,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnEnd> {
+        let channel = self.connect(addr).await.map_err(ConnEnd::Unreachable)?;
+        let mut client = AgentRegistryClient::new(channel);
+        let from = self
+            .copy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision();
+        let mut watch = self
+            .open_watch(&mut client, from)
+            .await
+            .map_err(ConnEnd::Unreachable)?;
+        tracing::info!(manager = %addr, from_revision = from, "connected to registry manager; watching");
+
+        // Cancels this connection's keep-alive task when the connection ends.
+        let conn_guard = CancellationToken::new();
+        let _drop_guard = conn_guard.clone().drop_guard();
+        let mut ka_events: Option<mpsc::Receiver<KaEvent>> = None;
+        let mut open_at: Option<Instant> = None;
+        let mut unknown_host = false;
+        match &mut state.session {
+            Some(s) => {
+                s.confirmed = false;
+                ka_events = Some(self.spawn_keepalive(&client, s, conn_guard.child_token()));
+            }
+            None => open_at = Some(state.settle_until.unwrap_or_else(Instant::now)),
+        }
+        let mut statuses = self.statuses.clone();
+        loop {
+            let live = state.session.as_ref().is_some_and(|s| s.confirmed);
+            let stale = !live;
+            self.stale
+                .send_if_modified(|s| std::mem::replace(s, stale) != stale);
+            let open_sleep = async {
+                match open_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ka_next = async {
+                match ka_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = watch.message() => match msg {
+                    Ok(Some(ev)) => {
+                        if let Err(e) = self.apply(&ev).await {
+                            tracing::warn!(error = %e, "restarting the watch from a fresh snapshot");
+                            watch = self.open_watch(&mut client, 0).await.map_err(ConnEnd::Lost)?;
+                        } else if unknown_host && state.session.is_none() {
+                            open_at = Some(Instant::now());
+                        }
+                    }
+                    Ok(None) => return Err(ConnEnd::Lost("watch stream ended".into())),
+                    Err(s) => return Err(ConnEnd::Lost(format!("watch: {} {}", s.code(), s.message()))),
+                },
+                ev = ka_next => match ev {
+                    Some(KaEvent::Confirmed) => {
+                        if let Some(s) = &mut state.session {
+                            if !s.confirmed {
+                                s.confirmed = true;
+                                tracing::info!(manager = %addr, "session resumed");
+                            }
+                        }
+                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
+                    }
+                    Some(KaEvent::Rejected(reason)) => {
+                        tracing::info!(manager = %addr, %reason, "session not known to the manager; opening a new one");
+                        state.session = None;
+                        ka_events = None;
+                        open_at = Some(Instant::now());
+                        if let Err(e) = self.store.save_session(None).await {
+                            tracing::warn!(error = %e, "cannot forget the session id");
+                        }
+                    }
+                    Some(KaEvent::Lost(reason)) => return Err(ConnEnd::Lost(reason)),
+                    None => return Err(ConnEnd::Lost("keep-alive task ended".into())),
+                },
+                _ = open_sleep => {
+                    open_at = None;
+                    let settled = !statuses.borrow().values().any(|s| *s == PackageStatus::Starting);
+                    if let (Some(until), false) = (state.settle_until, settled) {
+                        if Instant::now() < until {
+                            open_at = Some(until);
+                            continue;
+                        }
+                    }
+                    state.settle_until = None;
+                    match self.open_session(&mut client, state).await {
+                        Ok(()) => {
+                            unknown_host = false;
+                            let s = state.session.as_ref().expect("just opened");
+                            tracing::info!(manager = %addr, ttl = ?s.ttl, "session opened");
+                            ka_events = Some(self.spawn_keepalive(&client, s, conn_guard.child_token()));
+                            self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
+                        }
+                        Err(s) if s.code() == Code::AlreadyExists => {
+                            tracing::debug!(manager = %addr, "previous session of this host not lapsed yet; retrying");
+                            let j = rand::rng().random_range(0..=self.timing.already_exists_retry.as_millis() as u64 / 2);
+                            open_at = Some(Instant::now() + self.timing.already_exists_retry + Duration::from_millis(j));
+                        }
+                        Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument | Code::PermissionDenied) => {
+                            if !unknown_host {
+                                tracing::warn!(manager = %addr, code = %s.code(), message = %s.message(), "session refused; retrying while watching");
+                            }
+                            unknown_host = true;
+                            open_at = Some(Instant::now() + self.timing.unknown_host_retry);
+                        }
+                        Err(s) => return Err(ConnEnd::Lost(format!("open session: {} {}", s.code(), s.message()))),
+                    }
+                }
+                r = statuses.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    if state.session.as_ref().is_some_and(|s| s.confirmed) {
+                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
+                    } else if state.session.is_none()
+                        && state.settle_until.is_some()
+                        && !statuses.borrow().values().any(|s| *s == PackageStatus::Starting)
+                    {
+                        open_at = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_session(
+        &self,
+        client: &mut AgentRegistryClient<Channel>,
+        state: &mut State,
+    ) -> Result<(), tonic::Status> {
+        let current = self.statuses.borrow().clone();
+        let packages = self
+            .packages
+            .iter()
+            .map(|p| {
+                let status = current
+                    .get(&p.package_type)
+                    .copied()
+                    .unwrap_or(PackageStatus::Starting);
+                pb::Package {
+                    r#type: p.package_type.as_str().to_owned(),
+                    endpoint: p.endpoint.clone(),
+                    status: status_to_wire(status) as i32,
+                }
+            })
+            .collect();
+        let req = pb::OpenSessionRequest {
+            host: self.host.as_str().to_owned(),
+            packages,
+        };
+        let resp = tokio::time::timeout(self.timing.call_timeout, client.open_session(req))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("open session: no answer"))??
+            .into_inner();
+        let ttl = if resp.ttl_ms == 0 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(resp.ttl_ms)
+        };
+        state.reported = current;
+        if let Err(e) = self.store.save_session(Some(&resp.session_id)).await {
+            tracing::warn!(error = %e, "cannot persist the session id");
+        }
+        state.session = Some(Session {
+            id: resp.session_id,
+            ttl,
+            confirmed: true,
+        });
+        Ok(())
+    }
+
+    /// Reports every status that differs from what the registry was told.
+    async fn report_changes(
+        &self,
+        client: &mut AgentRegistryClient<Channel>,
+        state: &mut State,
+        open_at: &mut Option<Instant>,
+        ka_events: &mut Option<mpsc::Receiver<KaEvent>>,
+    ) -> Result<(), ConnEnd> {
+        let current = self.statuses.borrow().clone();
+        for (t, s) in current {
+            if s == PackageStatus::Starting || state.reported.get(&t) == Some(&s) {
+                continue;
+            }
+            let Some(session) = state.session.as_ref().filter(|s| s.confirmed) else {
+                return Ok(());
+            };
+            let req = pb::ReportStatusRequest {
+                session_id: session.id.clone(),
+                host: self.host.as_str().to_owned(),
+                r#type: t.as_str().to_owned(),
+                status: status_to_wire(s) as i32,
+            };
+            match tokio::time::timeout(self.timing.call_timeout, client.report_status(req)).await {
+                Ok(Ok(r)) => {
+                    tracing::info!(package_type = %t, status = %s, revision = r.into_inner().revision, "status reported");
+                    state.reported.insert(t, s);
+                }
+                Ok(Err(e)) if matches!(e.code(), Code::NotFound | Code::FailedPrecondition) => {
+                    tracing::info!(code = %e.code(), message = %e.message(), "session no longer valid; opening a new one");
+                    state.session = None;
+                    *ka_events = None;
+                    *open_at = Some(Instant::now());
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    return Err(ConnEnd::Lost(format!(
+                        "report status: {} {}",
+                        e.code(),
+                        e.message()
+                    )))
+                }
+                Err(_) => return Err(ConnEnd::Lost("report status: no answer".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let d0 = b.next_delay();
+        assert!(
+            d0 >= Duration::from_millis(25) && d0 <= Duration::from_millis(50),
+            "{d0:?}"
+        );
+        let d1 = b.next_delay();
+        assert!(
+            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+            "{d1:?}"
+        );
+        for _ in 0..3 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+        for _ in 0..40 {
+            let d = b.next_delay();
+            assert!(
+                d <= Duration::from_secs(1) && d >= Duration::from_millis(500),
+                "{d:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+}
