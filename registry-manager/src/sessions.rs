@@ -1,7 +1,7 @@
 //! Live agent sessions, in memory: who holds each host and when it was last heard from.
 //!
 //! Heartbeats touch an atomic timestamp and write nothing to disk; only opening and lapsing a
-//! session are commands. The expiry task ([`crate::engine`]) scans the table on a short tick of
+//! session are commands. The expiry task (module `expiry`) scans the table on a short tick of
 //! tokio's clock and proposes `SessionExpired` for sessions silent for longer than the TTL.
 //!
 //! **No false expiry on a busy machine**: a tick that runs late is a sign the process was
