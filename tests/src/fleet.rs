@@ -241,6 +241,14 @@ impl FleetBuilder {
         self
     }
 
+    /// Agents use their DEFAULT `health` block and package `check` settings (SPEC §6) instead of
+    /// the test-fast ones this builder sets otherwise (for benchmarks "with default settings").
+    pub fn default_checks(mut self) -> Self {
+        self.health = String::new();
+        self.check = String::new();
+        self
+    }
+
     /// Agents reach the manager through a cuttable [`Relay`] each.
     pub fn relays(mut self) -> Self {
         self.relays = true;
@@ -468,7 +476,9 @@ impl Fleet {
             self.dir().join(format!("agent-{host}")).display()
         );
         let _ = writeln!(y, "listen: {api}");
-        let _ = writeln!(y, "health: {}", self.spec.health);
+        if !self.spec.health.is_empty() {
+            let _ = writeln!(y, "health: {}", self.spec.health);
+        }
         let pkgs: Vec<_> = self
             .standins
             .iter()
@@ -484,7 +494,11 @@ impl Fleet {
                     .check
                     .trim_start_matches('{')
                     .trim_end_matches('}');
-                let _ = writeln!(y, "    check: {{ tcp: \"{addr}\", {check} }}");
+                if check.trim().is_empty() {
+                    let _ = writeln!(y, "    check: {{ tcp: \"{addr}\" }}");
+                } else {
+                    let _ = writeln!(y, "    check: {{ tcp: \"{addr}\", {check} }}");
+                }
             }
         }
         if !forwards.is_empty() {

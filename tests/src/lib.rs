@@ -6,6 +6,7 @@
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
 //! - [`wait`]: waiting on conditions with deadlines.
 
+pub mod bench;
 pub mod fleet;
 pub mod relay;
 pub mod standin;

@@ -1,0 +1,249 @@
+//! Every figure of SPEC §9 the command measures: its name, unit, target and the group (one
+//! setup of processes) that measures it.
+
+use super::figure::Target;
+
+/// A group of figures measured on one setup (one fleet, one manager, or in process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Group {
+    /// `topology::RouteTable` in process: lookup and full rebuild.
+    Route,
+    /// The agent's local gRPC `Resolve`.
+    Resolve,
+    /// One change fanned out to 1,000 watch streams.
+    Propagation1k,
+    /// One change fanned out to 10,000 watch streams.
+    Propagation10k,
+    /// A manager package killed (SIGKILL): re-route, forwarder, revert.
+    Crash,
+    /// A manager host silenced (SIGSTOP).
+    Silent,
+    /// The same with both cores busy, and false alarms counted.
+    SilentLoaded,
+    /// Resident memory of an agent and of the manager at 10,000 hosts.
+    Memory,
+    /// Acknowledged durable writes per second.
+    Writes,
+}
+
+impl Group {
+    /// Every group, in the order `all` runs them.
+    pub const ALL: [Group; 9] = [
+        Group::Route,
+        Group::Resolve,
+        Group::Propagation1k,
+        Group::Propagation10k,
+        Group::Crash,
+        Group::Silent,
+        Group::SilentLoaded,
+        Group::Memory,
+        Group::Writes,
+    ];
+
+    /// The name accepted on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Route => "route",
+            Group::Resolve => "resolve",
+            Group::Propagation1k => "propagation_1k",
+            Group::Propagation10k => "propagation_10k",
+            Group::Crash => "crash",
+            Group::Silent => "silent",
+            Group::SilentLoaded => "silent_loaded",
+            Group::Memory => "memory",
+            Group::Writes => "writes",
+        }
+    }
+}
+
+/// The catalog entry of one figure.
+#[derive(Debug, Clone, Copy)]
+pub struct FigureDef {
+    /// Stable name (command line, JSON).
+    pub name: &'static str,
+    /// Unit of its value.
+    pub unit: &'static str,
+    /// The SPEC §9 target.
+    pub target: Target,
+    /// The setup that measures it.
+    pub group: Group,
+    /// One line for `--list`.
+    pub what: &'static str,
+}
+
+const fn entry(
+    name: &'static str,
+    unit: &'static str,
+    target: Target,
+    group: Group,
+    what: &'static str,
+) -> FigureDef {
+    FigureDef {
+        name,
+        unit,
+        target,
+        group,
+        what,
+    }
+}
+
+/// Every figure, in report order.
+pub const FIGURES: &[FigureDef] = &[
+    entry(
+        "route_lookup",
+        "ns",
+        Target::Below(1000.0),
+        Group::Route,
+        "RouteTable::chosen in process, 100,000-host table",
+    ),
+    entry(
+        "route_rebuild_100k",
+        "ms",
+        Target::Below(20.0),
+        Group::Route,
+        "RouteTable::build, 100,000 hosts in 5,000 domains, 2 manager types",
+    ),
+    entry(
+        "resolve_rps_c1",
+        "req/s",
+        Target::None,
+        Group::Resolve,
+        "agent local gRPC Resolve (brief), 1 client",
+    ),
+    entry(
+        "resolve_rps_c32",
+        "req/s",
+        Target::AtLeast(40_000.0),
+        Group::Resolve,
+        "agent local gRPC Resolve (brief), 32 concurrent clients",
+    ),
+    entry(
+        "resolve_p99_c1",
+        "us",
+        Target::None,
+        Group::Resolve,
+        "latency p99 of Resolve, 1 client",
+    ),
+    entry(
+        "resolve_p99_c32",
+        "us",
+        Target::None,
+        Group::Resolve,
+        "latency p99 of Resolve, 32 concurrent clients",
+    ),
+    entry(
+        "propagation_1k_p50",
+        "ms",
+        Target::None,
+        Group::Propagation1k,
+        "one change to 1,000 watch streams: p50 over streams",
+    ),
+    entry(
+        "propagation_1k_p99",
+        "ms",
+        Target::Below(25.0),
+        Group::Propagation1k,
+        "one change to 1,000 watch streams: p99 over streams",
+    ),
+    entry(
+        "propagation_1k_max",
+        "ms",
+        Target::None,
+        Group::Propagation1k,
+        "one change to 1,000 watch streams: slowest stream",
+    ),
+    entry(
+        "propagation_10k_p50",
+        "ms",
+        Target::None,
+        Group::Propagation10k,
+        "one change to 10,000 watch streams: p50 over streams",
+    ),
+    entry(
+        "propagation_10k_p99",
+        "ms",
+        Target::Below(250.0),
+        Group::Propagation10k,
+        "one change to 10,000 watch streams: p99 over streams",
+    ),
+    entry(
+        "propagation_10k_max",
+        "ms",
+        Target::None,
+        Group::Propagation10k,
+        "one change to 10,000 watch streams: slowest stream",
+    ),
+    entry(
+        "failover_crash",
+        "ms",
+        Target::Below(1000.0),
+        Group::Crash,
+        "SIGKILL of the chosen manager package until every agent's resolve names the next",
+    ),
+    entry(
+        "forward_failed_connections",
+        "count",
+        Target::AtMost(0.0),
+        Group::Crash,
+        "client connections through the forwarding ports that failed during the crash",
+    ),
+    entry(
+        "revert_after_recovery",
+        "ms",
+        Target::Between(5000.0, 6000.0),
+        Group::Crash,
+        "restarted package listening until every agent moved back (vs routing.revert_after)",
+    ),
+    entry(
+        "failover_silent",
+        "ms",
+        Target::Below(1200.0),
+        Group::Silent,
+        "SIGSTOP of the chosen manager's host (agent + package) until every agent re-routed",
+    ),
+    entry(
+        "failover_silent_loaded",
+        "ms",
+        Target::Below(1200.0),
+        Group::SilentLoaded,
+        "the same with both cores busy (2 busy-loop threads)",
+    ),
+    entry(
+        "false_alarms_loaded",
+        "count",
+        Target::AtMost(0.0),
+        Group::SilentLoaded,
+        "agents re-routing away from a healthy manager while both cores are busy",
+    ),
+    entry(
+        "agent_rss_10k",
+        "MB",
+        Target::Below(30.0),
+        Group::Memory,
+        "agent VmRSS with a 10,000-host registry copy",
+    ),
+    entry(
+        "manager_rss_10k_sessions",
+        "MB",
+        Target::Below(1024.0),
+        Group::Memory,
+        "manager VmRSS with 10,000 live sessions and 10,000 watch streams",
+    ),
+    entry(
+        "manager_write_throughput",
+        "writes/s",
+        Target::None,
+        Group::Writes,
+        "acknowledged durable writes (drain/restore) from 8 concurrent clients",
+    ),
+];
+
+/// The catalog entry of a figure.
+pub fn def(name: &str) -> Option<&'static FigureDef> {
+    FIGURES.iter().find(|d| d.name == name)
+}
+
+/// The figures a group measures.
+pub fn figures_of(group: Group) -> impl Iterator<Item = &'static FigureDef> {
+    FIGURES.iter().filter(move |d| d.group == group)
+}

@@ -1,0 +1,112 @@
+//! In-process figures: `topology::RouteTable` lookup (ns) and full rebuild (ms) on a generated
+//! fleet of 100,000 hosts in 5,000 domains (tiny in quick mode).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use topology::RouteTable;
+
+use super::figure::Figure;
+use super::gen::{GeneratedFleet, CCM};
+use super::Mode;
+
+/// Sizes and repetitions of the route group.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    domains: usize,
+    hosts: usize,
+    rebuild_runs: usize,
+    lookup_runs: usize,
+    lookups_per_run: usize,
+    /// Stop repeating rebuilds after this long (at least one run is always made).
+    budget: Duration,
+}
+
+impl Plan {
+    fn of(mode: Mode) -> Plan {
+        match mode {
+            Mode::Full => Plan {
+                domains: 5_000,
+                hosts: 100_000,
+                rebuild_runs: 7,
+                lookup_runs: 7,
+                lookups_per_run: 1_000_000,
+                budget: Duration::from_secs(40),
+            },
+            Mode::Quick => Plan {
+                domains: 50,
+                hosts: 1_000,
+                rebuild_runs: 3,
+                lookup_runs: 3,
+                lookups_per_run: 20_000,
+                budget: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// Measures `route_lookup` and `route_rebuild_100k`. Blocking: call from a blocking thread.
+pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
+    let plan = Plan::of(mode);
+    let fleet = GeneratedFleet::new(plan.domains, plan.hosts, 8);
+    let topology = fleet.topology()?;
+    let snapshot = fleet.snapshot()?;
+    let managers = snapshot
+        .hosts
+        .values()
+        .filter(|h| !h.packages.is_empty())
+        .count();
+
+    let mut rebuild = Figure::new("route_rebuild_100k");
+    rebuild.note(format!(
+        "{} hosts, {} domains (fan-out 8), {} manager packages of 2 types; every route of every host",
+        plan.hosts, plan.domains, managers
+    ));
+    let started = Instant::now();
+    let mut table = RouteTable::default();
+    for _ in 0..plan.rebuild_runs {
+        let t = Instant::now();
+        table = black_box(RouteTable::build(&topology, &snapshot));
+        rebuild.push(t.elapsed().as_secs_f64() * 1e3);
+        if started.elapsed() > plan.budget {
+            rebuild.note(format!(
+                "stopped after {} runs: time budget {:?}",
+                rebuild.samples.len(),
+                plan.budget
+            ));
+            break;
+        }
+    }
+
+    // Look up hosts in a scrambled but fixed order, so the table's memory is not walked in
+    // sequence.
+    let names: Vec<&str> = fleet.host_names().collect();
+    let mut order = Vec::with_capacity(names.len());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..names.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.push(names[(x % names.len() as u64) as usize]);
+    }
+    let mut lookup = Figure::new("route_lookup");
+    lookup.note(format!(
+        "RouteTable::chosen(host, type) on the {}-host table, {} lookups per run",
+        plan.hosts, plan.lookups_per_run
+    ));
+    let mut found = 0usize;
+    for _ in 0..plan.lookup_runs {
+        let t = Instant::now();
+        for i in 0..plan.lookups_per_run {
+            let host = order[i % order.len()];
+            if black_box(table.chosen(black_box(host), black_box(CCM))).is_some() {
+                found += 1;
+            }
+        }
+        lookup.push(t.elapsed().as_nanos() as f64 / plan.lookups_per_run as f64);
+    }
+    if found == 0 {
+        lookup.note("no lookup found a route: the table is empty (RouteTable::build incomplete?)");
+    }
+    Ok(vec![lookup, rebuild])
+}

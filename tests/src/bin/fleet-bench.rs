@@ -1,0 +1,73 @@
+//! `fleet-bench [all|GROUP|FIGURE...] [--quick] [--json|--markdown] [--list]`: measures every
+//! figure of SPEC §9 on loopback with the real binaries built next to it (use `bench/run.sh`,
+//! which builds them in release mode first) and prints figure, value, target, met.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tests::bench::{self, Mode, Selection};
+
+/// Measures the figures of SPEC §9 and compares them with their targets.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-bench", version, about)]
+struct Args {
+    /// `all` (the default), group names or figure names; `--list` shows them.
+    figures: Vec<String>,
+    /// Tiny sizes and test-fast settings: every figure in a few seconds (values are meaningless).
+    #[arg(long)]
+    quick: bool,
+    /// One JSON document with one object per figure (name, value, unit, target, met, min, max, runs).
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// A Markdown table and notes, for BENCHMARKS.md.
+    #[arg(long)]
+    markdown: bool,
+    /// List the groups and figures, then exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list {
+        print!("{}", bench::list());
+        return ExitCode::SUCCESS;
+    }
+    let selection = match Selection::parse(&args.figures) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fleet-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = if args.quick { Mode::Quick } else { Mode::Full };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(bench::run(mode, &selection, command));
+    // Stream tasks may still hold connections; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+        );
+    } else if args.markdown {
+        print!("{}", report.to_markdown());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.figures.iter().any(|f| f.error.is_some()) {
+        eprintln!("fleet-bench: some figures could not be measured (see ERROR above)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
