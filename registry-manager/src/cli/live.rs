@@ -251,10 +251,7 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            json!({ "revision": resp.revision, "hosts": hosts })
-        );
+        println!("{}", json!({ "revision": resp.revision, "hosts": hosts }));
         return Ok(ExitCode::SUCCESS);
     }
     println!("revision {}", resp.revision);

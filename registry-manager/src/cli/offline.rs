@@ -71,7 +71,10 @@ pub fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `topology schema`: the JSON Schema of the topology file.
 pub fn schema() -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&topology::json_schema())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&topology::json_schema())?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -85,9 +88,8 @@ pub fn explain(
 ) -> anyhow::Result<ExitCode> {
     let topology = Topology::from_yaml(&file_name(topology_path), &read_text(topology_path)?)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let snapshot =
-        RegistrySnapshot::parse(&file_name(registry_path), &read_text(registry_path)?)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = RegistrySnapshot::parse(&file_name(registry_path), &read_text(registry_path)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let explanation = topology::explain(&topology, &snapshot, host, package_type, &|_| false)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let answer = render::Explained::from_topology(&explanation, Some(snapshot.revision.0), None);

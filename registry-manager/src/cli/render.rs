@@ -129,7 +129,12 @@ impl Explained {
             return out;
         }
         out.push_str("candidates:\n");
-        let w_host = self.candidates.iter().map(|c| c.host.len()).max().unwrap_or(4);
+        let w_host = self
+            .candidates
+            .iter()
+            .map(|c| c.host.len())
+            .max()
+            .unwrap_or(4);
         let w_dom = self
             .candidates
             .iter()

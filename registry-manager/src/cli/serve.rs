@@ -67,12 +67,18 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
         Some(s) => Some(topology::parse_duration(s).map_err(|e| {
             anyhow::anyhow!(
                 "{}: session_ttl {s:?}: {e}",
-                args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                args.config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             )
         })?),
         None => None,
     };
-    let session_ttl = args.session_ttl.or(file_ttl).unwrap_or(defaults.session_ttl);
+    let session_ttl = args
+        .session_ttl
+        .or(file_ttl)
+        .unwrap_or(defaults.session_ttl);
     if session_ttl < Duration::from_millis(30) {
         anyhow::bail!(
             "session_ttl {session_ttl:?} is too short: heartbeats are sent every third of it; use 30ms or more"
@@ -83,8 +89,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read topology file {}", path.display()))?;
             // Validate here so every error is printed, one per line, before refusing to start.
-            if let Err(errors) = topology::Topology::from_yaml(&path.display().to_string(), &text)
-            {
+            if let Err(errors) = topology::Topology::from_yaml(&path.display().to_string(), &text) {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
@@ -111,14 +116,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
