@@ -309,6 +309,8 @@ pub async fn run_engine(
     shutdown: CancellationToken,
 ) {
     let mut health_changed = inputs.health.subscribe();
+    // Inputs whose sender is gone (their task ended) are no longer waited on.
+    let (mut copy_open, mut stale_open) = (true, true);
     loop {
         let stale = *inputs.stale.borrow_and_update();
         inputs.copy_changed.borrow_and_update();
@@ -344,8 +346,8 @@ pub async fn run_engine(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = inputs.copy_changed.changed() => if r.is_err() { return },
-            r = inputs.stale.changed() => if r.is_err() { return },
+            r = inputs.copy_changed.changed(), if copy_open => copy_open = r.is_ok(),
+            r = inputs.stale.changed(), if stale_open => stale_open = r.is_ok(),
             _ = health_changed.changed() => {},
             _ = sleep => {},
         }

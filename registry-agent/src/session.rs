@@ -408,6 +408,8 @@ impl SessionClient {
             None => open_at = Some(state.settle_until.unwrap_or_else(Instant::now)),
         }
         let mut statuses = self.statuses.clone();
+        // A host without packages has no check task: its status channel is closed at once.
+        let mut statuses_open = true;
         loop {
             let live = state.session.as_ref().is_some_and(|s| s.confirmed);
             let stale = !live;
@@ -484,7 +486,7 @@ impl SessionClient {
                             let j = rand::rng().random_range(0..=self.timing.already_exists_retry.as_millis() as u64 / 2);
                             open_at = Some(Instant::now() + self.timing.already_exists_retry + Duration::from_millis(j));
                         }
-                        Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument | Code::PermissionDenied) => {
+                        Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition) => {
                             if !unknown_host {
                                 tracing::warn!(manager = %addr, code = %s.code(), message = %s.message(), "session refused; retrying while watching");
                             }
@@ -494,9 +496,10 @@ impl SessionClient {
                         Err(s) => return Err(ConnEnd::Lost(format!("open session: {} {}", s.code(), s.message()))),
                     }
                 }
-                r = statuses.changed() => {
+                r = statuses.changed(), if statuses_open => {
                     if r.is_err() {
-                        return Ok(());
+                        statuses_open = false;
+                        continue;
                     }
                     if state.session.as_ref().is_some_and(|s| s.confirmed) {
                         self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;

@@ -1,0 +1,599 @@
+//! The agent against a real in-process registry manager on loopback: registration, status
+//! reports from local checks, the watch stream, routing changes with hold-down, restarts with
+//! the manager down (answers from the persisted copy, `stale: true`), resume, forwarding.
+//! Every wait is on a condition with a deadline.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
+use proto::v1::agent_client::AgentClient;
+use registry_agent::{start, AgentConfig, RouteBook, RunningAgent};
+use registry_manager::{RunningManager, ServeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+const CCM: &str = "command-control-manager";
+const TTL: Duration = Duration::from_secs(1);
+
+const TREE: &str = "\
+version: 1
+routing: { revert_after: 1s }
+domain: framework
+hosts: [fm]
+subdomains:
+  - domain: subdomain-1
+    hosts: [agent-1, agent-2]
+";
+
+async fn start_manager(data_dir: &Path, listen: SocketAddr) -> Result<RunningManager> {
+    let config = ServeConfig {
+        listen,
+        data_dir: data_dir.to_path_buf(),
+        topology: Some(("tree.yaml".into(), TREE.into())),
+        session_ttl: TTL,
+    };
+    // A restarted manager may find its port briefly busy; retry within the deadline.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match registry_manager::start(config.clone()).await {
+            Ok(m) => return Ok(m),
+            Err(e) if Instant::now() < deadline => {
+                tracing_like(&format!("manager start retry: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(anyhow!("manager did not start: {e}")),
+        }
+    }
+}
+
+fn tracing_like(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// An in-process TCP echo server standing in for a manager package; `kill` drops its
+/// listener and every connection.
+struct Echo {
+    addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Echo {
+    async fn start_on(addr: SocketAddr) -> Result<Echo> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Ok(Echo { addr, tasks })
+    }
+    async fn start() -> Result<Echo> {
+        Echo::start_on("127.0.0.1:0".parse()?).await
+    }
+    async fn kill(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+fn agent_config(
+    host: &str,
+    manager: SocketAddr,
+    data_dir: &Path,
+    packages: &[&Echo],
+    forward: bool,
+) -> Result<AgentConfig> {
+    let mut y = format!(
+        "host: {host}\nmanagers: [\"{manager}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\nhealth: {{ interval: 100ms, timeout: 200ms, fall: 2, rise: 2 }}\n",
+        data_dir.display()
+    );
+    if !packages.is_empty() {
+        y.push_str("packages:\n");
+        for p in packages {
+            y.push_str(&format!(
+                "  - type: {CCM}\n    endpoint: \"{0}\"\n    check: {{ tcp: \"{0}\" }}\n    interval: 50ms\n    fall: 2\n    rise: 2\n",
+                p.addr
+            ));
+        }
+    }
+    if forward {
+        y.push_str(&format!(
+            "forward:\n  - type: {CCM}\n    listen: 127.0.0.1:0\n"
+        ));
+    }
+    AgentConfig::from_yaml(&format!("{host}.yaml"), &y).map_err(|e| anyhow!("{e}"))
+}
+
+async fn wait_book(
+    agent: &RunningAgent,
+    what: &str,
+    pred: impl Fn(&RouteBook) -> bool,
+) -> Result<Arc<RouteBook>> {
+    let mut rx = agent.subscribe();
+    timeout(WAIT, async {
+        loop {
+            let book = rx.borrow_and_update().clone();
+            if pred(&book) {
+                return Ok(book);
+            }
+            rx.changed().await.map_err(|_| anyhow!("agent stopped"))?;
+        }
+    })
+    .await
+    .map_err(|_| {
+        let b = agent.routes();
+        anyhow!(
+            "timed out waiting for: {what}; now chosen={:?} stale={} revision={} problem={:?}",
+            b.chosen(CCM),
+            b.stale,
+            b.revision,
+            b.problem
+        )
+    })?
+}
+
+fn chosen_is(b: &RouteBook, host: Option<&str>) -> bool {
+    b.chosen(CCM).map(|h| h.as_str()) == host
+}
+
+async fn agent_client(a: &RunningAgent) -> Result<AgentClient<tonic::transport::Channel>> {
+    Ok(AgentClient::connect(format!("http://{}", a.local_addr())).await?)
+}
+
+async fn echo_round_trip(addr: SocketAddr, msg: &[u8]) -> Result<()> {
+    let mut s = timeout(WAIT, TcpStream::connect(addr)).await??;
+    s.write_all(msg).await?;
+    let mut got = vec![0u8; msg.len()];
+    timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .context("echo answer")??;
+    anyhow::ensure!(got == msg, "echo mismatch");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_report_from_checks_and_route_to_each_other() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let backend = Echo::start().await?;
+    let backend_addr = backend.addr;
+
+    let a1 = start(agent_config(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1"),
+        &[&backend],
+        false,
+    )?)
+    .await?;
+    let a2 = start(agent_config(
+        "agent-2",
+        maddr,
+        &dir.path().join("a2"),
+        &[],
+        true,
+    )?)
+    .await?;
+
+    // agent-1's check passes, it registers `running`; agent-2 routes to it (same domain).
+    wait_book(&a2, "agent-2 routes to agent-1, live", |b| {
+        chosen_is(b, Some("agent-1")) && !b.stale
+    })
+    .await?;
+    wait_book(&a1, "agent-1 routes to itself", |b| {
+        chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+
+    let mut c = agent_client(&a2).await?;
+    let full = c
+        .resolve(pb::ResolveRequest {
+            r#type: CCM.into(),
+            brief: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(full.host, "agent-2");
+    assert_eq!(full.chosen.as_deref(), Some("agent-1"));
+    assert_eq!(
+        full.endpoint.as_deref(),
+        Some(backend_addr.to_string().as_str())
+    );
+    assert_eq!(full.route, ["agent-1"]);
+    assert_eq!(full.candidates[0].tier, "domain");
+    assert!(!full.stale);
+    let json = registry_agent::cli::explanation_json(&full);
+    for key in [
+        "host",
+        "type",
+        "chosen",
+        "endpoint",
+        "route",
+        "candidates",
+        "revision",
+        "stale",
+    ] {
+        assert!(json.get(key).is_some(), "JSON answer has {key}: {json}");
+    }
+    let brief = c
+        .resolve(pb::ResolveRequest {
+            r#type: CCM.into(),
+            brief: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (brief.chosen.as_deref(), brief.candidates.len()),
+        (Some("agent-1"), 0)
+    );
+    let routes = c.routes(pb::RoutesRequest {}).await?.into_inner();
+    assert!(routes
+        .routes
+        .iter()
+        .any(|r| r.r#type == CCM && r.chosen.as_deref() == Some("agent-1")));
+    let bad = c
+        .resolve(pb::ResolveRequest {
+            r#type: "Not A Type".into(),
+            brief: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let nobody = c
+        .resolve(pb::ResolveRequest {
+            r#type: "event-manager".into(),
+            brief: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(nobody.chosen, None);
+
+    // Through agent-2's forward port to agent-1's package.
+    let fwd = a2.forward_addr(CCM).context("forward port")?;
+    echo_round_trip(fwd, b"via agent-2").await?;
+
+    // The package dies: agent-1's own check reports it failing; agent-2 has no manager left.
+    backend.kill().await;
+    let b = wait_book(&a2, "agent-2 has no manager", |b| chosen_is(b, None)).await?;
+    let cand = &b.get(CCM).context("ccm route")?.full.candidates[0];
+    assert_eq!(cand.host, "agent-1");
+    assert_eq!(cand.reason, "package status is failing");
+
+    // It comes back on the same port: reported running, routed to again at once (nothing else).
+    let backend = Echo::start_on(backend_addr).await?;
+    wait_book(&a2, "agent-2 routes to agent-1 again", |b| {
+        chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+    assert!(a2.route_changes() >= 3);
+
+    a1.shutdown().await;
+    a2.shutdown().await;
+    backend.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_at_once_and_restore_reverts_after_the_hold_down() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let b1 = Echo::start().await?;
+    let bf = Echo::start().await?;
+    let a1 = start(agent_config(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1"),
+        &[&b1],
+        false,
+    )?)
+    .await?;
+    let fm = start(agent_config(
+        "fm",
+        maddr,
+        &dir.path().join("fm"),
+        &[&bf],
+        false,
+    )?)
+    .await?;
+    let a2 = start(agent_config(
+        "agent-2",
+        maddr,
+        &dir.path().join("a2"),
+        &[],
+        false,
+    )?)
+    .await?;
+    wait_book(&a2, "both managers known, agent-1 chosen", |b| {
+        chosen_is(b, Some("agent-1")) && b.get(CCM).is_some_and(|r| r.route.len() == 2)
+    })
+    .await?;
+
+    let mut c = agent_client(&a2).await?;
+    let mut updates = c
+        .watch_route(pb::ResolveRequest {
+            r#type: CCM.into(),
+            brief: true,
+        })
+        .await?
+        .into_inner();
+    let first = timeout(WAIT, updates.message())
+        .await??
+        .context("initial update")?;
+    assert_eq!(
+        (first.chosen.as_deref(), first.reason.as_str()),
+        (Some("agent-1"), "initial")
+    );
+
+    let mut admin = AdminClient::connect(format!("http://{maddr}")).await?;
+    let action = |a: pb::PackageAction| pb::PackageActionRequest {
+        host: "agent-1".into(),
+        r#type: CCM.into(),
+        action: a as i32,
+    };
+    admin
+        .package_action(action(pb::PackageAction::Drain))
+        .await?;
+    let moved = timeout(WAIT, async {
+        loop {
+            let u = updates.message().await?.context("stream ended")?;
+            if u.chosen.as_deref() == Some("fm") {
+                return anyhow::Ok(u);
+            }
+        }
+    })
+    .await??;
+    assert!(
+        moved.reason.contains("agent-1") && moved.reason.contains("draining"),
+        "{}",
+        moved.reason
+    );
+
+    let before_restore = Instant::now();
+    admin
+        .package_action(action(pb::PackageAction::Restore))
+        .await?;
+    let back = timeout(WAIT, async {
+        loop {
+            let u = updates.message().await?.context("stream ended")?;
+            if u.chosen.as_deref() == Some("agent-1") {
+                return anyhow::Ok(u);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(back.reason, "reverted after hold-down");
+    // The hold-down (routing.revert_after: 1s) is a lower bound: never earlier.
+    assert!(before_restore.elapsed() >= Duration::from_secs(1));
+
+    for a in [a1, fm, a2] {
+        a.shutdown().await;
+    }
+    b1.kill().await;
+    bf.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_answers_from_its_copy_with_the_manager_down_then_resumes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mdir = dir.path().join("m");
+    let manager = start_manager(&mdir, "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let backend = Echo::start().await?;
+    let a1 = start(agent_config(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1"),
+        &[&backend],
+        false,
+    )?)
+    .await?;
+    let a2_dir = dir.path().join("a2");
+    let a2 = start(agent_config("agent-2", maddr, &a2_dir, &[], false)?).await?;
+    let before = wait_book(&a2, "agent-2 live on agent-1", |b| {
+        chosen_is(b, Some("agent-1")) && !b.stale
+    })
+    .await?;
+
+    a2.shutdown().await;
+    manager.shutdown().await?;
+
+    // Every manager down: the restarted agent answers at once from its persisted copy.
+    let a2 = start(agent_config("agent-2", maddr, &a2_dir, &[], false)?).await?;
+    let now = a2.routes();
+    assert!(now.stale);
+    assert_eq!(now.revision, before.revision);
+    assert!(chosen_is(&now, Some("agent-1")));
+    let mut c = agent_client(&a2).await?;
+    let r = c
+        .resolve(pb::ResolveRequest {
+            r#type: CCM.into(),
+            brief: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (r.chosen.as_deref(), r.stale, r.revision),
+        (Some("agent-1"), true, before.revision)
+    );
+
+    // The manager comes back on its address with its data: the agent resumes, live again.
+    let manager = start_manager(&mdir, maddr).await?;
+    let after = wait_book(&a2, "agent-2 live again", |b| {
+        !b.stale && b.revision >= before.revision && chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+    assert!(after.revision >= before.revision);
+    wait_book(&a1, "agent-1 live again", |b| !b.stale).await?;
+
+    a1.shutdown().await;
+    a2.shutdown().await;
+    backend.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_resumes_its_session_or_waits_out_the_old_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let backend = Echo::start().await?;
+    let a1_dir = dir.path().join("a1");
+    let a1 = start(agent_config("agent-1", maddr, &a1_dir, &[&backend], false)?).await?;
+    wait_book(&a1, "agent-1 live, routed to itself", |b| {
+        !b.stale && chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+
+    // Same data directory: the persisted session id is resumed.
+    a1.shutdown().await;
+    let a1 = start(agent_config("agent-1", maddr, &a1_dir, &[&backend], false)?).await?;
+    wait_book(&a1, "agent-1 resumed", |b| {
+        !b.stale && chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+
+    // A fresh data directory: the old session is still live, OpenSession is refused with
+    // ALREADY_EXISTS until it lapses; the agent keeps retrying and gets there.
+    a1.shutdown().await;
+    let a1 = start(agent_config(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1-new"),
+        &[&backend],
+        false,
+    )?)
+    .await?;
+    wait_book(&a1, "agent-1 with a new session", |b| {
+        !b.stale && chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+
+    a1.shutdown().await;
+    backend.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_port_loses_no_connection_when_the_chosen_manager_dies() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let b1 = Echo::start().await?;
+    let bf = Echo::start().await?;
+    let a1 = start(agent_config(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1"),
+        &[&b1],
+        false,
+    )?)
+    .await?;
+    let fm = start(agent_config(
+        "fm",
+        maddr,
+        &dir.path().join("fm"),
+        &[&bf],
+        false,
+    )?)
+    .await?;
+    let a2 = start(agent_config(
+        "agent-2",
+        maddr,
+        &dir.path().join("a2"),
+        &[],
+        true,
+    )?)
+    .await?;
+    wait_book(&a2, "agent-1 chosen, fm next", |b| {
+        chosen_is(b, Some("agent-1")) && b.get(CCM).is_some_and(|r| r.order.len() == 2)
+    })
+    .await?;
+    let fwd = a2.forward_addr(CCM).context("forward port")?;
+    echo_round_trip(fwd, b"before").await?;
+
+    // A connection open across the crash ends (closed, not hung) ...
+    let mut open = TcpStream::connect(fwd).await?;
+    open.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    open.read_exact(&mut one).await?;
+    b1.kill().await;
+    let mut buf = [0u8; 8];
+    let ended = timeout(WAIT, async {
+        loop {
+            match open.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the client connection across the crash was closed"
+    );
+
+    // ... and every new connection succeeds at once: the forwarder falls back within the accept.
+    for i in 0..20 {
+        echo_round_trip(fwd, format!("after crash {i}").as_bytes()).await?;
+    }
+    wait_book(&a2, "agent-2 moved to fm", |b| chosen_is(b, Some("fm"))).await?;
+
+    for a in [a1, fm, a2] {
+        a.shutdown().await;
+    }
+    bf.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_copy_or_manager_says_so() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A port with nothing listening.
+    let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let a = start(agent_config(
+        "agent-2",
+        dead,
+        &dir.path().join("a"),
+        &[],
+        true,
+    )?)
+    .await?;
+    let mut c = agent_client(&a).await?;
+    let e = c
+        .resolve(pb::ResolveRequest {
+            r#type: CCM.into(),
+            brief: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(e.message().contains("no registry copy"), "{}", e.message());
+    // The forward port accepts and closes at once: nothing to lead to.
+    let mut s = TcpStream::connect(a.forward_addr(CCM).context("forward")?).await?;
+    let mut buf = [0u8; 1];
+    let n = timeout(WAIT, s.read(&mut buf)).await?;
+    assert!(matches!(n, Ok(0) | Err(_)));
+    a.shutdown().await;
+    Ok(())
+}
