@@ -98,3 +98,84 @@ async fn check_loop(pkg: PackageConfig, tx: watch::Sender<Statuses>, shutdown: C
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::ServingStatus as Serving;
+
+    #[tokio::test]
+    async fn tcp_check_follows_the_listener() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let check = Check::Tcp(l.local_addr().unwrap().to_string());
+        assert!(check_once(&check, None, Duration::from_secs(1)).await);
+        drop(l);
+        assert!(!check_once(&check, None, Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn grpc_health_check_reads_the_serving_status() {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }
+        });
+        let check = Check::GrpcHealth(addr.to_string());
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let t = Duration::from_secs(2);
+        assert!(check_once(&check, Some(&channel), t).await);
+        reporter.set_service_status("", Serving::NotServing).await;
+        assert!(!check_once(&check, Some(&channel), t).await);
+        reporter.set_service_status("", Serving::Serving).await;
+        assert!(check_once(&check, Some(&channel), t).await);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(!check_once(&check, Some(&channel), t).await);
+    }
+
+    #[tokio::test]
+    async fn check_tasks_publish_status_changes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let pkg = PackageConfig {
+            package_type: PackageType::new("ccm").unwrap(),
+            endpoint: addr.clone(),
+            check: Check::Tcp(addr),
+            interval: Duration::from_millis(20),
+            fall: 2,
+            rise: 2,
+        };
+        let stop = CancellationToken::new();
+        let (mut rx, handles) = spawn_checks(&[pkg], &stop);
+        assert_eq!(rx.borrow()["ccm"], PackageStatus::Starting);
+        let wait_for = |want: PackageStatus, rx: &mut watch::Receiver<Statuses>| {
+            let mut rx = rx.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m["ccm"] == want))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        };
+        wait_for(PackageStatus::Running, &mut rx).await;
+        drop(l);
+        wait_for(PackageStatus::Failing, &mut rx).await;
+        stop.cancel();
+        for h in handles {
+            h.await.unwrap();
+        }
+    }
+}

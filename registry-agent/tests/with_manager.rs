@@ -96,16 +96,27 @@ fn agent_config(
     packages: &[&Echo],
     forward: bool,
 ) -> Result<AgentConfig> {
+    let pkgs: Vec<(SocketAddr, SocketAddr)> = packages.iter().map(|p| (p.addr, p.addr)).collect();
+    agent_config_with(host, manager, data_dir, &pkgs, forward)
+}
+
+/// Packages as (published endpoint, locally checked address).
+fn agent_config_with(
+    host: &str,
+    manager: SocketAddr,
+    data_dir: &Path,
+    packages: &[(SocketAddr, SocketAddr)],
+    forward: bool,
+) -> Result<AgentConfig> {
     let mut y = format!(
         "host: {host}\nmanagers: [\"{manager}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\nhealth: {{ interval: 100ms, timeout: 200ms, fall: 2, rise: 2 }}\n",
         data_dir.display()
     );
     if !packages.is_empty() {
         y.push_str("packages:\n");
-        for p in packages {
+        for (endpoint, check) in packages {
             y.push_str(&format!(
-                "  - type: {CCM}\n    endpoint: \"{0}\"\n    check: {{ tcp: \"{0}\" }}\n    interval: 50ms\n    fall: 2\n    rise: 2\n",
-                p.addr
+                "  - type: {CCM}\n    endpoint: \"{endpoint}\"\n    check: {{ tcp: \"{check}\" }}\n    interval: 50ms\n    fall: 2\n    rise: 2\n"
             ));
         }
     }
@@ -595,5 +606,196 @@ async fn agent_without_copy_or_manager_says_so() -> Result<()> {
     let n = timeout(WAIT, s.read(&mut buf)).await?;
     assert!(matches!(n, Ok(0) | Err(_)));
     a.shutdown().await;
+    Ok(())
+}
+
+/// A port with nothing listening on it.
+async fn dead_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_hold_down_a_manager_the_registry_believes_in_and_revert_when_it_answers(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    // agent-1's own check passes (it checks a live port) but its published endpoint is not
+    // reachable from agent-2: a partition the registry cannot see.
+    let local_ok = Echo::start().await?;
+    let unreachable = dead_addr().await?;
+    let bf = Echo::start().await?;
+    let a1 = start(agent_config_with(
+        "agent-1",
+        maddr,
+        &dir.path().join("a1"),
+        &[(unreachable, local_ok.addr)],
+        false,
+    )?)
+    .await?;
+    let fm = start(agent_config(
+        "fm",
+        maddr,
+        &dir.path().join("fm"),
+        &[&bf],
+        false,
+    )?)
+    .await?;
+    let a2 = start(agent_config(
+        "agent-2",
+        maddr,
+        &dir.path().join("a2"),
+        &[],
+        false,
+    )?)
+    .await?;
+
+    let held = wait_book(&a2, "agent-1 held down, fm chosen", |b| {
+        chosen_is(b, Some("fm"))
+            && b.get(CCM).is_some_and(|r| {
+                r.full
+                    .candidates
+                    .iter()
+                    .any(|c| c.host == "agent-1" && c.reason.contains("held down"))
+            })
+    })
+    .await?;
+    let cand = held
+        .get(CCM)
+        .context("route")?
+        .full
+        .candidates
+        .iter()
+        .find(|c| c.host == "agent-1")
+        .cloned()
+        .context("agent-1")?;
+    assert!(!cand.eligible);
+    // ("held down" is only ever the reason of a candidate the registry has running and alive.)
+
+    // The endpoint answers again: `rise` probes bring it back, then the 1s hold-down reverts.
+    let healed = Echo::start_on(unreachable).await?;
+    let back = wait_book(&a2, "agent-2 back on agent-1", |b| {
+        chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+    assert_eq!(
+        back.get(CCM).context("route")?.reason,
+        "reverted after hold-down"
+    );
+
+    for a in [a1, fm, a2] {
+        a.shutdown().await;
+    }
+    for e in [local_ok, bf, healed] {
+        e.kill().await;
+    }
+    manager.shutdown().await?;
+    Ok(())
+}
+
+fn agent_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_registry-agent"))
+        .args(args)
+        .output()
+        .expect("run registry-agent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_resolve_and_routes_against_a_running_agent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let backend = Echo::start().await?;
+    let fm = start(agent_config(
+        "fm",
+        maddr,
+        &dir.path().join("fm"),
+        &[&backend],
+        false,
+    )?)
+    .await?;
+    let a2 = start(agent_config(
+        "agent-2",
+        maddr,
+        &dir.path().join("a2"),
+        &[],
+        false,
+    )?)
+    .await?;
+    wait_book(&a2, "agent-2 routes to fm", |b| {
+        chosen_is(b, Some("fm")) && !b.stale
+    })
+    .await?;
+    let agent = a2.local_addr().to_string();
+
+    let out = tokio::task::spawn_blocking({
+        let agent = agent.clone();
+        move || agent_bin(&["resolve", CCM, "--agent", &agent, "--json"])
+    })
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["host"], "agent-2");
+    assert_eq!(v["type"], CCM);
+    assert_eq!(v["chosen"], "fm");
+    assert_eq!(v["endpoint"], backend.addr.to_string());
+    assert_eq!(v["route"], serde_json::json!(["fm"]));
+    assert_eq!(v["candidates"][0]["tier"], "ancestor");
+    assert_eq!(v["candidates"][0]["domain"], "framework");
+    assert_eq!(v["candidates"][0]["eligible"], true);
+    assert!(v["candidates"][0]["reason"].is_null());
+    assert_eq!(v["stale"], false);
+    assert!(v["revision"].as_u64().is_some_and(|r| r > 0));
+
+    let out = tokio::task::spawn_blocking({
+        let agent = agent.clone();
+        move || agent_bin(&["routes", "--agent", &agent])
+    })
+    .await?;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.lines()
+            .any(|l| l == format!("{CCM} -> fm ({})", backend.addr)),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "registry-manager -> none"),
+        "{text}"
+    );
+
+    // Failures: non-zero status and one line on stderr.
+    let dead = dead_addr().await?.to_string();
+    let out =
+        tokio::task::spawn_blocking(move || agent_bin(&["resolve", CCM, "--agent", &dead])).await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the agent"), "{err}");
+    let out =
+        tokio::task::spawn_blocking(move || agent_bin(&["resolve", "Bad Type", "--agent", &agent]))
+            .await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("is invalid"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "host: fm\nmanagers: [\"127.0.0.1:7400\"]\nlisen: x\n")?;
+    let bad_s = bad.display().to_string();
+    let out = tokio::task::spawn_blocking(move || agent_bin(&["run", "--config", &bad_s])).await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.starts_with(&format!("{}:3:1: unknown field `lisen`", bad.display())),
+        "{err}"
+    );
+
+    fm.shutdown().await;
+    a2.shutdown().await;
+    backend.kill().await;
+    manager.shutdown().await?;
     Ok(())
 }
