@@ -70,23 +70,16 @@ impl pb::agent_server::Agent for AgentApi {
     ) -> Result<Response<pb::RouteExplanation>, Status> {
         let req = request.into_inner();
         let book = self.book.borrow().clone();
+        if let Some(p) = &book.problem {
+            check_type(&req.r#type)?;
+            return Err(problem_status(p));
+        }
+        // The pre-built answers are recomputed with every book, staleness included.
         let answer = match book.routes.get(req.r#type.as_str()) {
-            Some(r) => {
-                // The book's answers carry the revision and staleness of their computation;
-                // staleness may have changed since, so it is set from the book.
-                let mut a = if req.brief {
-                    r.brief.clone()
-                } else {
-                    r.full.clone()
-                };
-                a.stale = book.stale;
-                a
-            }
+            Some(r) if req.brief => r.brief.clone(),
+            Some(r) => r.full.clone(),
             None => {
                 check_type(&req.r#type)?;
-                if let Some(p) = &book.problem {
-                    return Err(problem_status(p));
-                }
                 nobody(&book, &req.r#type, req.brief)
             }
         };
@@ -147,12 +140,9 @@ impl pb::agent_server::Agent for AgentApi {
         &self,
         _request: Request<pb::RoutesRequest>,
     ) -> Result<Response<pb::RoutesResponse>, Status> {
+        // Always answers: with no usable copy, the listed types show no manager and the
+        // problem as their reason.
         let book = self.book.borrow().clone();
-        if book.routes.is_empty() {
-            if let Some(p) = &book.problem {
-                return Err(problem_status(p));
-            }
-        }
         Ok(Response::new(pb::RoutesResponse {
             revision: book.revision,
             stale: book.stale,

@@ -157,6 +157,14 @@ struct RawCheck {
     tcp: Option<Spanned<String>>,
     #[serde(default, alias = "grpc-health")]
     grpc_health: Option<Spanned<String>>,
+    // `interval`, `fall` and `rise` are accepted inside `check` too (`check: { tcp: ADDR,
+    // interval: 100ms }`), as the SPEC example's comment places them there.
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    fall: Option<Spanned<u32>>,
+    #[serde(default)]
+    rise: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +262,26 @@ impl Checker<'_> {
                 self.at(s, format!("{key}: {e}"));
                 default
             }
+        }
+    }
+
+    /// A setting given beside `check` or inside it, not both.
+    fn either<'v, T>(
+        &mut self,
+        key: &str,
+        outer: &'v Option<Spanned<T>>,
+        inner: &'v Option<Spanned<T>>,
+    ) -> &'v Option<Spanned<T>> {
+        if let (Some(_), Some(i)) = (outer, inner) {
+            self.at(
+                i,
+                format!("{key}: given both beside `check` and inside it; keep one"),
+            );
+        }
+        if outer.is_some() {
+            outer
+        } else {
+            inner
         }
     }
 
@@ -403,9 +431,13 @@ impl AgentConfig {
                     None
                 }
             };
-            let interval = c.duration("interval", &pv.interval, Duration::from_millis(250));
-            let fall = c.count("fall", &pv.fall, 3);
-            let rise = c.count("rise", &pv.rise, 2);
+            let cv = &pv.check.value;
+            let interval = c.either("interval", &pv.interval, &cv.interval).clone();
+            let fall = c.either("fall", &pv.fall, &cv.fall).clone();
+            let rise = c.either("rise", &pv.rise, &cv.rise).clone();
+            let interval = c.duration("interval", &interval, Duration::from_millis(250));
+            let fall = c.count("fall", &fall, 3);
+            let rise = c.count("rise", &rise, 2);
             if let (Some(package_type), Some(endpoint), Some(check)) =
                 (package_type, endpoint, check)
             {
@@ -520,7 +552,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let msg = msg.lines().next().unwrap_or("").trim().to_owned();
     if msg.contains("unknown field") && !msg.contains("expected") {
         format!(
-            "{msg}; the keys are host, managers, data_dir, listen, packages (type, endpoint, check, interval, fall, rise), health (interval, timeout, fall, rise), forward (type, listen)"
+            "{msg}; the keys are host, managers, data_dir, listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (interval, timeout, fall, rise), forward (type, listen)"
         )
     } else if msg.starts_with("invalid u32") || msg.starts_with("invalid u64") {
         format!("{msg}: fall and rise are whole numbers of checks, from 1 to 1000")
@@ -656,6 +688,25 @@ forward:
         let e = err("host: fm\nmanagers: []\n");
         assert!(
             e.starts_with("agent.yaml:2:11: managers: the list is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn check_settings_may_sit_inside_check() {
+        let c = AgentConfig::from_yaml(
+            "a.yaml",
+            "host: fm\nmanagers: [\"127.0.0.1:7400\"]\npackages:\n  - type: x\n    endpoint: a:1\n    check: { tcp: \"a:1\", interval: 100ms, fall: 2, rise: 1 }\n",
+        )
+        .unwrap();
+        let p = &c.packages[0];
+        assert_eq!(
+            (p.interval, p.fall, p.rise),
+            (Duration::from_millis(100), 2, 1)
+        );
+        let e = err("host: fm\nmanagers: [\"127.0.0.1:7400\"]\npackages:\n  - type: x\n    endpoint: a:1\n    check: { tcp: \"a:1\", fall: 2 }\n    fall: 3\n");
+        assert!(
+            e.contains("agent.yaml:6:") && e.contains("fall: given both"),
             "{e}"
         );
     }

@@ -91,12 +91,25 @@ impl RouteEngine {
             routes: BTreeMap::new(),
             total_changes: 0,
         };
-        let Some(topology) = copy.topology.as_deref() else {
-            book.problem = Some(if copy.has_data() {
-                BookProblem::NoTopology
-            } else {
-                BookProblem::NoCopy
-            });
+        let problem = match copy.topology.as_deref() {
+            None if copy.has_data() => Some(BookProblem::NoTopology),
+            None => Some(BookProblem::NoCopy),
+            Some(t) if t.host(self.own_host.as_str()).is_none() => {
+                Some(BookProblem::UnknownHost(self.own_host.as_str().to_owned()))
+            }
+            Some(_) => None,
+        };
+        let (Some(topology), None) = (copy.topology.as_deref(), &problem) else {
+            // No route can be computed: the types this agent always lists show no manager, with
+            // the problem as the reason. The routing state is kept for when the copy is usable.
+            let reason = problem.as_ref().map(|p| p.to_string()).unwrap_or_default();
+            for t in &self.always {
+                book.routes.insert(
+                    t.clone(),
+                    Arc::new(placeholder(t, &self.own_host, &reason, revision, stale)),
+                );
+            }
+            book.problem = problem;
             book.total_changes = self.total_changes;
             return Recomputed {
                 book,
@@ -104,15 +117,6 @@ impl RouteEngine {
                 next_wakeup: None,
             };
         };
-        if topology.host(self.own_host.as_str()).is_none() {
-            book.problem = Some(BookProblem::UnknownHost(self.own_host.as_str().to_owned()));
-            book.total_changes = self.total_changes;
-            return Recomputed {
-                book,
-                events: Vec::new(),
-                next_wakeup: None,
-            };
-        }
         let revert_after = topology.routing().revert_after;
         let mut types: BTreeSet<PackageType> = self.always.clone();
         for h in copy.snapshot.hosts.values() {
@@ -172,6 +176,37 @@ impl RouteEngine {
             events,
             next_wakeup,
         }
+    }
+}
+
+fn placeholder(
+    t: &PackageType,
+    own_host: &HostName,
+    reason: &str,
+    revision: u64,
+    stale: bool,
+) -> TypeRoute {
+    TypeRoute {
+        package_type: t.clone(),
+        chosen: None,
+        endpoint: None,
+        route: Vec::new(),
+        order: Vec::new(),
+        held_down: Vec::new(),
+        reason: reason.to_owned(),
+        changes: 0,
+        full: pb::RouteExplanation {
+            host: own_host.as_str().to_owned(),
+            r#type: t.as_str().to_owned(),
+            revision,
+            stale,
+            ..Default::default()
+        },
+        brief: pb::RouteExplanation {
+            revision,
+            stale,
+            ..Default::default()
+        },
     }
 }
 
@@ -478,6 +513,14 @@ mod tests {
         let mut e = RouteEngine::new(HostName::new("stranger").unwrap(), []);
         let r = e.recompute(&RegistryCopy::default(), &no, true, t0);
         assert_eq!(r.book.problem, Some(BookProblem::NoCopy));
+        assert!(r.book.routes.is_empty());
+        let mut e2 = RouteEngine::new(
+            HostName::new("stranger").unwrap(),
+            [PackageType::new(CCM).unwrap()],
+        );
+        let r2 = e2.recompute(&RegistryCopy::default(), &no, true, t0);
+        let ccm = r2.book.get(CCM).unwrap();
+        assert!(ccm.chosen.is_none() && ccm.reason.contains("no registry copy"));
         let r = e.recompute(&copy(1, &[("fm", Running, true)]), &no, true, t0);
         assert_eq!(
             r.book.problem,

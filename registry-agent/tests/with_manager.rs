@@ -600,6 +600,18 @@ async fn agent_without_copy_or_manager_says_so() -> Result<()> {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
     assert!(e.message().contains("no registry copy"), "{}", e.message());
+    // `Routes` always answers: the listed types, no manager, the problem as the reason.
+    let routes = c.routes(pb::RoutesRequest {}).await?.into_inner();
+    assert!(routes.stale);
+    let ccm = routes
+        .routes
+        .iter()
+        .find(|r| r.r#type == CCM)
+        .context("ccm listed")?;
+    assert!(
+        ccm.chosen.is_none() && ccm.reason.contains("no registry copy"),
+        "{ccm:?}"
+    );
     // The forward port accepts and closes at once: nothing to lead to.
     let mut s = TcpStream::connect(a.forward_addr(CCM).context("forward")?).await?;
     let mut buf = [0u8; 1];
