@@ -26,7 +26,11 @@ fn routing(c: &mut Criterion) {
     g.bench_function("lookup_route", |b| {
         b.iter(|| {
             i = (i + 7919) % hosts.len();
-            black_box(table.route(black_box(&hosts[i]), ty.as_str()).map(|r| r.len()))
+            black_box(
+                table
+                    .route(black_box(&hosts[i]), ty.as_str())
+                    .map(|r| r.len()),
+            )
         })
     });
     g.sample_size(20);
@@ -39,10 +43,20 @@ fn routing(c: &mut Criterion) {
         .domain(t.root())
         .hosts
         .iter()
-        .find(|h| s2.hosts.get(*h).is_some_and(|st| st.packages.contains_key(&ty)))
+        .find(|h| {
+            s2.hosts
+                .get(*h)
+                .is_some_and(|st| st.packages.contains_key(&ty))
+        })
         .cloned()
         .expect("the root holds a manager of every type");
-    s2.hosts.get_mut(&root_mgr).unwrap().packages.get_mut(&ty).unwrap().status = PackageStatus::Stopped;
+    s2.hosts
+        .get_mut(&root_mgr)
+        .unwrap()
+        .packages
+        .get_mut(&ty)
+        .unwrap()
+        .status = PackageStatus::Stopped;
     let mut table2 = table.clone();
     g.bench_function("incremental_update_one_status_change", |b| {
         b.iter(|| {

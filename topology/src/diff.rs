@@ -81,7 +81,8 @@ pub fn diff(old: &Topology, new: &Topology, snapshot: &RegistrySnapshot) -> Topo
                 let from = &old.domain(oh.domain).name;
                 let to = &new.domain(h.domain).name;
                 if from != to {
-                    d.hosts_moved.push((h.name.clone(), from.clone(), to.clone()));
+                    d.hosts_moved
+                        .push((h.name.clone(), from.clone(), to.clone()));
                 }
             }
         }

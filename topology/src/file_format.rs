@@ -113,7 +113,11 @@ fn quoted(out: &mut String, s: &str) {
 pub(crate) fn to_yaml(t: &Topology) -> String {
     let mut out = String::new();
     out.push_str("version: 1\nrouting:\n  cross_branch: ");
-    out.push_str(if t.routing.cross_branch { "true" } else { "false" });
+    out.push_str(if t.routing.cross_branch {
+        "true"
+    } else {
+        "false"
+    });
     out.push_str("\n  revert_after: ");
     match t.routing.revert_after {
         RevertAfter::Never => out.push_str("never"),

@@ -44,7 +44,11 @@ impl FleetSpec {
 
     /// A small fleet of the same shape, for tests.
     pub fn small(seed: u64, hosts: usize, domains: usize) -> Self {
-        FleetSpec { hosts, domains, ..FleetSpec::large(seed) }
+        FleetSpec {
+            hosts,
+            domains,
+            ..FleetSpec::large(seed)
+        }
     }
 }
 
@@ -89,21 +93,29 @@ pub fn fleet(spec: &FleetSpec) -> (Topology, RegistrySnapshot) {
             parent = rng.below(parent.max(1));
         }
         let name = DomainName::new(format!("dom-{i:05}")).expect("valid");
-        b.add_domain(name, DomainId(parent as u32)).expect("unique by construction");
+        b.add_domain(name, DomainId(parent as u32))
+            .expect("unique by construction");
         depth.push(depth[parent] + 1);
     }
     let n_domains = depth.len();
     let mut hosts_of: Vec<Vec<HostName>> = vec![Vec::new(); n_domains];
     for i in 0..spec.hosts {
-        let d = if i < n_domains { i } else { rng.below(n_domains) };
+        let d = if i < n_domains {
+            i
+        } else {
+            rng.below(n_domains)
+        };
         let name = HostName::new(format!("host-{i:06}")).expect("valid");
-        b.add_host(name.clone(), DomainId(d as u32), None).expect("unique by construction");
+        b.add_host(name.clone(), DomainId(d as u32), None)
+            .expect("unique by construction");
         hosts_of[d].push(name);
     }
     let topology = b.build();
 
-    let mut snapshot = RegistrySnapshot::default();
-    snapshot.revision = crate::names::Revision(spec.seed);
+    let mut snapshot = RegistrySnapshot {
+        revision: crate::names::Revision(spec.seed),
+        ..Default::default()
+    };
     for h in topology.hosts() {
         let alive = spec.dead_every == 0 || rng.below(spec.dead_every) != 0;
         snapshot.set_alive(h.name.clone(), alive);
@@ -118,13 +130,19 @@ pub fn fleet(spec: &FleetSpec) -> (Topology, RegistrySnapshot) {
             let count = 1 + rng.below(2.min(hosts.len()));
             for _ in 0..count {
                 let h = hosts[rng.below(hosts.len())].clone();
-                let status = if spec.not_running_every != 0 && rng.below(spec.not_running_every) == 0 {
-                    PackageStatus::ALL[rng.below(PackageStatus::ALL.len())]
-                } else {
-                    PackageStatus::Running
-                };
+                let status =
+                    if spec.not_running_every != 0 && rng.below(spec.not_running_every) == 0 {
+                        PackageStatus::ALL[rng.below(PackageStatus::ALL.len())]
+                    } else {
+                        PackageStatus::Running
+                    };
                 port = port.wrapping_add(1);
-                snapshot.set_package(h, ty.clone(), format!("127.0.0.1:{}", port % 60_000 + 1024), status);
+                snapshot.set_package(
+                    h,
+                    ty.clone(),
+                    format!("127.0.0.1:{}", port % 60_000 + 1024),
+                    status,
+                );
             }
         }
     }

@@ -71,7 +71,10 @@ fn check(kind: NameKind, s: &str) -> Result<(), NameError> {
     if is_valid_name(s) {
         Ok(())
     } else {
-        Err(NameError { kind, name: s.to_owned() })
+        Err(NameError {
+            kind,
+            name: s.to_owned(),
+        })
     }
 }
 
@@ -187,7 +190,17 @@ name_type!(
 
 /// A registry revision: grows by one with every applied change.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(transparent)]
 pub struct Revision(pub u64);
@@ -211,7 +224,17 @@ mod tests {
 
     #[test]
     fn rejects_names_outside_the_rule() {
-        for bad in ["", "-a", ".a", "_a", "Agent", "a b", "a/b", "é", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "Agent",
+            "a b",
+            "a/b",
+            "é",
+            &"x".repeat(64),
+        ] {
             assert!(DomainName::new(bad).is_err(), "{bad:?}");
         }
     }

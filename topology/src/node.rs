@@ -23,7 +23,10 @@ pub(crate) struct Node {
 pub(crate) enum Value {
     /// A scalar with its text after escapes; `plain` when unquoted (and so open to YAML's
     /// typing of `true`, `null`, numbers).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -43,7 +46,9 @@ impl Node {
             Value::Seq(_) => "a list",
             Value::Map(_) => "a map",
             Value::Scalar { .. } if self.is_null() => "nothing (null)",
-            Value::Scalar { text, plain: true } if text == "true" || text == "false" => "true/false",
+            Value::Scalar { text, plain: true } if text == "true" || text == "false" => {
+                "true/false"
+            }
             Value::Scalar { .. } if self.as_int().is_some() => "a number",
             Value::Scalar { .. } => "a string",
         }
@@ -106,7 +111,11 @@ fn scan_error(e: &ScanError) -> ReadError {
     } else {
         format!("{message}; fix the YAML syntax here")
     };
-    ReadError { line: m.line().max(1), column: m.col() + 1, message }
+    ReadError {
+        line: m.line().max(1),
+        column: m.col() + 1,
+        message,
+    }
 }
 
 fn too_deep_message() -> String {
@@ -135,7 +144,11 @@ pub(crate) fn read(text: &str) -> Result<Option<Node>, ReadError> {
     for item in parser {
         let (event, span) = item.map_err(|e| scan_error(&e))?;
         let (line, column) = (span.start.line().max(1), span.start.col() + 1);
-        let too_deep = |line, column| ReadError { line, column, message: too_deep_message() };
+        let too_deep = |line, column| ReadError {
+            line,
+            column,
+            message: too_deep_message(),
+        };
         let node = match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => continue,
             Event::DocumentStart(..) => {
@@ -160,14 +173,25 @@ pub(crate) fn read(text: &str) -> Result<Option<Node>, ReadError> {
                 if stack.len() >= MAX_YAML_DEPTH {
                     return Err(too_deep(line, column));
                 }
-                stack.push(Open::Seq(Node { line, column, value: Value::Seq(Vec::new()) }));
+                stack.push(Open::Seq(Node {
+                    line,
+                    column,
+                    value: Value::Seq(Vec::new()),
+                }));
                 continue;
             }
             Event::MappingStart(..) => {
                 if stack.len() >= MAX_YAML_DEPTH {
                     return Err(too_deep(line, column));
                 }
-                stack.push(Open::Map(Node { line, column, value: Value::Map(Vec::new()) }, None));
+                stack.push(Open::Map(
+                    Node {
+                        line,
+                        column,
+                        value: Value::Map(Vec::new()),
+                    },
+                    None,
+                ));
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
@@ -178,7 +202,10 @@ pub(crate) fn read(text: &str) -> Result<Option<Node>, ReadError> {
             Event::Scalar(text, style, _, _) => Node {
                 line,
                 column,
-                value: Value::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain },
+                value: Value::Scalar {
+                    text: text.into_owned(),
+                    plain: style == ScalarStyle::Plain,
+                },
             },
             #[allow(unreachable_patterns)]
             _ => continue,

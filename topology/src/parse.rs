@@ -35,7 +35,12 @@ struct Checker<'a> {
 
 pub(crate) fn parse_topology(file: &str, text: &str) -> Result<Topology, TopologyErrors> {
     let one = |line: usize, column: usize, message: String| {
-        TopologyErrors(vec![TopologyError { file: file.to_owned(), line, column, message }])
+        TopologyErrors(vec![TopologyError {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }])
     };
     if text.len() > MAX_FILE_BYTES {
         return Err(one(
@@ -60,7 +65,8 @@ pub(crate) fn parse_topology(file: &str, text: &str) -> Result<Topology, Topolog
             return Err(one(
                 1,
                 1,
-                "file is empty; a topology needs at least `version: 1` and `domain: NAME`".to_owned(),
+                "file is empty; a topology needs at least `version: 1` and `domain: NAME`"
+                    .to_owned(),
             ))
         }
         Err(e) => return Err(one(e.line, e.column, e.message)),
@@ -81,7 +87,11 @@ pub(crate) fn parse_topology(file: &str, text: &str) -> Result<Topology, Topolog
     }
     let mut plan = c.plan.into_iter();
     let Some(root_plan) = plan.next() else {
-        return Err(one(1, 1, "file defines no root domain; add `domain: NAME`".to_owned()));
+        return Err(one(
+            1,
+            1,
+            "file defines no root domain; add `domain: NAME`".to_owned(),
+        ));
     };
     let mut b = TopologyBuilder::new(root_plan.name);
     b.routing(routing);
@@ -89,7 +99,9 @@ pub(crate) fn parse_topology(file: &str, text: &str) -> Result<Topology, Topolog
     let mut pending_hosts = vec![(DomainId(0), root_plan.hosts)];
     for d in plan {
         // Checked above: unique names, depth within MAX_DEPTH, parents planned first.
-        let id = b.add_domain(d.name, ids[d.parent]).map_err(|m| one(1, 1, m))?;
+        let id = b
+            .add_domain(d.name, ids[d.parent])
+            .map_err(|m| one(1, 1, m))?;
         ids.push(id);
         pending_hosts.push((id, d.hosts));
     }
@@ -117,7 +129,9 @@ fn suggestion(key: &str, allowed: &'static [&'static str]) -> Option<&'static st
         for (i, ca) in a.chars().enumerate() {
             let mut cur = vec![i + 1; b.len() + 1];
             for (j, cb) in b.iter().enumerate() {
-                cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+                cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1);
             }
             prev = cur;
         }
@@ -144,16 +158,36 @@ impl Checker<'_> {
 
     /// The entries of a map with unknown and duplicate keys reported; each key's first
     /// occurrence is returned.
-    fn keys<'n>(&mut self, map: &'n [(Node, Node)], allowed: &'static [&'static str], context: &str) -> HashMap<&'static str, (&'n Node, &'n Node)> {
+    fn keys<'n>(
+        &mut self,
+        map: &'n [(Node, Node)],
+        allowed: &'static [&'static str],
+        context: &str,
+    ) -> HashMap<&'static str, (&'n Node, &'n Node)> {
         let mut found: HashMap<&'static str, (&Node, &Node)> = HashMap::new();
         for (k, v) in map {
             let Some(key) = k.text() else {
-                self.err(k, format!("a key {context} must be a plain word, found {}; allowed keys are {}", k.kind(), allowed.join(", ")));
+                self.err(
+                    k,
+                    format!(
+                        "a key {context} must be a plain word, found {}; allowed keys are {}",
+                        k.kind(),
+                        allowed.join(", ")
+                    ),
+                );
                 continue;
             };
             let Some(&known) = allowed.iter().find(|a| **a == key) else {
-                let hint = suggestion(&key, allowed).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-                self.err(k, format!("unknown key {key:?} {context}{hint}; allowed keys are {}", allowed.join(", ")));
+                let hint = suggestion(key, allowed)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                self.err(
+                    k,
+                    format!(
+                        "unknown key {key:?} {context}{hint}; allowed keys are {}",
+                        allowed.join(", ")
+                    ),
+                );
                 continue;
             };
             if let Some((first, _)) = found.get(known) {
@@ -169,7 +203,10 @@ impl Checker<'_> {
     /// A name from a scalar node, checked against SPEC §2.
     fn name(&mut self, node: &Node, kind: NameKind, what: &str) -> Option<String> {
         let Some(text) = node.text().map(str::to_owned) else {
-            self.err(node, format!("{what} must be a name, found {}", node.kind()));
+            self.err(
+                node,
+                format!("{what} must be a name, found {}", node.kind()),
+            );
             return None;
         };
         if !is_valid_name(&text) {
@@ -206,7 +243,10 @@ impl Checker<'_> {
             None => RoutingPolicy::default(),
         };
         match keys.get("domain") {
-            None => self.err(root, "missing `domain`: the root domain's name; add `domain: NAME`".to_owned()),
+            None => self.err(
+                root,
+                "missing `domain`: the root domain's name; add `domain: NAME`".to_owned(),
+            ),
             Some((_, _)) => self.check_domain(map, &keys, None, 0),
         }
         routing
@@ -218,7 +258,14 @@ impl Checker<'_> {
             Value::Map(m) => m,
             _ if node.is_null() => return policy,
             _ => {
-                self.err(node, format!("`routing` must be a map with the keys {}, found {}", ROUTING_KEYS.join(", "), node.kind()));
+                self.err(
+                    node,
+                    format!(
+                        "`routing` must be a map with the keys {}, found {}",
+                        ROUTING_KEYS.join(", "),
+                        node.kind()
+                    ),
+                );
                 return policy;
             }
         };
@@ -226,12 +273,21 @@ impl Checker<'_> {
         if let Some((_, v)) = keys.get("cross_branch") {
             match v.as_bool() {
                 Some(b) => policy.cross_branch = b,
-                None => self.err(v, format!("`cross_branch` must be true or false, found {}", v.kind())),
+                None => self.err(
+                    v,
+                    format!("`cross_branch` must be true or false, found {}", v.kind()),
+                ),
             }
         }
         if let Some((_, v)) = keys.get("revert_after") {
             match v.text().filter(|_| !v.is_null()) {
-                None => self.err(v, format!("`revert_after` must be a duration such as 5s, found {}", v.kind())),
+                None => self.err(
+                    v,
+                    format!(
+                        "`revert_after` must be a duration such as 5s, found {}",
+                        v.kind()
+                    ),
+                ),
                 Some(t) => match RevertAfter::parse(t) {
                     Ok(r) => policy.revert_after = r,
                     Err(e) => self.err(v, format!("`revert_after`: {e}")),
@@ -244,7 +300,13 @@ impl Checker<'_> {
     /// Checks one domain map (the root or a subdomain entry) and, recursively, its subdomains.
     /// Recursion depth is bounded: the parser's budget caps YAML nesting and domains deeper
     /// than MAX_DEPTH are not descended into.
-    fn check_domain(&mut self, _map: &[(Node, Node)], keys: &HashMap<&'static str, (&Node, &Node)>, parent: Option<usize>, depth: usize) {
+    fn check_domain(
+        &mut self,
+        _map: &[(Node, Node)],
+        keys: &HashMap<&'static str, (&Node, &Node)>,
+        parent: Option<usize>,
+        depth: usize,
+    ) {
         let (_, name_node) = keys["domain"];
         let name = self.name(name_node, NameKind::Domain, "`domain`");
         let raw_name = name_node.text().unwrap_or("?").to_owned();
@@ -318,7 +380,13 @@ impl Checker<'_> {
                     Some((_, a)) => match a.text() {
                         Some(t) if !a.is_null() => Some(t.to_owned()),
                         _ => {
-                            self.err(a, format!("`address` must be text such as 10.0.4.4, found {}", a.kind()));
+                            self.err(
+                                a,
+                                format!(
+                                    "`address` must be text such as 10.0.4.4, found {}",
+                                    a.kind()
+                                ),
+                            );
                             return;
                         }
                     },
@@ -326,20 +394,28 @@ impl Checker<'_> {
                 (*n, address)
             }
             Value::Seq(_) => {
-                self.err(item, "a host entry must be a name or a map {name, address}, found a list".to_owned());
+                self.err(
+                    item,
+                    "a host entry must be a name or a map {name, address}, found a list".to_owned(),
+                );
                 return;
             }
             _ => (item, None),
         };
-        let Some(name) = self.name(name_node, NameKind::Host, "a host entry") else { return };
+        let Some(name) = self.name(name_node, NameKind::Host, "a host entry") else {
+            return;
+        };
         if let Some((d, line)) = self.hosts_seen.get(&name) {
             let msg = format!("host {name:?} is already in domain {d:?} (line {line}); a host belongs to exactly one domain");
             self.err(name_node, msg);
             return;
         }
-        self.hosts_seen.insert(name.clone(), (domain.to_owned(), name_node.line));
+        self.hosts_seen
+            .insert(name.clone(), (domain.to_owned(), name_node.line));
         if let Some(i) = index {
-            self.plan[i].hosts.push((HostName::new(name).expect("checked above"), address));
+            self.plan[i]
+                .hosts
+                .push((HostName::new(name).expect("checked above"), address));
         }
     }
 }

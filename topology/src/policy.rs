@@ -18,7 +18,9 @@ impl RevertAfter {
         if s == "never" {
             return Ok(RevertAfter::Never);
         }
-        parse_duration(s).map(RevertAfter::After).map_err(|e| format!("{e}, or never"))
+        parse_duration(s)
+            .map(RevertAfter::After)
+            .map_err(|e| format!("{e}, or never"))
     }
 }
 
@@ -42,7 +44,10 @@ pub struct RoutingPolicy {
 
 impl Default for RoutingPolicy {
     fn default() -> Self {
-        RoutingPolicy { cross_branch: true, revert_after: RevertAfter::After(Duration::from_secs(5)) }
+        RoutingPolicy {
+            cross_branch: true,
+            revert_after: RevertAfter::After(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -50,21 +55,34 @@ impl Default for RoutingPolicy {
 /// `1h`, `0s`). The error says what was wrong and shows the accepted forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let hint = "use a whole number and a unit: 500ms, 5s, 2m, 1h or 0s";
-    let digits_end = s.bytes().position(|c| !c.is_ascii_digit()).unwrap_or(s.len());
+    let digits_end = s
+        .bytes()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("duration {s:?} does not start with a number; {hint}"));
+        return Err(format!(
+            "duration {s:?} does not start with a number; {hint}"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} is too large; {hint}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} is too large; {hint}"))?;
     let ms_per = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "" => return Err(format!("duration {s:?} has no unit; {hint}")),
-        _ => return Err(format!("duration {s:?} has an unknown unit {unit:?}; {hint}")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has an unknown unit {unit:?}; {hint}"
+            ))
+        }
     };
-    let ms = n.checked_mul(ms_per).ok_or_else(|| format!("duration {s:?} is too large; {hint}"))?;
+    let ms = n
+        .checked_mul(ms_per)
+        .ok_or_else(|| format!("duration {s:?} is too large; {hint}"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -73,11 +91,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".to_owned()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -96,12 +114,24 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(RevertAfter::parse("never").unwrap(), RevertAfter::Never);
-        assert_eq!(RevertAfter::parse("0s").unwrap(), RevertAfter::After(Duration::ZERO));
+        assert_eq!(
+            RevertAfter::parse("0s").unwrap(),
+            RevertAfter::After(Duration::ZERO)
+        );
     }
 
     #[test]
     fn rejects_bad_durations_with_a_hint() {
-        for bad in ["", "5", "s", "5x", "-1s", "1.5s", "5 s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-1s",
+            "1.5s",
+            "5 s",
+            "99999999999999999999s",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains("500ms"), "{bad:?}: {e}");
         }

@@ -60,7 +60,10 @@ impl Tier {
         if down == 0 {
             Tier::Ancestor { up }
         } else {
-            Tier::Branch { hops: up + down, up }
+            Tier::Branch {
+                hops: up + down,
+                up,
+            }
         }
     }
 }
@@ -169,7 +172,8 @@ pub const REASON_NOT_ALIVE: &str = "host is not alive";
 /// Reason text for hosts the requester's own health checks hold down.
 pub const REASON_HELD_DOWN: &str = "held down by this agent's health checks";
 /// Reason text for other-branch hosts when `cross_branch` is false.
-pub const REASON_CROSS_BRANCH: &str = "cross-branch routing is disabled (routing.cross_branch: false)";
+pub const REASON_CROSS_BRANCH: &str =
+    "cross-branch routing is disabled (routing.cross_branch: false)";
 
 /// Explains the route of `requester` for `package_type` (SPEC §5). `held_down` is the live
 /// agent's health view of candidate hosts; pass `&|_| false` offline.
@@ -182,13 +186,17 @@ pub fn explain(
 ) -> Result<Explanation, RouteError> {
     let host = HostName::new(requester)?;
     let ptype = PackageType::new(package_type)?;
-    let me = topology.host(requester).ok_or_else(|| RouteError::UnknownHost(requester.to_owned()))?;
+    let me = topology
+        .host(requester)
+        .ok_or_else(|| RouteError::UnknownHost(requester.to_owned()))?;
     let d = me.domain;
 
     let mut known: Vec<(Tier, Reverse<u64>, Candidate)> = Vec::new();
     let mut unknown: Vec<(Reverse<u64>, Candidate)> = Vec::new();
     for (name, state) in &snapshot.hosts {
-        let Some(pkg) = state.packages.get(package_type) else { continue };
+        let Some(pkg) = state.packages.get(package_type) else {
+            continue;
+        };
         let score = Reverse(rendezvous_score(requester, name.as_str()));
         let Some(h) = topology.host(name.as_str()) else {
             unknown.push((
@@ -232,10 +240,16 @@ pub fn explain(
     known.sort_by(|a, b| (a.0, a.1, &a.2.host).cmp(&(b.0, b.1, &b.2.host)));
     unknown.sort_by(|a, b| (a.0, &a.1.host).cmp(&(b.0, &b.1.host)));
 
-    let candidates: Vec<Candidate> =
-        known.into_iter().map(|k| k.2).chain(unknown.into_iter().map(|u| u.1)).collect();
-    let route: Vec<HostName> =
-        candidates.iter().filter(|c| c.eligible).map(|c| c.host.clone()).collect();
+    let candidates: Vec<Candidate> = known
+        .into_iter()
+        .map(|k| k.2)
+        .chain(unknown.into_iter().map(|u| u.1))
+        .collect();
+    let route: Vec<HostName> = candidates
+        .iter()
+        .filter(|c| c.eligible)
+        .map(|c| c.host.clone())
+        .collect();
     let first = candidates.iter().find(|c| c.eligible);
     Ok(Explanation {
         host,

@@ -48,7 +48,6 @@ impl Default for RouteTable {
                 by_name: Default::default(),
                 host_domain: vec![],
                 domain_start: vec![0],
-                domain_hosts: vec![],
             }),
             host_names: Arc::from(Vec::new()),
             types: vec![],
@@ -79,13 +78,19 @@ impl TypeView {
 }
 
 /// Eligible managers (running and alive, named by the topology) of each type, as host ids.
-fn eligible_by_type(topology: &Topology, snapshot: &RegistrySnapshot, types: &[PackageType]) -> Vec<Vec<u32>> {
+fn eligible_by_type(
+    topology: &Topology,
+    snapshot: &RegistrySnapshot,
+    types: &[PackageType],
+) -> Vec<Vec<u32>> {
     let mut out = vec![Vec::new(); types.len()];
     for (name, state) in &snapshot.hosts {
         if state.packages.is_empty() || !state.alive {
             continue;
         }
-        let Some(&id) = topology.index.by_name.get(name) else { continue };
+        let Some(&id) = topology.index.by_name.get(name) else {
+            continue;
+        };
         for (ty, pkg) in &state.packages {
             if pkg.status != PackageStatus::Running {
                 continue;
@@ -135,8 +140,10 @@ fn type_view(topology: &Topology, eligible: &[u32]) -> TypeView {
     }
     // Every manager domain is listed under itself and each of its ancestors.
     let mut sub_start = vec![0u32; n + 1];
-    let mut by_depth: Vec<(u32, u32)> =
-        (0..n).filter(|&d| count(d) > 0).map(|d| (topology.domains[d].depth, d as u32)).collect();
+    let mut by_depth: Vec<(u32, u32)> = (0..n)
+        .filter(|&d| count(d) > 0)
+        .map(|d| (topology.domains[d].depth, d as u32))
+        .collect();
     by_depth.sort_unstable();
     for &(_, c) in &by_depth {
         let mut x = Some(crate::tree::DomainId(c));
@@ -158,7 +165,15 @@ fn type_view(topology: &Topology, eligible: &[u32]) -> TypeView {
             x = topology.domains[a.index()].parent;
         }
     }
-    TypeView { mgr_start, mgrs, nearest, chain_count, sub_start, sub, is_mgr }
+    TypeView {
+        mgr_start,
+        mgrs,
+        nearest,
+        chain_count,
+        sub_start,
+        sub,
+        is_mgr,
+    }
 }
 
 /// The first branch tiers of domain `d`: groups of managers with the same `(hops, up)`,
@@ -183,7 +198,13 @@ fn branch_groups(topology: &Topology, view: &TypeView, d: u32) -> Vec<Vec<u32>> 
     let (mut anchor, mut exclude, mut up) = (d, NONE, 0u32);
     loop {
         let a = anchor as usize;
-        streams.push(Stream { up, anchor, exclude, pos: view.sub_start[a] as usize, end: view.sub_start[a + 1] as usize });
+        streams.push(Stream {
+            up,
+            anchor,
+            exclude,
+            pos: view.sub_start[a] as usize,
+            end: view.sub_start[a + 1] as usize,
+        });
         match domains[a].parent {
             None => break,
             Some(p) => {
@@ -196,7 +217,8 @@ fn branch_groups(topology: &Topology, view: &TypeView, d: u32) -> Vec<Vec<u32>> 
     let valid = |s: &Stream, c: u32| {
         c != s.anchor
             && (s.exclude == NONE
-                || !topology.is_in_subtree(crate::tree::DomainId(c), crate::tree::DomainId(s.exclude)))
+                || !topology
+                    .is_in_subtree(crate::tree::DomainId(c), crate::tree::DomainId(s.exclude)))
     };
     let mut groups: Vec<Vec<u32>> = Vec::new();
     let mut total = 0usize;
@@ -208,7 +230,10 @@ fn branch_groups(topology: &Topology, view: &TypeView, d: u32) -> Vec<Vec<u32>> 
             }
             if s.pos < s.end {
                 let c = view.sub[s.pos] as usize;
-                let key = (s.up + domains[c].depth - domains[s.anchor as usize].depth, s.up);
+                let key = (
+                    s.up + domains[c].depth - domains[s.anchor as usize].depth,
+                    s.up,
+                );
                 if best.is_none_or(|(b, _)| key < b) {
                     best = Some((key, i));
                 }
@@ -243,7 +268,11 @@ struct Scorer<'a> {
 
 impl<'a> Scorer<'a> {
     fn new(requester: &'a str) -> Self {
-        Scorer { requester, buf: [0u8; 128], prefix: 0 }
+        Scorer {
+            requester,
+            buf: [0u8; 128],
+            prefix: 0,
+        }
     }
 
     #[inline]
@@ -270,7 +299,11 @@ struct Padded {
 
 impl Padded {
     fn new(names: &[HostName], managers: &[u32], n_hosts: usize) -> Self {
-        let mut p = Padded { bytes: Vec::with_capacity(managers.len()), len: Vec::new(), slot: vec![NONE; n_hosts] };
+        let mut p = Padded {
+            bytes: Vec::with_capacity(managers.len()),
+            len: Vec::new(),
+            slot: vec![NONE; n_hosts],
+        };
         for &m in managers {
             let name = names[m as usize].as_str().as_bytes();
             let mut b = [0u8; 64];
@@ -286,7 +319,15 @@ impl Padded {
 /// Appends to `out` the best `need` of `tier` for the requester (score descending, id
 /// ascending on equal scores), skipping `skip`.
 #[allow(clippy::too_many_arguments)]
-fn take_best(scorer: &mut Scorer, padded: &Padded, tier: &[u32], skip: u32, need: usize, out: &mut [u32; K], len: &mut usize) {
+fn take_best(
+    scorer: &mut Scorer,
+    padded: &Padded,
+    tier: &[u32],
+    skip: u32,
+    need: usize,
+    out: &mut [u32; K],
+    len: &mut usize,
+) {
     if need == 0 {
         return;
     }
@@ -339,7 +380,14 @@ fn take_best(scorer: &mut Scorer, padded: &Padded, tier: &[u32], skip: u32, need
 
 /// Fills the route prefixes of the hosts `first..first + out.len()`.
 #[allow(clippy::needless_range_loop)]
-fn compute_hosts(topology: &Topology, view: &TypeView, padded: &Padded, branch: &[Vec<Vec<u32>>], first: usize, out: &mut [[u32; K]]) {
+fn compute_hosts(
+    topology: &Topology,
+    view: &TypeView,
+    padded: &Padded,
+    branch: &[Vec<Vec<u32>>],
+    first: usize,
+    out: &mut [[u32; K]],
+) {
     let idx = &topology.index;
     let names = &topology.host_ids;
     for (i, route) in out.iter_mut().enumerate() {
@@ -351,10 +399,26 @@ fn compute_hosts(topology: &Topology, view: &TypeView, padded: &Padded, branch: 
             route[0] = h;
             len = 1;
         }
-        take_best(&mut scorer, padded, view.managers(d), h, K - len, route, &mut len);
+        take_best(
+            &mut scorer,
+            padded,
+            view.managers(d),
+            h,
+            K - len,
+            route,
+            &mut len,
+        );
         let mut a = view.nearest[d as usize];
         while len < K && a != NONE {
-            take_best(&mut scorer, padded, view.managers(a), NONE, K - len, route, &mut len);
+            take_best(
+                &mut scorer,
+                padded,
+                view.managers(a),
+                NONE,
+                K - len,
+                route,
+                &mut len,
+            );
             a = view.nearest[a as usize];
         }
         for g in &branch[d as usize] {
@@ -367,7 +431,10 @@ fn compute_hosts(topology: &Topology, view: &TypeView, padded: &Padded, branch: 
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8)
 }
 
 /// Runs `f(first, chunk)` over `parts` contiguous chunks of `items` in parallel.
@@ -398,14 +465,17 @@ fn compute_type(topology: &Topology, ty: PackageType, eligible: &[u32]) -> TypeR
             par_chunks(&mut branch, parts, |first, chunk| {
                 for (i, groups) in chunk.iter_mut().enumerate() {
                     let d = first + i;
-                    let has_hosts = topology.index.domain_start[d] < topology.index.domain_start[d + 1];
+                    let has_hosts =
+                        topology.index.domain_start[d] < topology.index.domain_start[d + 1];
                     if has_hosts && (view.chain_count[d] as usize) < K {
                         *groups = branch_groups(topology, &view, d as u32);
                     }
                 }
             });
         }
-        par_chunks(&mut ids, parts, |first, chunk| compute_hosts(topology, &view, &padded, &branch, first, chunk));
+        par_chunks(&mut ids, parts, |first, chunk| {
+            compute_hosts(topology, &view, &padded, &branch, first, chunk)
+        });
     }
     let names = (0..n_hosts).map(|_| OnceLock::new()).collect();
     TypeRoutes { ty, ids, names }
@@ -416,8 +486,16 @@ impl RouteTable {
     pub fn build(topology: &Topology, snapshot: &RegistrySnapshot) -> RouteTable {
         let types = snapshot.package_types();
         let eligible = eligible_by_type(topology, snapshot, &types);
-        let types = types.into_iter().zip(eligible).map(|(ty, el)| compute_type(topology, ty, &el)).collect();
-        RouteTable { index: topology.index.clone(), host_names: topology.host_ids.clone(), types }
+        let types = types
+            .into_iter()
+            .zip(eligible)
+            .map(|(ty, el)| compute_type(topology, ty, &el))
+            .collect();
+        RouteTable {
+            index: topology.index.clone(),
+            host_names: topology.host_ids.clone(),
+            types,
+        }
     }
 
     fn entry(&self, host: &str, package_type: &str) -> Option<(&TypeRoutes, usize)> {
@@ -444,21 +522,38 @@ impl RouteTable {
 
     /// The same prefix as [`RouteTable::route`], without building a slice.
     pub fn route_hosts(&self, host: &str, package_type: &str) -> impl Iterator<Item = &HostName> {
-        self.entry(host, package_type).into_iter().flat_map(|(t, h)| self.route_iter(t, h))
+        self.entry(host, package_type)
+            .into_iter()
+            .flat_map(|(t, h)| self.route_iter(t, h))
     }
 
     fn route_iter<'a>(&'a self, t: &'a TypeRoutes, h: usize) -> impl Iterator<Item = &'a HostName> {
-        t.ids[h].iter().take_while(|&&m| m != NONE).map(|&m| &self.host_names[m as usize])
+        t.ids[h]
+            .iter()
+            .take_while(|&&m| m != NONE)
+            .map(|&m| &self.host_names[m as usize])
     }
 
     /// Recomputes the routes of one type only (after status or liveness changes that affect
     /// only that type). `topology` must be the one the table was built from.
-    pub fn update_type(&mut self, topology: &Topology, snapshot: &RegistrySnapshot, package_type: &str) {
-        let Ok(ty) = PackageType::new(package_type) else { return };
-        let eligible = eligible_by_type(topology, snapshot, std::slice::from_ref(&ty)).pop().unwrap_or_default();
+    pub fn update_type(
+        &mut self,
+        topology: &Topology,
+        snapshot: &RegistrySnapshot,
+        package_type: &str,
+    ) {
+        let Ok(ty) = PackageType::new(package_type) else {
+            return;
+        };
+        let eligible = eligible_by_type(topology, snapshot, std::slice::from_ref(&ty))
+            .pop()
+            .unwrap_or_default();
         self.index = topology.index.clone();
         self.host_names = topology.host_ids.clone();
-        let runs_anywhere = snapshot.hosts.values().any(|h| h.packages.contains_key(&ty));
+        let runs_anywhere = snapshot
+            .hosts
+            .values()
+            .any(|h| h.packages.contains_key(&ty));
         let pos = self.types.iter().position(|t| t.ty == ty);
         match (pos, runs_anywhere) {
             (Some(i), true) => self.types[i] = compute_type(topology, ty, &eligible),

@@ -16,7 +16,16 @@ mod tests {
     fn schema_names_the_keys() {
         let s = json_schema();
         let text = s.to_string();
-        for key in ["version", "routing", "domain", "hosts", "subdomains", "cross_branch", "revert_after", "address"] {
+        for key in [
+            "version",
+            "routing",
+            "domain",
+            "hosts",
+            "subdomains",
+            "cross_branch",
+            "revert_after",
+            "address",
+        ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         assert_eq!(s["type"], "object");

@@ -103,7 +103,10 @@ pub struct HostState {
 
 impl Default for HostState {
     fn default() -> Self {
-        HostState { alive: true, packages: BTreeMap::new() }
+        HostState {
+            alive: true,
+            packages: BTreeMap::new(),
+        }
     }
 }
 
@@ -146,12 +149,19 @@ impl RegistrySnapshot {
             return Err(err(
                 1,
                 1,
-                format!("snapshot is {} bytes, over the limit of {MAX_SNAPSHOT_BYTES}", text.len()),
+                format!(
+                    "snapshot is {} bytes, over the limit of {MAX_SNAPSHOT_BYTES}",
+                    text.len()
+                ),
             ));
         }
         let trimmed = text.trim_start();
         if trimmed.is_empty() {
-            return Err(err(1, 1, "snapshot is empty; expected a map with `revision` and `hosts`".into()));
+            return Err(err(
+                1,
+                1,
+                "snapshot is empty; expected a map with `revision` and `hosts`".into(),
+            ));
         }
         if trimmed.starts_with('{') {
             // serde_json has its own recursion limit (128), so deep input cannot overflow.
@@ -188,12 +198,20 @@ impl RegistrySnapshot {
     }
 
     /// Sets (or adds) one package's state; a convenience for tests and generators.
-    pub fn set_package(&mut self, host: HostName, package_type: PackageType, endpoint: impl Into<String>, status: PackageStatus) {
-        self.hosts
-            .entry(host)
-            .or_default()
-            .packages
-            .insert(package_type, PackageState { endpoint: endpoint.into(), status });
+    pub fn set_package(
+        &mut self,
+        host: HostName,
+        package_type: PackageType,
+        endpoint: impl Into<String>,
+        status: PackageStatus,
+    ) {
+        self.hosts.entry(host).or_default().packages.insert(
+            package_type,
+            PackageState {
+                endpoint: endpoint.into(),
+                status,
+            },
+        );
     }
 
     /// Sets a host's liveness (adding the host when missing).
@@ -203,8 +221,11 @@ impl RegistrySnapshot {
 
     /// Every package type any host runs, sorted.
     pub fn package_types(&self) -> Vec<PackageType> {
-        let mut v: Vec<PackageType> =
-            self.hosts.values().flat_map(|h| h.packages.keys().cloned()).collect();
+        let mut v: Vec<PackageType> = self
+            .hosts
+            .values()
+            .flat_map(|h| h.packages.keys().cloned())
+            .collect();
         v.sort();
         v.dedup();
         v

@@ -67,7 +67,11 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} domains, {} hosts, depth {}", self.domains, self.hosts, self.depth)
+        write!(
+            f,
+            "{} domains, {} hosts, depth {}",
+            self.domains, self.hosts, self.depth
+        )
     }
 }
 
@@ -95,9 +99,8 @@ pub(crate) struct HostIndex {
     pub(crate) by_name: HashMap<HostName, u32>,
     /// Dense host id -> domain index.
     pub(crate) host_domain: Vec<u32>,
-    /// Hosts of domain `d` are `domain_hosts[domain_start[d]..domain_start[d + 1]]`.
+    /// Domain `d` holds `domain_start[d + 1] - domain_start[d]` hosts.
     pub(crate) domain_start: Vec<u32>,
-    pub(crate) domain_hosts: Vec<u32>,
 }
 
 impl Topology {
@@ -135,7 +138,10 @@ impl Topology {
 
     /// Every domain, root first, parents before children.
     pub fn domains(&self) -> impl Iterator<Item = (DomainId, &Domain)> {
-        self.domains.iter().enumerate().map(|(i, d)| (DomainId(i as u32), d))
+        self.domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (DomainId(i as u32), d))
     }
 
     /// A host by name.
@@ -150,7 +156,9 @@ impl Topology {
 
     /// The name of the domain a host belongs to.
     pub fn host_domain(&self, host: &str) -> Option<&DomainName> {
-        self.hosts.get(host).map(|h| &self.domains[h.domain.index()].name)
+        self.hosts
+            .get(host)
+            .map(|h| &self.domains[h.domain.index()].name)
     }
 
     /// Number of domains, hosts and the depth of the tree.
@@ -158,7 +166,12 @@ impl Topology {
         Summary {
             domains: self.domains.len(),
             hosts: self.hosts.len(),
-            depth: self.domains.iter().map(|d| d.depth as usize).max().unwrap_or(0),
+            depth: self
+                .domains
+                .iter()
+                .map(|d| d.depth as usize)
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -177,7 +190,9 @@ impl Topology {
     pub fn lca(&self, a: DomainId, b: DomainId) -> DomainId {
         let mut x = a;
         while !self.is_in_subtree(b, x) {
-            x = self.domains[x.index()].parent.expect("the root contains every domain");
+            x = self.domains[x.index()]
+                .parent
+                .expect("the root contains every domain");
         }
         x
     }
@@ -189,7 +204,10 @@ impl Topology {
 
     /// The dense id of a host (its rank by name).
     pub fn host_index(&self, name: &str) -> Option<u32> {
-        self.host_ids.binary_search_by(|h| h.as_str().cmp(name)).ok().map(|i| i as u32)
+        self.host_ids
+            .binary_search_by(|h| h.as_str().cmp(name))
+            .ok()
+            .map(|i| i as u32)
     }
 }
 
@@ -205,9 +223,12 @@ impl PartialEq for Topology {
         {
             return false;
         }
-        let parent_name = |t: &Topology, d: &Domain| d.parent.map(|p| t.domains[p.index()].name.clone());
+        let parent_name =
+            |t: &Topology, d: &Domain| d.parent.map(|p| t.domains[p.index()].name.clone());
         for d in &self.domains {
-            let Some(od) = other.domain_id(d.name.as_str()) else { return false };
+            let Some(od) = other.domain_id(d.name.as_str()) else {
+                return false;
+            };
             if parent_name(self, d) != parent_name(other, other.domain(od)) {
                 return false;
             }
@@ -240,7 +261,13 @@ impl TopologyBuilder {
         domain_index.insert(root.clone(), DomainId(0));
         TopologyBuilder {
             routing: RoutingPolicy::default(),
-            domains: vec![Domain { name: root, parent: None, depth: 0, children: vec![], hosts: vec![] }],
+            domains: vec![Domain {
+                name: root,
+                parent: None,
+                depth: 0,
+                children: vec![],
+                hosts: vec![],
+            }],
             domain_index,
             hosts: BTreeMap::new(),
         }
@@ -260,7 +287,10 @@ impl TopologyBuilder {
     /// Adds a subdomain under `parent`.
     pub fn add_domain(&mut self, name: DomainName, parent: DomainId) -> Result<DomainId, String> {
         if self.domain_index.contains_key(&name) {
-            return Err(format!("domain {:?} is already defined; domain names are unique in the tree", name.as_str()));
+            return Err(format!(
+                "domain {:?} is already defined; domain names are unique in the tree",
+                name.as_str()
+            ));
         }
         let p = self
             .domains
@@ -275,13 +305,24 @@ impl TopologyBuilder {
         }
         let id = DomainId(self.domains.len() as u32);
         self.domains[parent.index()].children.push(id);
-        self.domains.push(Domain { name: name.clone(), parent: Some(parent), depth, children: vec![], hosts: vec![] });
+        self.domains.push(Domain {
+            name: name.clone(),
+            parent: Some(parent),
+            depth,
+            children: vec![],
+            hosts: vec![],
+        });
         self.domain_index.insert(name, id);
         Ok(id)
     }
 
     /// Adds a host to `domain`.
-    pub fn add_host(&mut self, name: HostName, domain: DomainId, address: Option<String>) -> Result<(), String> {
+    pub fn add_host(
+        &mut self,
+        name: HostName,
+        domain: DomainId,
+        address: Option<String>,
+    ) -> Result<(), String> {
         if let Some(h) = self.hosts.get(&name) {
             return Err(format!(
                 "host {:?} is already in domain {:?}; a host belongs to exactly one domain",
@@ -294,7 +335,14 @@ impl TopologyBuilder {
             .get_mut(domain.index())
             .ok_or_else(|| format!("domain id {} does not exist", domain.0))?;
         d.hosts.push(name.clone());
-        self.hosts.insert(name.clone(), Host { name, domain, address });
+        self.hosts.insert(
+            name.clone(),
+            Host {
+                name,
+                domain,
+                address,
+            },
+        );
         Ok(())
     }
 
@@ -321,8 +369,11 @@ impl TopologyBuilder {
         }
         let host_ids: Arc<[HostName]> = self.hosts.keys().cloned().collect();
         let host_domain: Vec<u32> = self.hosts.values().map(|h| h.domain.0).collect();
-        let by_name: HashMap<HostName, u32> =
-            host_ids.iter().enumerate().map(|(i, h)| (h.clone(), i as u32)).collect();
+        let by_name: HashMap<HostName, u32> = host_ids
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), i as u32))
+            .collect();
         let mut domain_start = vec![0u32; n + 1];
         for &d in &host_domain {
             domain_start[d as usize + 1] += 1;
@@ -330,13 +381,11 @@ impl TopologyBuilder {
         for i in 0..n {
             domain_start[i + 1] += domain_start[i];
         }
-        let mut fill = domain_start.clone();
-        let mut domain_hosts = vec![0u32; host_domain.len()];
-        for (h, &d) in host_domain.iter().enumerate() {
-            domain_hosts[fill[d as usize] as usize] = h as u32;
-            fill[d as usize] += 1;
-        }
-        let index = Arc::new(HostIndex { by_name, host_domain, domain_start, domain_hosts });
+        let index = Arc::new(HostIndex {
+            by_name,
+            host_domain,
+            domain_start,
+        });
         Topology {
             index,
             routing: self.routing,

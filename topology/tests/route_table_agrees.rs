@@ -9,11 +9,19 @@ fn assert_agrees(t: &Topology, s: &RegistrySnapshot) {
     for ty in s.package_types() {
         for h in t.hosts() {
             let e = explain(t, s, h.name.as_str(), ty.as_str(), &|_| false).expect("known host");
-            let r = table.route(h.name.as_str(), ty.as_str()).expect("known host and type");
+            let r = table
+                .route(h.name.as_str(), ty.as_str())
+                .expect("known host and type");
             let n = r.len().min(e.route.len());
             assert_eq!(r, &e.route[..n], "host {} type {}", h.name, ty);
-            assert_eq!(r.len(), e.route.len().min(topology::route_table::ROUTE_PREFIX_LEN));
-            assert_eq!(table.chosen(h.name.as_str(), ty.as_str()), e.chosen.as_ref());
+            assert_eq!(
+                r.len(),
+                e.route.len().min(topology::route_table::ROUTE_PREFIX_LEN)
+            );
+            assert_eq!(
+                table.chosen(h.name.as_str(), ty.as_str()),
+                e.chosen.as_ref()
+            );
         }
     }
 }
@@ -23,13 +31,18 @@ fn with_policy(t: &Topology, routing: RoutingPolicy) -> Topology {
     let mut b = TopologyBuilder::new(t.domain(t.root()).name.clone());
     b.routing(routing);
     for (id, d) in t.domains().skip(1) {
-        let p = b.domain_id(t.domain(d.parent.expect("not root")).name.as_str()).expect("parents first");
+        let p = b
+            .domain_id(t.domain(d.parent.expect("not root")).name.as_str())
+            .expect("parents first");
         let _ = id;
         b.add_domain(d.name.clone(), p).expect("unique");
     }
     for h in t.hosts() {
-        let d = b.domain_id(t.domain(h.domain).name.as_str()).expect("added");
-        b.add_host(h.name.clone(), d, h.address.clone()).expect("unique");
+        let d = b
+            .domain_id(t.domain(h.domain).name.as_str())
+            .expect("added");
+        b.add_host(h.name.clone(), d, h.address.clone())
+            .expect("unique");
     }
     b.build()
 }
@@ -69,7 +82,10 @@ fn update_type_matches_a_full_rebuild() {
     let fresh = RouteTable::build(&t, &s);
     for h in t.hosts() {
         for ty in s.package_types() {
-            assert_eq!(table.route(h.name.as_str(), ty.as_str()), fresh.route(h.name.as_str(), ty.as_str()));
+            assert_eq!(
+                table.route(h.name.as_str(), ty.as_str()),
+                fresh.route(h.name.as_str(), ty.as_str())
+            );
         }
     }
     assert_agrees(&t, &s);
