@@ -118,13 +118,13 @@ async fn flapping_manager_does_not_make_agents_oscillate() -> anyhow::Result<()>
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
 
-    // agent-3's package flaps: down 400 ms, up 400 ms, six times.
+    // agent-3's package flaps: up 400 ms, down 400 ms, ..., ending up.
     fleet.package("agent-3", CCM)?.kill();
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
         .await?;
     let mut last_up = None;
-    for i in 0..6 {
+    for i in 0..7 {
         if i % 2 == 0 {
             fleet.restart_package("agent-3", CCM).await?;
             last_up = Some(tokio::time::Instant::now());

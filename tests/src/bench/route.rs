@@ -1,14 +1,18 @@
-//! In-process figures: `topology::RouteTable` lookup (ns) and full rebuild (ms) on a generated
-//! fleet of 100,000 hosts in 5,000 domains (tiny in quick mode).
+//! In-process figures: `topology::RouteTable` lookup (ns) and full rebuild (ms) on the topology
+//! crate's own generated fleet (`topology::gen::FleetSpec::large`: 100,000 hosts in 5,000
+//! domains, 4 manager types), the same fleet its criterion benchmarks use; tiny in quick mode.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use topology::gen::{fleet, type_name, FleetSpec};
 use topology::RouteTable;
 
 use super::figure::Figure;
-use super::gen::{GeneratedFleet, CCM};
 use super::Mode;
+
+/// Seed of the generated fleet: fixed, so every run measures the same fleet.
+const SEED: u64 = 42;
 
 /// Sizes and repetitions of the route group.
 #[derive(Debug, Clone, Copy)]
@@ -48,19 +52,19 @@ impl Plan {
 /// Measures `route_lookup` and `route_rebuild_100k`. Blocking: call from a blocking thread.
 pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let plan = Plan::of(mode);
-    let fleet = GeneratedFleet::new(plan.domains, plan.hosts, 8);
-    let topology = fleet.topology()?;
-    let snapshot = fleet.snapshot()?;
-    let managers = snapshot
-        .hosts
-        .values()
-        .filter(|h| !h.packages.is_empty())
-        .count();
+    let spec = match mode {
+        Mode::Full => FleetSpec::large(SEED),
+        Mode::Quick => FleetSpec::small(SEED, plan.hosts, plan.domains),
+    };
+    let (topology, snapshot) = fleet(&spec);
+    let packages: usize = snapshot.hosts.values().map(|h| h.packages.len()).sum();
+    let summary = topology.summary();
 
     let mut rebuild = Figure::new("route_rebuild_100k");
     rebuild.note(format!(
-        "{} hosts, {} domains (fan-out 8), {} manager packages of 2 types; every route of every host",
-        plan.hosts, plan.domains, managers
+        "topology::gen {} hosts, {} domains, depth {}, {packages} manager packages of {} types \
+         (seed {SEED}); every route of every host for every type",
+        summary.hosts, summary.domains, summary.depth, spec.types
     ));
     let started = Instant::now();
     let mut table = RouteTable::default();
@@ -80,7 +84,9 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
 
     // Look up hosts in a scrambled but fixed order, so the table's memory is not walked in
     // sequence.
-    let names: Vec<&str> = fleet.host_names().collect();
+    let names: Vec<&str> = topology.hosts().map(|h| h.name.as_str()).collect();
+    let ty = type_name(0);
+    let ty = ty.as_str();
     let mut order = Vec::with_capacity(names.len());
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..names.len() {
@@ -91,15 +97,15 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     }
     let mut lookup = Figure::new("route_lookup");
     lookup.note(format!(
-        "RouteTable::chosen(host, type) on the {}-host table, {} lookups per run",
-        plan.hosts, plan.lookups_per_run
+        "RouteTable::chosen(host, type) by name on the {}-host table, {} lookups per run",
+        summary.hosts, plan.lookups_per_run
     ));
     let mut found = 0usize;
     for _ in 0..plan.lookup_runs {
         let t = Instant::now();
         for i in 0..plan.lookups_per_run {
             let host = order[i % order.len()];
-            if black_box(table.chosen(black_box(host), black_box(CCM))).is_some() {
+            if black_box(table.chosen(black_box(host), black_box(ty))).is_some() {
                 found += 1;
             }
         }
