@@ -4,7 +4,8 @@
 //! Each accepted client connection is connected to the chosen manager; when that connect is
 //! refused or times out, the manager is held down at once (passive detection, SPEC §9) and the
 //! next manager of the route is tried within the same accept, so the client sees no failure
-//! while any candidate is reachable. Bytes are then copied both ways with back-pressure (a
+//! while any candidate is reachable (as a last resort even the managers this agent holds down
+//! are tried). Bytes are then copied both ways with back-pressure (a
 //! read waits for the previous write). The manager closing or resetting its side closes the
 //! client's; the client closing its side half-closes the manager's, which then ends the
 //! connection by closing in turn.
@@ -99,6 +100,21 @@ impl Forwarder {
                     self.health
                         .mark_down(&self.package_type, &target.host, &target.endpoint);
                 }
+            }
+        }
+        // Last resort: managers the registry has running but this agent holds down. A
+        // successful connect counts as one passing probe toward `rise`.
+        for target in &route.held_down {
+            let attempt = tokio::time::timeout(
+                self.connect_timeout,
+                TcpStream::connect(target.endpoint.as_str()),
+            )
+            .await;
+            if let Ok(Ok(stream)) = attempt {
+                let _ = stream.set_nodelay(true);
+                self.health
+                    .record(&self.package_type, &target.host, &target.endpoint, true);
+                return Some((stream, target.clone()));
             }
         }
         None
@@ -359,5 +375,28 @@ mod tests {
         round_trip(&mut c2, b"two").await;
         stop.cancel();
         b.kill().await;
+    }
+
+    #[tokio::test]
+    async fn held_down_managers_are_the_last_resort() {
+        let a = Echo::start().await;
+        let mut b = book(&[]);
+        let t = PackageType::new("ccm").unwrap();
+        let mut r = (**b.routes.get("ccm").unwrap()).clone();
+        r.held_down = vec![Target {
+            host: HostName::new("a").unwrap(),
+            endpoint: a.addr.to_string(),
+        }];
+        b.routes.insert(t.clone(), Arc::new(r));
+        let (fwd, health, _tx, stop) = start_forwarder(b).await;
+        health.mark_down(&t, &HostName::new("a").unwrap(), &a.addr.to_string());
+        let mut c = TcpStream::connect(fwd).await.unwrap();
+        round_trip(&mut c, b"still served").await;
+        let mut c = TcpStream::connect(fwd).await.unwrap();
+        round_trip(&mut c, b"twice").await;
+        // Two successful connects are `rise` (2) passing probes: trusted again.
+        assert!(!health.is_down("a", "ccm"));
+        stop.cancel();
+        a.kill().await;
     }
 }
