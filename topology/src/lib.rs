@@ -9,7 +9,7 @@
 //! - [`snapshot`]: the registry snapshot (SPEC §4).
 //! - [`route`]: the routing rule (SPEC §5) and `explain`.
 //! - [`route_table`]: every route of a revision, precomputed.
-//! - [`diff`]: tree changes and who moves.
+//! - [`mod@diff`]: tree changes and who moves ([`diff()`]).
 //! - [`schema`]: the JSON Schema of the file.
 //! - [`gen`]: deterministic generated fleets for benchmarks and tests.
 

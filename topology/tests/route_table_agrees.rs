@@ -62,7 +62,7 @@ proptest! {
 
 #[test]
 fn agrees_on_a_mid_size_fleet() {
-    let (t, s) = fleet(&FleetSpec::small(7, 3000, 200));
+    let (t, s) = fleet(&FleetSpec::small(7, 1200, 100));
     assert_agrees(&t, &s);
 }
 
