@@ -650,6 +650,37 @@ impl Fleet {
         }
     }
 
+    /// Waits until the agent of `host` routes `package_type` over exactly `expected`, in order.
+    pub async fn wait_route(
+        &mut self,
+        host: &str,
+        package_type: &str,
+        expected: &[&str],
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let seen = self.resolve(host, package_type).await;
+            if let Ok(r) = &seen {
+                if r.route
+                    .iter()
+                    .map(String::as_str)
+                    .eq(expected.iter().copied())
+                {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() >= deadline {
+                anyhow::bail!(
+                    "agent {host} did not route {package_type} over {expected:?} within {deadline:?}; last seen: {:?}\n{}",
+                    seen.map(|r| r.route),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connects through the forwarding port of `host` for `package_type` and returns the host
     /// name the manager at the other end greets with.
     pub async fn through_forward(
@@ -662,7 +693,13 @@ impl Fleet {
             .forwards
             .get(package_type)
             .with_context(|| format!("agent {host} has no forward for {package_type}"))?;
-        crate::standin::greeting(addr).await
+        match crate::standin::greeting(addr).await {
+            Ok(host) => Ok(host),
+            Err(e) => anyhow::bail!(
+                "through {host}'s forwarding port for {package_type}: {e}\n{}",
+                self.logs()
+            ),
+        }
     }
 
     /// Runs the real `registry-manager` command line against this fleet's manager.

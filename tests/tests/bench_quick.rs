@@ -48,7 +48,10 @@ fn an_unknown_figure_is_refused_with_a_hint() -> anyhow::Result<()> {
     let out = fleet_bench(&["no_such_figure", "--quick"], Duration::from_secs(20))?;
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr)?;
-    assert!(err.contains("no_such_figure") && err.contains("--list"), "{err}");
+    assert!(
+        err.contains("no_such_figure") && err.contains("--list"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -248,6 +248,11 @@ async fn crashed_manager_costs_forward_clients_no_failed_connection() -> anyhow:
         .forward(CCM)
         .start()
         .await?;
+    // The fallback must be known healthy before the crash for the promise to hold.
+    fleet
+        .wait_route("agent-4", CCM, &["agent-3", "agent-1"], SETTLE)
+        .await?;
+    // If agent-1 registered first, agent-4 moves to agent-3 only after the hold-down.
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
