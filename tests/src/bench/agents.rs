@@ -180,6 +180,7 @@ pub struct WatchFanout {
     n: usize,
     ready: Arc<AtomicUsize>,
     ended: Arc<AtomicUsize>,
+    first_bytes: Arc<AtomicUsize>,
     last_error: Arc<Mutex<Option<String>>>,
     arrivals: mpsc::UnboundedReceiver<Arrival>,
     /// Dropping it ends the streams.
@@ -211,6 +212,7 @@ impl WatchFanout {
         let chans = channels(manager, n.div_ceil(STREAMS_PER_CHANNEL)).await?;
         let ready = Arc::new(AtomicUsize::new(0));
         let ended = Arc::new(AtomicUsize::new(0));
+        let first_bytes = Arc::new(AtomicUsize::new(0));
         let last_error = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Arc::new(tokio::sync::Semaphore::new(opening.max(1)));
@@ -218,9 +220,10 @@ impl WatchFanout {
         for i in 0..n {
             let mut client = AgentRegistryClient::new(chans[i / STREAMS_PER_CHANNEL].clone())
                 .max_decoding_message_size(64 * 1024 * 1024);
-            let (ready, ended, last_error, tx, gate) = (
+            let (ready, ended, first_bytes, last_error, tx, gate) = (
                 ready.clone(),
                 ended.clone(),
+                first_bytes.clone(),
                 last_error.clone(),
                 tx.clone(),
                 gate.clone(),
@@ -238,6 +241,12 @@ impl WatchFanout {
                         let at = Instant::now();
                         if first {
                             first = false;
+                            let size = match &ev.payload {
+                                Some(proto::watch_event::Payload::Snapshot(b))
+                                | Some(proto::watch_event::Payload::Delta(b)) => b.len(),
+                                None => 0,
+                            };
+                            first_bytes.fetch_max(size, Ordering::Relaxed);
                             ready.fetch_add(1, Ordering::Relaxed);
                             drop(permit.take());
                             continue;
@@ -265,6 +274,7 @@ impl WatchFanout {
             n,
             ready,
             ended,
+            first_bytes,
             last_error,
             arrivals: rx,
             _tasks: tasks,
@@ -295,6 +305,11 @@ impl WatchFanout {
     /// Whether there are no streams.
     pub fn is_empty(&self) -> bool {
         self.n == 0
+    }
+
+    /// Size of the largest first event (the snapshot), in bytes.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.first_bytes.load(Ordering::Relaxed)
     }
 
     /// Streams that ended (they should not).

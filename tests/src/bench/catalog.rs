@@ -101,7 +101,14 @@ pub const FIGURES: &[FigureDef] = &[
         "ms",
         Target::Below(20.0),
         Group::Route,
-        "RouteTable::build, 100,000 hosts in 5,000 domains, 2 manager types",
+        "RouteTable::build, 100,000 hosts in 5,000 domains, every manager type (4)",
+    ),
+    entry(
+        "route_update_type_100k",
+        "ms",
+        Target::None,
+        Group::Route,
+        "RouteTable::update_type: the routes of one manager type, 100,000 hosts (after a status change)",
     ),
     entry(
         "resolve_rps_c1",
@@ -179,6 +186,13 @@ pub const FIGURES: &[FigureDef] = &[
         Target::Below(1000.0),
         Group::Crash,
         "SIGKILL of the chosen manager package until every agent's resolve names the next",
+    ),
+    entry(
+        "failover_crash_with_traffic",
+        "ms",
+        Target::Below(1000.0),
+        Group::Crash,
+        "the same while clients connect through the forwarding ports (refusals seen at once)",
     ),
     entry(
         "forward_failed_connections",

@@ -22,12 +22,15 @@ use crate::Fleet;
 const AGENTS: [&str; 5] = ["agent-1", "agent-3", "agent-4", "agent-5", "agent-6"];
 const NEAR: &str = "agent-3";
 const NEXT: &str = "agent-1";
+/// How long after `revert_after` a revert may come: the recovery must be seen first.
+const REVERT_SLACK_MS: f64 = 2000.0;
 /// How often the requesters' `resolve` is polled while timing a re-route.
 const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     mode: Mode,
+    /// Crashes without, then with, client traffic through the forwarders (twice this many in all).
     crash_runs: usize,
     silent_runs: usize,
     /// Time under load with nothing broken, before the loaded silent-stop runs.
@@ -40,7 +43,7 @@ impl Plan {
         match mode {
             Mode::Full => Plan {
                 mode,
-                crash_runs: 5,
+                crash_runs: 3,
                 silent_runs: 3,
                 quiet: Duration::from_secs(10),
                 revert_after: Duration::from_secs(5),
@@ -155,25 +158,38 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     }
 
     let mut crash = Figure::new("failover_crash");
+    let mut busy_crash = Figure::new("failover_crash_with_traffic");
     let mut failed = Figure::new("forward_failed_connections");
     failed.sum_of_runs = true;
     let mut revert = Figure::new("revert_after_recovery");
     let ra = plan.revert_after.as_secs_f64() * 1e3;
-    revert.target = Target::Between(ra, ra + 1000.0);
+    revert.target = Target::Between(ra, ra + REVERT_SLACK_MS);
     crash.note(format!(
-        "SIGKILL of agent-3's package until agent-3..6 all resolve agent-1; {}",
+        "SIGKILL of agent-3's package, no client traffic (seen by agent-3's own package check, pushed \
+         by the registry), until agent-3..6 all resolve agent-1; {}",
         plan.settings()
     ));
+    busy_crash.note(
+        "the same while 4 client loops connect through the forwarding ports of agent-3..6 \
+         (a refused connection is seen at once)",
+    );
     revert.note(format!(
-        "restarted package listening until agent-3..6 all resolve agent-3 again; revert_after {} ms, \
-         so the target is revert_after .. revert_after + 1 s",
-        ra
+        "restarted package listening until agent-3..6 all resolve agent-3 again; revert_after {ra} ms; \
+         target revert_after .. revert_after + {REVERT_SLACK_MS} ms (the recovery must first be seen: \
+         package check rise 2 x 250 ms, or the agents' own probes rise 2 x 1 s when they held it down)"
     ));
     let mut attempts_total = 0;
     let mut examples: Vec<String> = Vec::new();
-    for _ in 0..plan.crash_runs {
-        let clients = ForwardClients::start(&forwards);
-        clients.wait_traffic(Duration::from_secs(10)).await?;
+    let mut reverts = (Vec::new(), Vec::new());
+    for run in 0..2 * plan.crash_runs {
+        let traffic = run % 2 == 1;
+        let clients = if traffic {
+            let c = ForwardClients::start(&forwards);
+            c.wait_traffic(Duration::from_secs(10)).await?;
+            Some(c)
+        } else {
+            None
+        };
         let t0 = Instant::now();
         s.fleet.package(NEAR, CCM)?.kill();
         let took = wait_all_choose(
@@ -185,13 +201,17 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
             Duration::from_secs(15),
         )
         .await?;
-        crash.push(took.as_secs_f64() * 1e3);
-        // Keep connecting a little longer: failures right after the switch count too.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (attempts, failures, errs) = clients.stop().await;
-        attempts_total += attempts;
-        failed.push(failures as f64);
-        examples.extend(errs.into_iter().take(3));
+        if let Some(clients) = clients {
+            busy_crash.push(took.as_secs_f64() * 1e3);
+            // Keep connecting a little longer: failures right after the switch count too.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (attempts, failures, errs) = clients.stop().await;
+            attempts_total += attempts;
+            failed.push(failures as f64);
+            examples.extend(errs.into_iter().take(3));
+        } else {
+            crash.push(took.as_secs_f64() * 1e3);
+        }
 
         s.fleet.restart_package(NEAR, CCM).await?;
         let tr = Instant::now();
@@ -204,8 +224,20 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
             plan.revert_after + Duration::from_secs(20),
         )
         .await?;
-        revert.push(back.as_secs_f64() * 1e3);
+        let ms = back.as_secs_f64() * 1e3;
+        revert.push(ms);
+        let list = if traffic {
+            &mut reverts.1
+        } else {
+            &mut reverts.0
+        };
+        list.push(format!("{ms:.0}"));
     }
+    revert.note(format!(
+        "after a crash without traffic: {} ms; with traffic through the forwarders: {} ms",
+        reverts.0.join(", "),
+        reverts.1.join(", ")
+    ));
     failed.note(format!(
         "{attempts_total} connections (connect, read the greeting) through the forwarding ports of \
          agent-3..6, from before the kill until 300 ms after every agent re-routed; value = sum over runs"
@@ -214,7 +246,7 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         examples.truncate(5);
         failed.note(format!("failures seen: {}", examples.join("; ")));
     }
-    Ok(vec![crash, failed, revert])
+    Ok(vec![crash, busy_crash, failed, revert])
 }
 
 /// Measures `failover_silent` (`loaded` false) or `failover_silent_loaded` and

@@ -79,6 +79,11 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let t = Instant::now();
     let sessions = SessionSet::open(manager, hosts, 64, plan.budget).await?;
     let sessions_took = t.elapsed();
+    let manager_pid = fleet
+        .manager()
+        .and_then(|m| m.pid())
+        .ok_or_else(|| anyhow::anyhow!("the manager is not running"))?;
+    let before_watches = rss_mb(manager_pid)?;
     let t = Instant::now();
     let watches = WatchFanout::open(manager, wanted, 0, 200, plan.budget).await?;
     let watches_took = t.elapsed();
@@ -104,10 +109,6 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         .proc
         .pid()
         .ok_or_else(|| anyhow::anyhow!("agent {agent_host} is not running"))?;
-    let manager_pid = fleet
-        .manager()
-        .and_then(|m| m.pid())
-        .ok_or_else(|| anyhow::anyhow!("the manager is not running"))?;
     let mut agent = Figure::new("agent_rss_10k");
     let mut mgr = Figure::new("manager_rss_10k_sessions");
     for i in 0..plan.samples {
@@ -136,6 +137,11 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         sessions.live_streams(),
         watches.len(),
         watches_took.as_secs_f64()
+    ));
+    mgr.note(format!(
+        "manager VmRSS with the sessions but before the watch streams: {before_watches:.0} MB; each \
+         watch stream's first event (the snapshot) is {} KB",
+        watches.snapshot_bytes() / 1024
     ));
     if sessions.opened < wanted {
         let msg = format!(

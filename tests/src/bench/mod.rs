@@ -154,6 +154,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
 /// out of time yields its figures as not measured, with the reason. Progress goes to stderr.
 pub async fn run(mode: Mode, selection: &Selection, command: String) -> Report {
     let started_at = system::utc_now();
+    let machine = system::Machine::describe();
     let start = Instant::now();
     let mut measured: Vec<Figure> = Vec::new();
     for group in selection.groups() {
@@ -203,7 +204,7 @@ pub async fn run(mode: Mode, selection: &Selection, command: String) -> Report {
         started: started_at,
         seconds: start.elapsed().as_secs_f64(),
         command,
-        machine: system::Machine::describe(),
+        machine,
         figures,
     }
 }
@@ -217,7 +218,7 @@ mod tests {
         let all = Selection::parse(&["all".into()]).expect("all");
         assert_eq!(all.figures.len(), FIGURES.len());
         let g = Selection::parse(&["crash".into()]).expect("group");
-        assert_eq!(g.figures.len(), 3);
+        assert_eq!(g.figures.len(), 4);
         let f = Selection::parse(&["route_lookup".into()]).expect("figure");
         assert_eq!(f.groups(), vec![Group::Route]);
         assert!(Selection::parse(&["nope".into()]).is_err());

@@ -67,7 +67,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         let mut p99 = Figure::new(p99_name);
         let how = format!(
             "Resolve{{type: {CCM}, brief: true}} on agent-4, {concurrency} client(s) over {channels} \
-             connection(s), {:?} per run",
+             connection(s), {:?} per run; the clients run in the benchmark process on the same cores",
             plan.run_for
         );
         rps.note(how.clone());

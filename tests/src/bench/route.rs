@@ -9,6 +9,7 @@ use topology::gen::{fleet, type_name, FleetSpec};
 use topology::RouteTable;
 
 use super::figure::Figure;
+use super::stats::fmt_num;
 use super::Mode;
 
 /// Seed of the generated fleet: fixed, so every run measures the same fleet.
@@ -49,7 +50,8 @@ impl Plan {
     }
 }
 
-/// Measures `route_lookup` and `route_rebuild_100k`. Blocking: call from a blocking thread.
+/// Measures `route_lookup`, `route_rebuild_100k` and `route_update_type_100k`. Blocking: call
+/// from a blocking thread.
 pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let plan = Plan::of(mode);
     let spec = match mode {
@@ -63,8 +65,14 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let mut rebuild = Figure::new("route_rebuild_100k");
     rebuild.note(format!(
         "topology::gen {} hosts, {} domains, depth {}, {packages} manager packages of {} types \
-         (seed {SEED}); every route of every host for every type",
-        summary.hosts, summary.domains, summary.depth, spec.types
+         (seed {SEED}); every route of every host for every type, on {} cores",
+        fmt_num(summary.hosts as f64),
+        fmt_num(summary.domains as f64),
+        summary.depth,
+        spec.types,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     ));
     let started = Instant::now();
     let mut table = RouteTable::default();
@@ -78,6 +86,35 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
                 rebuild.samples.len(),
                 plan.budget
             ));
+            break;
+        }
+    }
+
+    // After one package's status changes, only its type needs recomputing.
+    let mut update = Figure::new("route_update_type_100k");
+    update.note(format!(
+        "RouteTable::update_type for {} after one package of it went draining, on the same fleet",
+        type_name(0)
+    ));
+    let mut changed = snapshot.clone();
+    if let Some((host, state)) = changed
+        .hosts
+        .iter_mut()
+        .find(|(_, h)| h.packages.contains_key(type_name(0).as_str()))
+    {
+        if let Some(p) = state.packages.get_mut(type_name(0).as_str()) {
+            p.status = topology::PackageStatus::Draining;
+        }
+        update.note(format!("the package drained is on {host}"));
+    }
+    let started = Instant::now();
+    for _ in 0..plan.rebuild_runs {
+        let mut t2 = table.clone();
+        let t = Instant::now();
+        t2.update_type(&topology, &changed, type_name(0).as_str());
+        update.push(t.elapsed().as_secs_f64() * 1e3);
+        black_box(t2);
+        if started.elapsed() > plan.budget {
             break;
         }
     }
@@ -98,7 +135,8 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let mut lookup = Figure::new("route_lookup");
     lookup.note(format!(
         "RouteTable::chosen(host, type) by name on the {}-host table, {} lookups per run",
-        summary.hosts, plan.lookups_per_run
+        fmt_num(summary.hosts as f64),
+        fmt_num(plan.lookups_per_run as f64)
     ));
     let mut found = 0usize;
     for _ in 0..plan.lookup_runs {
@@ -114,5 +152,5 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     if found == 0 {
         lookup.note("no lookup found a route: the table is empty (RouteTable::build incomplete?)");
     }
-    Ok(vec![lookup, rebuild])
+    Ok(vec![lookup, rebuild, update])
 }

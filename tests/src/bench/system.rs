@@ -29,6 +29,8 @@ pub struct Machine {
     pub ram_gb: f64,
     /// `uname -r`-like kernel release (from /proc/sys/kernel/osrelease).
     pub kernel: String,
+    /// Load averages (1, 5, 15 min) when described: other work on the machine skews figures.
+    pub load: String,
 }
 
 impl Machine {
@@ -56,6 +58,12 @@ impl Machine {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 
@@ -66,6 +74,7 @@ impl Machine {
             "cpu": self.cpu,
             "ram_gb": (self.ram_gb * 10.0).round() / 10.0,
             "kernel": self.kernel,
+            "load": self.load,
         })
     }
 }
@@ -74,8 +83,8 @@ impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} cores, {}, {:.1} GB RAM, Linux {}",
-            self.cores, self.cpu, self.ram_gb, self.kernel
+            "{} cores, {}, {:.1} GB RAM, Linux {}, load average {}",
+            self.cores, self.cpu, self.ram_gb, self.kernel, self.load
         )
     }
 }
