@@ -36,11 +36,25 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound, then released for the child to take).
+/// A free loopback port for a child process to bind.
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default), so that no outgoing
+/// connection of another process can grab it between this check and the child's bind; spread
+/// by process id so concurrent test binaries rarely meet, and checked by binding it.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let base = (std::process::id() % 600) * 20;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (base + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port between {LOW} and {}", LOW + SPAN)
 }
 
 fn loopback(port: u16) -> SocketAddr {
