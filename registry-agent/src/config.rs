@@ -94,6 +94,19 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Consecutive successes before a held-down manager is trusted again.
     pub rise: u32,
+    /// How a manager is probed: a TCP connect (any protocol), or a gRPC health `Check` (which
+    /// also sees a manager whose process hangs while its kernel still accepts connections).
+    pub probe: ProbeKind,
+}
+
+/// How the agent probes the managers it routes to (`health.probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeKind {
+    /// TCP connect within `timeout`.
+    #[default]
+    Tcp,
+    /// gRPC health `Check` (service "") answered `SERVING` within `timeout`, over a reused channel.
+    GrpcHealth,
 }
 
 impl Default for HealthConfig {
@@ -103,6 +116,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_millis(500),
             fall: 2,
             rise: 2,
+            probe: ProbeKind::Tcp,
         }
     }
 }
@@ -170,6 +184,8 @@ struct RawCheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    #[serde(default)]
+    probe: Option<Spanned<String>>,
     #[serde(default)]
     interval: Option<Spanned<String>>,
     #[serde(default)]
@@ -461,6 +477,20 @@ impl AgentConfig {
                     timeout: c.duration("health.timeout", &h.timeout, d.timeout),
                     fall: c.count("health.fall", &h.fall, d.fall),
                     rise: c.count("health.rise", &h.rise, d.rise),
+                    probe: match h.probe.as_ref().map(|p| (p, p.value.as_str())) {
+                        None => d.probe,
+                        Some((_, "tcp")) => ProbeKind::Tcp,
+                        Some((_, "grpc-health" | "grpc_health")) => ProbeKind::GrpcHealth,
+                        Some((p, other)) => {
+                            c.at(
+                                p,
+                                format!(
+                                    "health.probe: unknown probe {other:?}; use `tcp` or `grpc-health`"
+                                ),
+                            );
+                            d.probe
+                        }
+                    },
                 }
             }
         };
@@ -552,7 +582,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let msg = msg.lines().next().unwrap_or("").trim().to_owned();
     if msg.contains("unknown field") && !msg.contains("expected") {
         format!(
-            "{msg}; the keys are host, managers, data_dir, listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (interval, timeout, fall, rise), forward (type, listen)"
+            "{msg}; the keys are host, managers, data_dir, listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (probe, interval, timeout, fall, rise), forward (type, listen)"
         )
     } else if msg.starts_with("invalid u32") || msg.starts_with("invalid u64") {
         format!("{msg}: fall and rise are whole numbers of checks, from 1 to 1000")

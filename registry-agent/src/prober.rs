@@ -1,16 +1,19 @@
 //! Active probes of the managers this agent routes to (SPEC §6 `health`): every `interval`, a
-//! TCP connect with `timeout` to the chosen manager of every type and to the next ones in
-//! line, so the next hop is known healthy before it is needed, plus every held-down manager,
+//! TCP connect (or, with `probe: grpc-health`, a gRPC health `Check` over a reused channel)
+//! bounded by `timeout`, to the chosen manager of every type and to the next ones in line, so the next hop is known healthy before it is needed, plus every held-down manager,
 //! so it can rise again. Results go to the [`HealthView`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
 use topology::{HostName, PackageType};
 
-use crate::config::HealthConfig;
+use crate::checks::check_once;
+use crate::config::{Check, HealthConfig, ProbeKind};
 use crate::health_view::HealthView;
 use crate::route_book::RouteBook;
 
@@ -46,6 +49,7 @@ pub async fn run_prober(
     health: Arc<HealthView>,
     shutdown: CancellationToken,
 ) {
+    let mut channels: HashMap<String, Option<Channel>> = HashMap::new();
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -54,17 +58,25 @@ pub async fn run_prober(
             _ = ticker.tick() => {}
         }
         let targets = probe_targets(&book.borrow(), &health);
+        if cfg.probe == ProbeKind::GrpcHealth {
+            // Keep one channel per probed endpoint; forget the ones no longer probed.
+            channels.retain(|ep, _| targets.iter().any(|(_, _, e)| e == ep));
+        }
         let probes = targets.into_iter().map(|(t, h, endpoint)| {
             let health = health.clone();
+            let check = match cfg.probe {
+                ProbeKind::Tcp => Check::Tcp(endpoint.clone()),
+                ProbeKind::GrpcHealth => Check::GrpcHealth(endpoint.clone()),
+            };
+            let channel = match cfg.probe {
+                ProbeKind::Tcp => None,
+                ProbeKind::GrpcHealth => channels
+                    .entry(endpoint.clone())
+                    .or_insert_with(|| lazy_channel(&endpoint, cfg.timeout))
+                    .clone(),
+            };
             async move {
-                let ok = matches!(
-                    tokio::time::timeout(
-                        cfg.timeout,
-                        tokio::net::TcpStream::connect(endpoint.as_str())
-                    )
-                    .await,
-                    Ok(Ok(_))
-                );
+                let ok = check_once(&check, channel.as_ref(), cfg.timeout).await;
                 health.record(&t, &h, &endpoint, ok);
             }
         });
@@ -73,4 +85,12 @@ pub async fn run_prober(
             _ = futures::future::join_all(probes) => {}
         }
     }
+}
+
+/// A lazily connected channel to a probed manager (`None` when the endpoint is unusable, which
+/// then fails every probe).
+fn lazy_channel(endpoint: &str, timeout: Duration) -> Option<Channel> {
+    Endpoint::from_shared(format!("http://{endpoint}"))
+        .ok()
+        .map(|e| e.connect_timeout(timeout).tcp_nodelay(true).connect_lazy())
 }

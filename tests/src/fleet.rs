@@ -203,6 +203,7 @@ pub struct FleetBuilder {
     health: String,
     check: String,
     relays: bool,
+    grpc: bool,
 }
 
 impl FleetBuilder {
@@ -260,6 +261,14 @@ impl FleetBuilder {
     pub fn default_checks(mut self) -> Self {
         self.health = String::new();
         self.check = String::new();
+        self
+    }
+
+    /// Stand-in packages speak the gRPC health protocol instead of the greeting; agents check
+    /// them with `grpc_health` and probe managers with `probe: grpc-health`, which sees a
+    /// hung (SIGSTOPped) manager that TCP connects cannot.
+    pub fn grpc_packages(mut self) -> Self {
+        self.grpc = true;
         self
     }
 
@@ -340,6 +349,7 @@ impl Fleet {
             health: "{ interval: 200ms, timeout: 200ms, fall: 2, rise: 2 }".into(),
             check: "{ interval: 100ms, fall: 2, rise: 2 }".into(),
             relays: false,
+            grpc: false,
         }
     }
 
@@ -419,12 +429,18 @@ impl Fleet {
         let mut p = Proc::new(
             &format!("standin {host}/{ty}"),
             bin_path("fleet-standin")?,
-            vec![
-                "--host".into(),
-                host.to_string(),
-                "--listen".into(),
-                addr.to_string(),
-            ],
+            {
+                let mut args = vec![
+                    "--host".to_string(),
+                    host.to_string(),
+                    "--listen".into(),
+                    addr.to_string(),
+                ];
+                if self.spec.grpc {
+                    args.push("--grpc".into());
+                }
+                args
+            },
             self.dir().join(format!("standin-{host}-{ty}.log")),
         );
         p.spawn()?;
@@ -432,7 +448,7 @@ impl Fleet {
             "a stand-in package to listen",
             Duration::from_secs(10),
             || async {
-                crate::standin::greeting(addr)
+                tokio::net::TcpStream::connect(addr)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -465,7 +481,7 @@ impl Fleet {
             "a restarted stand-in to listen",
             Duration::from_secs(10),
             || async {
-                crate::standin::greeting(addr)
+                tokio::net::TcpStream::connect(addr)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -490,9 +506,31 @@ impl Fleet {
             self.dir().join(format!("agent-{host}")).display()
         );
         let _ = writeln!(y, "listen: {api}");
-        if !self.spec.health.is_empty() {
-            let _ = writeln!(y, "health: {}", self.spec.health);
+        let probe = if self.spec.grpc {
+            "probe: grpc-health"
+        } else {
+            ""
+        };
+        let health = self
+            .spec
+            .health
+            .trim()
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .trim();
+        match (probe.is_empty(), health.is_empty()) {
+            (true, true) => {}
+            (false, true) => {
+                let _ = writeln!(y, "health: {{ {probe} }}");
+            }
+            (true, false) => {
+                let _ = writeln!(y, "health: {{ {health} }}");
+            }
+            (false, false) => {
+                let _ = writeln!(y, "health: {{ {probe}, {health} }}");
+            }
         }
+        let check_kind = if self.spec.grpc { "grpc_health" } else { "tcp" };
         let pkgs: Vec<_> = self
             .standins
             .iter()
@@ -509,9 +547,9 @@ impl Fleet {
                     .trim_start_matches('{')
                     .trim_end_matches('}');
                 if check.trim().is_empty() {
-                    let _ = writeln!(y, "    check: {{ tcp: \"{addr}\" }}");
+                    let _ = writeln!(y, "    check: {{ {check_kind}: \"{addr}\" }}");
                 } else {
-                    let _ = writeln!(y, "    check: {{ tcp: \"{addr}\", {check} }}");
+                    let _ = writeln!(y, "    check: {{ {check_kind}: \"{addr}\", {check} }}");
                 }
             }
         }

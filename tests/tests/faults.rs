@@ -267,3 +267,36 @@ async fn crashed_manager_costs_forward_clients_no_failed_connection() -> anyhow:
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_manager_process_is_routed_around_by_grpc_health() -> anyhow::Result<()> {
+    // Probes every 200 ms, timeout 200 ms, fall 2: a hung manager is held down within
+    // fall x interval + timeout (about 0.6 s), by agent-4's own probes or by agent-3's local
+    // check, whichever sees it first. Its agent stays alive, so its session does not lapse.
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .grpc_packages()
+        .start()
+        .await?;
+    fleet
+        .wait_route("agent-4", CCM, &["agent-3", "agent-1"], SETTLE)
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    // Only the manager process hangs: the kernel still accepts its TCP connections.
+    fleet.package("agent-3", CCM)?.pause();
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    fleet.package("agent-3", CCM)?.resume();
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    Ok(())
+}
