@@ -179,6 +179,7 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
          package check rise 2 x 250 ms, or the agents' own probes rise 2 x 1 s when they held it down)"
     ));
     let mut attempts_total = 0;
+    let mut in_flight = 0;
     let mut examples: Vec<String> = Vec::new();
     let mut reverts = (Vec::new(), Vec::new());
     for run in 0..2 * plan.crash_runs {
@@ -208,7 +209,15 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
             let (attempts, failures, errs) = clients.stop().await;
             attempts_total += attempts;
             failed.push(failures as f64);
-            examples.extend(errs.into_iter().take(3));
+            in_flight += errs.iter().filter(|(at, _)| *at < t0).count();
+            examples.extend(errs.into_iter().take(3).map(|(at, e)| {
+                let ms = if at >= t0 {
+                    (at - t0).as_secs_f64() * 1e3
+                } else {
+                    -(t0 - at).as_secs_f64() * 1e3
+                };
+                format!("connection begun {ms:+.1} ms from the kill: {e}")
+            }));
         } else {
             crash.push(took.as_secs_f64() * 1e3);
         }
@@ -242,6 +251,13 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         "{attempts_total} connections (connect, read the greeting) through the forwarding ports of \
          agent-3..6, from before the kill until 300 ms after every agent re-routed; value = sum over runs"
     ));
+    let total_failed: f64 = failed.samples.iter().sum();
+    if total_failed > 0.0 {
+        failed.note(format!(
+            "{in_flight} of the {total_failed} failed connections were begun before the kill (in flight \
+             when the package died); the others were begun after it"
+        ));
+    }
     if !examples.is_empty() {
         examples.truncate(5);
         failed.note(format!("failures seen: {}", examples.join("; ")));
@@ -364,7 +380,8 @@ struct ForwardClients {
     stop: Arc<AtomicBool>,
     attempts: Arc<AtomicUsize>,
     failures: Arc<AtomicUsize>,
-    errors: Arc<Mutex<Vec<String>>>,
+    /// When each failure was seen (at its end) and what it was.
+    errors: Arc<Mutex<Vec<(Instant, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -386,12 +403,13 @@ impl ForwardClients {
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         attempts.fetch_add(1, Ordering::Relaxed);
+                        let began = Instant::now();
                         if let Err(e) = crate::standin::greeting(addr).await {
                             failures.fetch_add(1, Ordering::Relaxed);
                             errors
                                 .lock()
                                 .expect("errors lock")
-                                .push(format!("{addr}: {e}"));
+                                .push((began, format!("{addr}: {e}")));
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -426,8 +444,8 @@ impl ForwardClients {
         Ok(())
     }
 
-    /// Stops the loops: (attempts, failures, error texts).
-    async fn stop(mut self) -> (usize, usize, Vec<String>) {
+    /// Stops the loops: (attempts, failures, when each failed connection began and why).
+    async fn stop(mut self) -> (usize, usize, Vec<(Instant, String)>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;

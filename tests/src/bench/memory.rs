@@ -12,6 +12,7 @@ use super::agents::{running, SessionSet, WatchFanout};
 use super::figure::Figure;
 use super::gen::{GeneratedFleet, CCM};
 use super::probe::AgentProbe;
+use super::stats::fmt_num;
 use super::system::rss_mb;
 use super::Mode;
 use crate::{Fleet, StandIn};
@@ -122,20 +123,20 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         "VmRSS of the agent of {agent_host} holding the registry copy at revision >= {}: {} hosts in \
          {} domains, {} with a {CCM}, {} live sessions; {} samples 200 ms apart",
         sessions.revision,
-        plan.hosts,
+        fmt_num(plan.hosts as f64),
         plan.domains,
         managers.len(),
-        sessions.opened + 1,
+        fmt_num((sessions.opened + 1) as f64),
         plan.samples
     ));
     mgr.note(format!(
         "VmRSS of the manager with {} sessions opened by the benchmark (in {:.1} s, {} kept alive by \
          their own KeepAlive stream) plus the agent's, and {} watch streams holding a snapshot (opened \
          in {:.1} s) plus the agent's; --session-ttl {TTL} so heartbeats are rare (one per 100 s)",
-        sessions.opened,
+        fmt_num(sessions.opened as f64),
         sessions_took.as_secs_f64(),
-        sessions.live_streams(),
-        watches.len(),
+        fmt_num(sessions.live_streams() as f64),
+        fmt_num(watches.len() as f64),
         watches_took.as_secs_f64()
     ));
     mgr.note(format!(

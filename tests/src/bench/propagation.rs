@@ -84,7 +84,7 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
         f.note(format!(
             "{} watch streams ({} per connection), all holding their snapshot (opened in {:.1} s); \
              timed from sending a drain/restore to each stream's event of the new revision",
-            plan.streams,
+            super::stats::fmt_num(plan.streams as f64),
             super::agents::STREAMS_PER_CHANNEL,
             opened_in.as_secs_f64()
         ));

@@ -67,7 +67,7 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         "topology::gen {} hosts, {} domains, depth {}, {packages} manager packages of {} types \
          (seed {SEED}); every route of every host for every type, on {} cores",
         fmt_num(summary.hosts as f64),
-        fmt_num(summary.domains as f64),
+        summary.domains,
         summary.depth,
         spec.types,
         std::thread::available_parallelism()

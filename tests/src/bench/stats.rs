@@ -38,6 +38,9 @@ pub fn fmt_num(v: f64) -> String {
         return format!("{v}");
     }
     let a = v.abs();
+    if v.fract() == 0.0 && a < 10_000.0 {
+        return format!("{v:.0}");
+    }
     if a >= 10_000.0 {
         let s = format!("{:.0}", v.round());
         group_thousands(&s)
@@ -94,6 +97,8 @@ mod tests {
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(0.4217), "0.42");
         assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(20.0), "20");
+        assert_eq!(fmt_num(2.0), "2");
         assert_eq!(fmt_num(-1234567.0), "-1,234,567");
     }
 }
