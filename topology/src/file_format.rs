@@ -105,9 +105,28 @@ fn name(out: &mut String, s: &str) {
     }
 }
 
+/// Writes `s` as a YAML double-quoted scalar. Every character YAML does not allow raw in a
+/// file (controls, DEL, C1, BOM, non-characters) or would fold (line breaks) is escaped, so
+/// any text reads back unchanged.
 fn quoted(out: &mut String, s: &str) {
-    // A JSON string is a valid YAML double-quoted scalar.
-    out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 pub(crate) fn to_yaml(t: &Topology) -> String {

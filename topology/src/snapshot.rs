@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::names::{HostName, PackageType, Revision};
@@ -97,7 +98,11 @@ pub struct HostState {
     #[serde(default = "default_alive", skip_serializing_if = "is_true")]
     pub alive: bool,
     /// Packages by type; a host runs at most one package of a type.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_packages"
+    )]
     pub packages: BTreeMap<PackageType, PackageState>,
 }
 
@@ -118,8 +123,91 @@ pub struct RegistrySnapshot {
     #[serde(default)]
     pub revision: Revision,
     /// Hosts by name. Hosts missing here are alive with no packages.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_hosts")]
     pub hosts: BTreeMap<HostName, HostState>,
+}
+
+/// A map whose keys must be unique: JSON readers keep the last of two equal keys silently,
+/// which would drop a host or a package without a word.
+fn unique_map<'de, D, K, V>(
+    d: D,
+    what: &'static str,
+    rule: &'static str,
+) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord + fmt::Display,
+    V: Deserialize<'de>,
+{
+    struct Unique<K, V> {
+        what: &'static str,
+        rule: &'static str,
+        marker: std::marker::PhantomData<(K, V)>,
+    }
+    impl<'de, K, V> Visitor<'de> for Unique<K, V>
+    where
+        K: Deserialize<'de> + Ord + fmt::Display,
+        V: Deserialize<'de>,
+    {
+        type Value = BTreeMap<K, V>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a map of {}s", self.what)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = map.next_key::<K>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{} {:?} is listed twice; {}",
+                        self.what,
+                        k.to_string(),
+                        self.rule
+                    )));
+                }
+                let v = map.next_value()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique {
+        what,
+        rule,
+        marker: std::marker::PhantomData,
+    })
+}
+
+fn unique_hosts<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<HostName, HostState>, D::Error> {
+    unique_map(
+        d,
+        "host",
+        "a snapshot names each host once, merge the two entries",
+    )
+}
+
+fn unique_packages<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<PackageType, PackageState>, D::Error> {
+    unique_map(
+        d,
+        "package type",
+        "a host runs at most one package of a type, keep one",
+    )
+}
+
+/// serde_json counts columns from 1 but reports column 0 for a position on a line break, and
+/// line 0 when it has no position: map both into the text, 1-based.
+fn json_location(text: &str, line: usize, column: usize) -> (usize, usize) {
+    match (line, column) {
+        (0, _) => (1, 1),
+        (l, 0) if l > 1 => {
+            let previous = text.split('\n').nth(l - 2).unwrap_or("");
+            (l - 1, previous.len() + 1)
+        }
+        (l, c) => (l, c.max(1)),
+    }
 }
 
 /// A snapshot file that could not be read: `FILE:LINE:COL: message`.
@@ -171,7 +259,8 @@ impl RegistrySnapshot {
                     Some(i) => msg[..i].to_owned(),
                     None => msg,
                 };
-                err(e.line(), e.column(), msg)
+                let (line, column) = json_location(text, e.line(), e.column());
+                err(line, column, msg)
             })
         } else {
             let opts = crate::yaml::snapshot_options();
