@@ -68,8 +68,19 @@ async fn manager_restart_midway_agents_keep_routing_and_lose_no_change() -> anyh
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
         .await?;
-    let after = fleet.resolve("agent-4", CCM).await?;
-    assert!(!after.stale, "agent-4 resumed a live session");
+    // The watch may deliver the change a moment before the session is live again.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let after = loop {
+        let r = fleet.resolve("agent-4", CCM).await?;
+        if !r.stale {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent-4 never resumed a live session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         after.revision > before,
         "revision numbering continues after restart ({before} -> {})",
