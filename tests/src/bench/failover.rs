@@ -24,6 +24,8 @@ const NEAR: &str = "agent-3";
 const NEXT: &str = "agent-1";
 /// How long after `revert_after` a revert may come: the recovery must be seen first.
 const REVERT_SLACK_MS: f64 = 2000.0;
+/// Connections begun this soon after the SIGKILL met a process whose sockets were still closing.
+const AT_KILL: Duration = Duration::from_millis(5);
 /// How often the requesters' `resolve` is polled while timing a re-route.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -179,7 +181,7 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
          package check rise 2 x 250 ms, or the agents' own probes rise 2 x 1 s when they held it down)"
     ));
     let mut attempts_total = 0;
-    let mut in_flight = 0;
+    let (mut in_flight, mut at_kill, mut later) = (0, 0, 0);
     let mut examples: Vec<String> = Vec::new();
     let mut reverts = (Vec::new(), Vec::new());
     for run in 0..2 * plan.crash_runs {
@@ -209,7 +211,13 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
             let (attempts, failures, errs) = clients.stop().await;
             attempts_total += attempts;
             failed.push(failures as f64);
-            in_flight += errs.iter().filter(|(at, _)| *at < t0).count();
+            for (at, _) in &errs {
+                match at.checked_duration_since(t0) {
+                    None => in_flight += 1,
+                    Some(d) if d < AT_KILL => at_kill += 1,
+                    Some(_) => later += 1,
+                }
+            }
             examples.extend(errs.into_iter().take(3).map(|(at, e)| {
                 let ms = if at >= t0 {
                     (at - t0).as_secs_f64() * 1e3
@@ -254,8 +262,9 @@ pub async fn crash(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let total_failed: f64 = failed.samples.iter().sum();
     if total_failed > 0.0 {
         failed.note(format!(
-            "{in_flight} of the {total_failed} failed connections were begun before the kill (in flight \
-             when the package died); the others were begun after it"
+            "of the {total_failed} failed connections, {in_flight} were begun before the kill (in \
+             flight when the package died), {at_kill} within {AT_KILL:?} after it (while the dying \
+             process's sockets closed), {later} later"
         ));
     }
     if !examples.is_empty() {

@@ -106,7 +106,6 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
             })
             .await?
             .into_inner();
-        let acked = t0.elapsed();
         let p = fanout
             .collect(resp.revision, t0, Duration::from_secs(30))
             .await;
@@ -127,12 +126,6 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
                 p.missing,
                 resp.revision,
                 p.snapshots
-            ));
-        }
-        if run == 0 {
-            figs[1].note(format!(
-                "the write itself was acknowledged after {:.2} ms (first run)",
-                acked.as_secs_f64() * 1e3
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

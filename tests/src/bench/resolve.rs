@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::figure::Figure;
 use super::gen::{failover_topology, CCM};
 use super::probe::{wait_all_choose, AgentProbe};
+use super::system::cpu_seconds;
 use super::{stats, Mode};
 use crate::Fleet;
 
@@ -46,6 +47,11 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         .start()
         .await?;
     let api = fleet.agent("agent-4")?.api;
+    let agent_pid = fleet
+        .agent("agent-4")?
+        .proc
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("agent-4 is not running"))?;
     let probe = AgentProbe::connect(&mut fleet, "agent-4").await?;
     wait_all_choose(
         std::slice::from_ref(&probe),
@@ -76,14 +82,25 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         for _ in 0..channels {
             probes.push(AgentProbe::connect_addr("agent-4", api).await?);
         }
+        let cpu_agent = cpu_seconds(agent_pid)?;
+        let cpu_bench = cpu_seconds(std::process::id())?;
+        let mut served = 0.0;
         for _ in 0..plan.runs {
             let (rate, lat_p99, errors) = one_run(&probes, concurrency, plan.run_for).await?;
+            served += rate * plan.run_for.as_secs_f64();
             rps.push(rate);
             p99.push(lat_p99);
             if errors > 0 {
                 rps.note(format!("{errors} requests failed in one run"));
             }
         }
+        let agent_us = (cpu_seconds(agent_pid)? - cpu_agent) * 1e6 / served.max(1.0);
+        let bench_us = (cpu_seconds(std::process::id())? - cpu_bench) * 1e6 / served.max(1.0);
+        rps.note(format!(
+            "CPU per request: agent {agent_us:.1} us (about {} requests/s per core it has to \
+             itself), benchmark client {bench_us:.1} us",
+            super::stats::fmt_num(1e6 / agent_us.max(0.001))
+        ));
         out.push(rps);
         out.push(p99);
     }

@@ -18,6 +18,27 @@ pub fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds, from `/proc/PID/stat`
+/// (clock ticks of 1/100 s, Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {path}: {e} (is the process running?)"))?;
+    // Fields after the command name (which may hold spaces) start with the state (field 3).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("{path} is not in the expected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("{path} has no field {}", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 /// The machine, as BENCHMARKS.md describes it.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -163,6 +184,15 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(cpu_seconds(std::process::id()).expect("own stat") >= 0.0);
     }
 
     #[test]
