@@ -101,6 +101,15 @@ impl Report {
     /// A Markdown table and notes, for BENCHMARKS.md.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
+        let _ = writeln!(s, "- Date: {}", self.started);
+        let _ = writeln!(s, "- Machine: {}", self.machine);
+        let _ = writeln!(
+            s,
+            "- Mode: {}; the measurements took {:.0} s",
+            self.mode.name(),
+            self.seconds
+        );
+        let _ = writeln!(s, "- fleet-bench invoked as: `{}`\n", self.command);
         let _ = writeln!(
             s,
             "| figure | value (median) | min | max | runs | unit | target | met |"
