@@ -92,15 +92,79 @@ pub struct Topology {
     pub(crate) tout: Vec<u32>,
 }
 
+/// Zero bytes after the last name of [`HostIndex::slot_names`].
+pub(crate) const NAME_SLACK: usize = 8;
+
 /// Dense-id views of the tree for the route table: built once per topology.
-#[derive(Debug)]
+///
+/// Besides the dense id (rank by name), every host has a *slot*: its position when hosts are
+/// grouped by domain (domain by domain, by id within one). The route table keeps its rows by
+/// slot, so that the hosts of a domain, which share most of their routing work, are done
+/// together and written in sequence.
+#[derive(Debug, Default)]
 pub(crate) struct HostIndex {
     /// Host name -> dense id.
     pub(crate) by_name: HashMap<HostName, u32>,
     /// Dense host id -> domain index.
     pub(crate) host_domain: Vec<u32>,
-    /// Domain `d` holds `domain_start[d + 1] - domain_start[d]` hosts.
+    /// The hosts of domain `d` are the slots `domain_start[d]..domain_start[d + 1]`.
     pub(crate) domain_start: Vec<u32>,
+    /// Slot -> dense host id.
+    pub(crate) slot_host: Vec<u32>,
+    /// Dense host id -> slot.
+    pub(crate) host_slot: Vec<u32>,
+    /// Host names by slot, back to back, then [`NAME_SLACK`] zero bytes: the name of slot `s`
+    /// is `slot_names[slot_name_start[s]..slot_name_start[s + 1]]`, and 8 bytes can be read
+    /// from any offset of it.
+    pub(crate) slot_names: Vec<u8>,
+    pub(crate) slot_name_start: Vec<u32>,
+}
+
+impl HostIndex {
+    /// The index of hosts named `host_ids` (sorted) in the domains `host_domain`, among
+    /// `n_domains` domains.
+    pub(crate) fn new(host_ids: &[HostName], host_domain: Vec<u32>, n_domains: usize) -> Self {
+        let by_name: HashMap<HostName, u32> = host_ids
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), i as u32))
+            .collect();
+        let mut domain_start = vec![0u32; n_domains + 1];
+        for &d in &host_domain {
+            domain_start[d as usize + 1] += 1;
+        }
+        for i in 0..n_domains {
+            domain_start[i + 1] += domain_start[i];
+        }
+        let mut fill = domain_start.clone();
+        let mut slot_host = vec![0u32; host_domain.len()];
+        let mut host_slot = vec![0u32; host_domain.len()];
+        for (h, &d) in host_domain.iter().enumerate() {
+            let s = fill[d as usize];
+            fill[d as usize] += 1;
+            slot_host[s as usize] = h as u32;
+            host_slot[h] = s;
+        }
+        let mut slot_names = Vec::with_capacity(
+            host_ids.iter().map(|h| h.as_str().len()).sum::<usize>() + NAME_SLACK,
+        );
+        let mut slot_name_start = Vec::with_capacity(host_ids.len() + 1);
+        slot_name_start.push(0u32);
+        for &h in &slot_host {
+            slot_names.extend_from_slice(host_ids[h as usize].as_str().as_bytes());
+            slot_name_start.push(slot_names.len() as u32);
+        }
+        slot_names.extend_from_slice(&[0; NAME_SLACK]);
+        HostIndex {
+            by_name,
+            host_domain,
+            domain_start,
+            slot_host,
+            host_slot,
+            slot_names,
+            slot_name_start,
+        }
+    }
 }
 
 impl Topology {
@@ -369,23 +433,7 @@ impl TopologyBuilder {
         }
         let host_ids: Arc<[HostName]> = self.hosts.keys().cloned().collect();
         let host_domain: Vec<u32> = self.hosts.values().map(|h| h.domain.0).collect();
-        let by_name: HashMap<HostName, u32> = host_ids
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.clone(), i as u32))
-            .collect();
-        let mut domain_start = vec![0u32; n + 1];
-        for &d in &host_domain {
-            domain_start[d as usize + 1] += 1;
-        }
-        for i in 0..n {
-            domain_start[i + 1] += domain_start[i];
-        }
-        let index = Arc::new(HostIndex {
-            by_name,
-            host_domain,
-            domain_start,
-        });
+        let index = Arc::new(HostIndex::new(&host_ids, host_domain, n));
         Topology {
             index,
             routing: self.routing,
