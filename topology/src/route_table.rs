@@ -5,7 +5,7 @@
 //! - one pass over the snapshot (split across cores by name range) finds the types and the
 //!   eligible managers of each; host ids come mostly from a cursor over the topology's sorted
 //!   names rather than from hashing.
-//! - rows are kept by *slot* (hosts grouped by domain, see [`HostIndex`]), and the work is
+//! - rows are kept by *slot* (hosts grouped by domain, see `tree::HostIndex`), and the work is
 //!   done domain by domain, in runs of whole domains the cores take in turn. For each domain
 //!   and type, the tiers its hosts walk (own domain, ancestors holding managers, then branch
 //!   groups ordered by `(hops, up)`) are listed once, only as far as a prefix of
@@ -13,7 +13,7 @@
 //!   candidates, every host of the domain that is not itself a manager gets the same prefix,
 //!   written without hashing.
 //! - rendezvous scores are computed from the requester's name in place (no buffer to lay out
-//!   per candidate), see [`Scorer`].
+//!   per candidate), see `Scorer`.
 //! - prefixes are stored as host ids; the name slices [`RouteTable::route`] returns are made
 //!   on first use, a block of hosts at a time, so a rebuild touches no reference counts.
 
@@ -35,7 +35,7 @@ const HOST_CHUNK: usize = 1024;
 /// Longest host name (SPEC §2), so that a rendezvous input fits the scorer's buffer.
 const MAX_NAME: usize = crate::names::MAX_NAME_LEN;
 
-/// Routes of one type, by host slot (see [`HostIndex`]).
+/// Routes of one type, by host slot (see `tree::HostIndex`).
 #[derive(Debug, Clone)]
 struct TypeRoutes {
     ty: PackageType,
@@ -991,6 +991,61 @@ mod tests {
                     crate::rendezvous_score(requester, candidate),
                     "requester length {n}, candidate length {m}"
                 );
+            }
+        }
+    }
+
+    /// Ids found by the name cursor (names shared with the topology) or by hashing (a
+    /// snapshot with its own copies of the names, and names the topology lacks) agree.
+    #[test]
+    fn snapshot_names_need_not_share_the_topologys_text() {
+        use crate::gen::{fleet, FleetSpec};
+        let (t, shared) = fleet(&FleetSpec::small(3, 3000, 120));
+        let mut own = RegistrySnapshot {
+            revision: shared.revision,
+            ..Default::default()
+        };
+        for (i, (name, state)) in shared.hosts.iter().enumerate() {
+            // Every third host missing: alive, no packages.
+            if i % 3 != 1 {
+                let copy = HostName::new(name.as_str()).expect("valid");
+                own.hosts.insert(copy, state.clone());
+            }
+        }
+        if let Some(st) = shared.hosts.values().find(|h| !h.packages.is_empty()) {
+            let stray = HostName::new("zz-not-in-topology").expect("valid");
+            own.hosts.insert(stray, st.clone());
+        }
+        let mut mixed = shared.clone();
+        for (i, name) in shared.hosts.keys().enumerate() {
+            if i % 5 == 0 {
+                let st = mixed.hosts.remove(name).expect("present");
+                mixed
+                    .hosts
+                    .insert(HostName::new(name.as_str()).expect("valid"), st);
+            }
+        }
+        let a = RouteTable::build(&t, &shared);
+        let stripped = RegistrySnapshot {
+            revision: shared.revision,
+            hosts: shared
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 != 1)
+                .map(|(_, (n, s))| (n.clone(), s.clone()))
+                .collect(),
+        };
+        let b = RouteTable::build(&t, &stripped);
+        let c = RouteTable::build(&t, &own);
+        let m = RouteTable::build(&t, &mixed);
+        assert!(a.package_types().eq(m.package_types()));
+        assert!(b.package_types().eq(c.package_types()));
+        for h in t.hosts() {
+            for ty in a.package_types() {
+                let (h, ty) = (h.name.as_str(), ty.as_str());
+                assert_eq!(a.route(h, ty), m.route(h, ty), "{h} {ty}");
+                assert_eq!(b.route(h, ty), c.route(h, ty), "{h} {ty}");
             }
         }
     }
