@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use topology::PackageType;
+use topology::{HostName, PackageType};
 
 use crate::health_view::HealthView;
 use crate::route_book::{RouteBook, Target};
@@ -74,12 +74,18 @@ async fn pump(mut r: OwnedReadHalf, mut w: OwnedWriteHalf) -> Result<u64, PumpEr
 impl Forwarder {
     /// Connects to the first reachable manager of the route, holding down those that refuse.
     pub async fn connect_upstream(&self) -> Option<(TcpStream, Target)> {
+        self.connect_upstream_skipping(&[]).await
+    }
+
+    /// [`Forwarder::connect_upstream`], never trying the hosts in `skip` (those that already
+    /// failed this client, before the route book caught up with their failure).
+    async fn connect_upstream_skipping(&self, skip: &[HostName]) -> Option<(TcpStream, Target)> {
         let route = self
             .book
             .borrow()
             .get(self.package_type.as_str())
             .cloned()?;
-        for target in &route.order {
+        for target in route.order.iter().filter(|t| !skip.contains(&t.host)) {
             let attempt = tokio::time::timeout(
                 self.connect_timeout,
                 TcpStream::connect(target.endpoint.as_str()),
@@ -104,7 +110,7 @@ impl Forwarder {
         }
         // Last resort: managers the registry has running but this agent holds down. A
         // successful connect counts as one passing probe toward `rise`.
-        for target in &route.held_down {
+        for target in route.held_down.iter().filter(|t| !skip.contains(&t.host)) {
             let attempt = tokio::time::timeout(
                 self.connect_timeout,
                 TcpStream::connect(target.endpoint.as_str()),
@@ -120,10 +126,35 @@ impl Forwarder {
         None
     }
 
+    /// Connects upstream and waits for the first sign of life: the manager's first byte, or the
+    /// client's. A manager that closes or resets before either side has sent a single byte
+    /// (it died just after accepting) is held down and the next one is tried, so the client
+    /// does not see the failure. Once the client has spoken, nothing is retried: replaying a
+    /// request could run it twice.
+    async fn connect_live(&self, client: &TcpStream) -> Option<(TcpStream, Target)> {
+        let mut failed: Vec<HostName> = Vec::new();
+        loop {
+            let (upstream, target) = self.connect_upstream_skipping(&failed).await?;
+            let (mut up_byte, mut client_byte) = ([0u8; 1], [0u8; 1]);
+            // `peek`, not `readable()`: readiness may be reported spuriously.
+            let died = tokio::select! {
+                r = upstream.peek(&mut up_byte) => matches!(r, Ok(0) | Err(_)),
+                _ = client.peek(&mut client_byte) => false,
+            };
+            if !died {
+                return Some((upstream, target));
+            }
+            tracing::warn!(package_type = %self.package_type, host = %target.host, endpoint = %target.endpoint, "forward: manager closed the connection before any byte; trying the next manager");
+            self.health
+                .mark_down(&self.package_type, &target.host, &target.endpoint);
+            failed.push(target.host);
+        }
+    }
+
     /// Serves one client connection to its end.
     pub async fn serve_client(&self, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
-        let Some((upstream, target)) = self.connect_upstream().await else {
+        let Some((upstream, target)) = self.connect_live(&client).await else {
             tracing::warn!(package_type = %self.package_type, %peer, "forward: no reachable manager; closing the client connection");
             return;
         };
@@ -181,7 +212,6 @@ mod tests {
     use crate::route_book::TypeRoute;
     use std::collections::BTreeMap;
     use tokio::time::timeout;
-    use topology::HostName;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -268,6 +298,42 @@ mod tests {
         let mut got = vec![0u8; msg.len()];
         timeout(T, s.read_exact(&mut got)).await.unwrap().unwrap();
         assert_eq!(got, msg);
+    }
+
+    /// A manager that accepts and then closes before any byte (it died right after accepting):
+    /// the client is carried to the next manager, never sees the failure.
+    #[tokio::test]
+    async fn a_manager_dying_right_after_accept_is_skipped_within_the_same_accept() {
+        let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dying_addr = dying.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = dying.accept().await.unwrap();
+                drop(s);
+            }
+        });
+        let greeter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let greeter_addr = greeter.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = greeter.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"b\n").await;
+                    let mut sink = [0u8; 16];
+                    let _ = s.read(&mut sink).await;
+                });
+            }
+        });
+        let (fwd, health, _tx, _stop) =
+            start_forwarder(book(&[("a", dying_addr), ("b", greeter_addr)])).await;
+        let mut c = TcpStream::connect(fwd).await.unwrap();
+        let mut got = [0u8; 2];
+        timeout(T, c.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"b\n");
+        assert!(
+            health.is_down("a", "ccm"),
+            "the manager that died after accepting is held down"
+        );
     }
 
     #[tokio::test]
