@@ -14,3 +14,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("fleet_registry_descriptor");
 
 pub use v1::*;
+
+pub mod watch_parts;

@@ -35,6 +35,10 @@ pub enum CopyError {
     /// The event carries no payload.
     #[error("watch event at revision {0} carries no payload")]
     Empty(u64),
+    /// The event is one part of a payload sent in parts (`more = true`): it must be
+    /// reassembled (`proto::watch_parts::Reassembler`) before it is applied.
+    #[error("watch event at revision {0} is an unassembled part (more = true); reassemble the parts before applying")]
+    Unassembled(u64),
 }
 
 /// What applying an event did.
@@ -137,6 +141,10 @@ impl RegistryCopy {
             revision: ev.revision,
             message: e.to_string(),
         };
+        if ev.more {
+            // A prefix of a message can decode; never apply one.
+            return Err(CopyError::Unassembled(ev.revision));
+        }
         match &ev.payload {
             Some(pb::watch_event::Payload::Snapshot(bytes)) => {
                 let state = pb::RegistryState::decode(bytes.clone()).map_err(decode_err)?;
@@ -306,6 +314,7 @@ mod tests {
             payload: Some(pb::watch_event::Payload::Snapshot(
                 state.encode_to_vec().into(),
             )),
+            more: false,
         }
     }
 
@@ -313,6 +322,7 @@ mod tests {
         pb::WatchEvent {
             revision: d.revision,
             payload: Some(pb::watch_event::Payload::Delta(d.encode_to_vec().into())),
+            more: false,
         }
     }
 
@@ -396,9 +406,34 @@ mod tests {
             payload: Some(pb::watch_event::Payload::Snapshot(
                 vec![0xff, 0xff, 0xff].into(),
             )),
+            more: false,
         };
         let mut c = RegistryCopy::default();
         assert!(matches!(c.apply_event(&ev), Err(CopyError::Decode { .. })));
         assert!(!c.has_data());
+    }
+
+    #[test]
+    fn parts_are_applied_only_once_reassembled() {
+        let whole = snapshot_event(4);
+        let parts = proto::watch_parts::split(&whole, 8);
+        assert!(parts.len() > 2);
+        let mut c = RegistryCopy::default();
+        assert_eq!(
+            c.apply_event(&parts[0]).unwrap_err(),
+            CopyError::Unassembled(4)
+        );
+        assert!(!c.has_data());
+        let mut r = proto::watch_parts::Reassembler::default();
+        let mut applied = 0;
+        for p in parts {
+            if let Some(ev) = r.push(p).unwrap() {
+                assert_eq!(c.apply_event(&ev).unwrap().0, Applied::Snapshot);
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 1);
+        assert_eq!(c.revision(), 4);
+        assert_eq!(c.snapshot.hosts.len(), 1);
     }
 }

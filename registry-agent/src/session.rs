@@ -16,6 +16,10 @@
 //! - no heartbeat ack for a whole TTL means the manager is gone: move to the next one;
 //! - `starting` is only ever sent in `OpenSession`; reports carry `running`, `failing`,
 //!   `stopped` changes.
+//!
+//! Watch events may carry a payload in parts (`WatchEvent.more`); they are reassembled (at most
+//! 256 MiB) before being applied. A part sequence broken by another revision or kind restarts
+//! the watch from the copy's revision.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::agent_registry_client::AgentRegistryClient;
+use proto::watch_parts::Reassembler;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -393,6 +398,8 @@ impl SessionClient {
             .await
             .map_err(ConnEnd::Unreachable)?;
         tracing::info!(manager = %addr, from_revision = from, "connected to registry manager; watching");
+        // Large payloads arrive in parts (`WatchEvent.more`); one reassembler per watch stream.
+        let mut parts = Reassembler::default();
 
         // Cancels this connection's keep-alive task when the connection ends.
         let conn_guard = CancellationToken::new();
@@ -431,9 +438,21 @@ impl SessionClient {
                 _ = shutdown.cancelled() => return Ok(()),
                 msg = watch.message() => match msg {
                     Ok(Some(ev)) => {
+                        let ev = match parts.push(ev) {
+                            Ok(Some(ev)) => ev,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                let from = self.copy.read().unwrap_or_else(|p| p.into_inner()).revision();
+                                tracing::warn!(error = %e, from_revision = from, "restarting the watch from the copy's revision");
+                                watch = self.open_watch(&mut client, from).await.map_err(ConnEnd::Lost)?;
+                                parts = Reassembler::default();
+                                continue;
+                            }
+                        };
                         if let Err(e) = self.apply(&ev).await {
                             tracing::warn!(error = %e, "restarting the watch from a fresh snapshot");
                             watch = self.open_watch(&mut client, 0).await.map_err(ConnEnd::Lost)?;
+                            parts = Reassembler::default();
                         } else if unknown_host && state.session.is_none() {
                             open_at = Some(Instant::now());
                         }

@@ -811,3 +811,99 @@ async fn command_line_resolve_and_routes_against_a_running_agent() -> Result<()>
     manager.shutdown().await?;
     Ok(())
 }
+
+/// The registry's state as a watcher from 0 gets it (parts reassembled), and how many wire
+/// events carried it.
+async fn manager_snapshot(maddr: SocketAddr) -> Result<(pb::RegistryState, usize)> {
+    use prost::Message;
+    let mut client =
+        proto::v1::agent_registry_client::AgentRegistryClient::connect(format!("http://{maddr}"))
+            .await?;
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            host: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut parts = proto::watch_parts::Reassembler::default();
+    let mut wire = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .context("snapshot within the deadline")??
+            .ok_or_else(|| anyhow!("watch ended"))?;
+        wire += 1;
+        if let Some(ev) = parts.push(ev)? {
+            let Some(pb::watch_event::Payload::Snapshot(b)) = ev.payload else {
+                anyhow::bail!("first event is not a snapshot");
+            };
+            return Ok((pb::RegistryState::decode(b)?, wire));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_in_parts_gives_the_agent_a_copy_equal_to_the_registry() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hosts: Vec<String> = (0..3000).map(|i| format!("host-{i:04}")).collect();
+    let tree = format!(
+        "version: 1\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2, {}]\n",
+        hosts.join(", ")
+    );
+    let manager = registry_manager::start(ServeConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().join("m"),
+        topology: Some(("tree.yaml".into(), tree)),
+        session_ttl: TTL,
+    })
+    .await
+    .map_err(|e| anyhow!("manager did not start: {e}"))?;
+    let maddr = manager.local_addr();
+    let backend = Echo::start().await?;
+    let a1_dir = dir.path().join("a1");
+    let a1 = start(agent_config("agent-1", maddr, &a1_dir, &[&backend], false)?).await?;
+    wait_book(&a1, "agent-1 live, routing to itself", |b| {
+        chosen_is(b, Some("agent-1")) && !b.stale
+    })
+    .await?;
+
+    // The registry as the manager sends it, at the revision the agent has.
+    let deadline = Instant::now() + WAIT;
+    let (state, wire) = loop {
+        let (state, wire) = manager_snapshot(maddr).await?;
+        let mut rx = a1.subscribe();
+        timeout(WAIT, async {
+            while rx.borrow_and_update().revision < state.revision {
+                rx.changed().await.map_err(|_| anyhow!("agent stopped"))?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("agent reaching the manager's revision")??;
+        if a1.revision() == state.revision {
+            break (state, wire);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the registry kept changing");
+    };
+    assert!(
+        wire > 2,
+        "a {}-host topology is sent in several parts, got {wire} event(s)",
+        hosts.len()
+    );
+    assert!(state.hosts.iter().any(|h| h.host == "agent-1"));
+
+    a1.shutdown().await;
+    let copy = registry_agent::copy_store::CopyStore::open(&a1_dir)?.load()?;
+    let mut have = copy.to_state();
+    let mut want = state;
+    have.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    want.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    assert_eq!(have, want, "the agent's copy equals the manager's registry");
+    assert!(copy.topology.is_some_and(|t| t.host("host-2999").is_some()));
+
+    backend.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}

@@ -119,6 +119,7 @@ pub fn delta_event(revision: u64, delta: Bytes) -> pb::WatchEvent {
     pb::WatchEvent {
         revision,
         payload: Some(pb::watch_event::Payload::Delta(delta)),
+        more: false,
     }
 }
 
@@ -127,6 +128,7 @@ pub fn snapshot_event(revision: u64, snapshot: Bytes) -> pb::WatchEvent {
     pb::WatchEvent {
         revision,
         payload: Some(pb::watch_event::Payload::Snapshot(snapshot)),
+        more: false,
     }
 }
 

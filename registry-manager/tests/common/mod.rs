@@ -153,7 +153,7 @@ impl Harness {
             host: String::new(),
         };
         let stream = self.agent.watch(req).await?.into_inner();
-        Ok(Watcher { stream })
+        Ok(Watcher::from(stream))
     }
 
     pub async fn export(&mut self) -> Result<serde_json::Value> {
@@ -218,21 +218,35 @@ impl Event {
 
 pub struct Watcher {
     stream: tonic::Streaming<pb::WatchEvent>,
+    parts: proto::watch_parts::Reassembler,
+    /// Wire events received (parts counted one by one).
+    pub wire_events: usize,
 }
 
 impl From<tonic::Streaming<pb::WatchEvent>> for Watcher {
     fn from(stream: tonic::Streaming<pb::WatchEvent>) -> Self {
-        Watcher { stream }
+        Watcher {
+            stream,
+            parts: Default::default(),
+            wire_events: 0,
+        }
     }
 }
 
 impl Watcher {
-    /// The next event, within `WAIT`.
+    /// The next whole event (parts reassembled), within `WAIT`.
     pub async fn next(&mut self) -> Result<Event> {
-        let ev = tokio::time::timeout(WAIT, self.stream.message())
-            .await
-            .context("no watch event within the deadline")??
-            .ok_or_else(|| anyhow!("watch stream ended"))?;
+        let deadline = Instant::now() + WAIT;
+        let ev = loop {
+            let ev = tokio::time::timeout_at(deadline, self.stream.message())
+                .await
+                .context("no watch event within the deadline")??
+                .ok_or_else(|| anyhow!("watch stream ended"))?;
+            self.wire_events += 1;
+            if let Some(ev) = self.parts.push(ev)? {
+                break ev;
+            }
+        };
         let ev = match ev.payload {
             Some(pb::watch_event::Payload::Snapshot(b)) => {
                 Event::Snapshot(pb::RegistryState::decode(b)?)

@@ -237,8 +237,13 @@ impl WatchFanout {
                 let result: anyhow::Result<()> = async {
                     let mut events = client.watch(req).await?.into_inner();
                     let mut first = true;
+                    // Large payloads arrive in parts: time and size whole events.
+                    let mut parts = proto::watch_parts::Reassembler::default();
                     while let Some(ev) = events.message().await? {
                         let at = Instant::now();
+                        let Some(ev) = parts.push(ev)? else {
+                            continue;
+                        };
                         if first {
                             first = false;
                             let size = match &ev.payload {
