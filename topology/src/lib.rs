@@ -29,7 +29,7 @@ pub mod tree;
 mod yaml;
 
 pub use diff::{diff, RouteChange, TopologyDiff};
-pub use error::{TopologyError, TopologyErrors};
+pub use error::{LocatedError, LocatedErrors, TopologyError, TopologyErrors};
 pub use names::{DomainName, HostName, NameError, NameKind, PackageType, Revision};
 pub use policy::{parse_duration, RevertAfter, RoutingPolicy};
 pub use route::{explain, rendezvous_score, Candidate, Explanation, RouteError, Tier};

@@ -211,18 +211,7 @@ fn json_location(text: &str, line: usize, column: usize) -> (usize, usize) {
 }
 
 /// A snapshot file that could not be read: `FILE:LINE:COL: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
-pub struct SnapshotError {
-    /// The file name as given by the caller.
-    pub file: String,
-    /// 1-based line (0 when unknown).
-    pub line: usize,
-    /// 1-based column (0 when unknown).
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
+pub use crate::error::LocatedError as SnapshotError;
 
 impl RegistrySnapshot {
     /// Parses a snapshot: JSON when the first non-blank character is `{`, YAML otherwise.
