@@ -5,12 +5,14 @@
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
 //! - [`wait`]: waiting on conditions with deadlines.
+//! - [`worked_example`]: the SPEC §5 worked example's topology and fleet.
 
 pub mod bench;
 pub mod fleet;
 pub mod relay;
 pub mod standin;
 pub mod wait;
+pub mod worked_example;
 
 pub use fleet::{Fleet, FleetBuilder};
 pub use relay::Relay;

@@ -4,26 +4,13 @@
 
 use std::time::Duration;
 
+use tests::worked_example::{self, CCM};
 use tests::Fleet;
 
-const CCM: &str = "command-control-manager";
 const SETTLE: Duration = Duration::from_secs(15);
 
 fn topology(revert_after: &str) -> String {
-    format!(
-        "version: 1
-routing:
-  revert_after: {revert_after}
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-"
-    )
+    worked_example::topology(revert_after, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

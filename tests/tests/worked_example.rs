@@ -5,32 +5,10 @@
 
 use std::time::Duration;
 
+use tests::worked_example::{self, CCM};
 use tests::Fleet;
 
-const CCM: &str = "command-control-manager";
 const SETTLE: Duration = Duration::from_secs(15);
-
-fn topology(with_subdomain_2: bool) -> String {
-    let mut t = String::from(
-        "version: 1
-routing:
-  cross_branch: true
-  revert_after: 300ms
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-",
-    );
-    if with_subdomain_2 {
-        t.push_str("  - domain: subdomain-2\n    hosts: [s2-host]\n");
-    }
-    t
-}
 
 async fn expect_all(fleet: &mut Fleet, hosts: &[&str], expected: &str) -> anyhow::Result<()> {
     for h in hosts {
@@ -46,21 +24,7 @@ async fn expect_all(fleet: &mut Fleet, hosts: &[&str], expected: &str) -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worked_example_every_step() -> anyhow::Result<()> {
-    let mut fleet = Fleet::from_topology(&topology(false))
-        .manager()
-        .agent("fm")
-        .agent("agent-1")
-        .agent("agent-2")
-        .agent("agent-3")
-        .agent("agent-4")
-        .agent("s2-host")
-        .package("fm", CCM)
-        .package("agent-1", CCM)
-        .package("agent-3", CCM)
-        .package("s2-host", CCM)
-        .forward(CCM)
-        .start()
-        .await?;
+    let mut fleet = worked_example::fleet("300ms").start().await?;
 
     // 1. All up: agent-1 and agent-2 choose agent-1; agent-3 and agent-4 choose agent-3.
     expect_all(&mut fleet, &["agent-1", "agent-2"], "agent-1").await?;
@@ -85,7 +49,7 @@ async fn worked_example_every_step() -> anyhow::Result<()> {
 
     // 5. A new subdomain-2 with a manager on s2-host: when no other is eligible, everyone in
     //    subdomain-1 and subdomain-1a chooses s2-host.
-    fleet.apply_topology(&topology(true))?;
+    fleet.apply_topology(&worked_example::topology("300ms", true))?;
     fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
     expect_all(&mut fleet, &["agent-2", "agent-3", "agent-4"], "s2-host").await?;
     let explained = fleet.resolve("agent-4", CCM).await?;

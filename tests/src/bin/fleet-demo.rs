@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tests::worked_example::{self, CCM};
 use tests::Fleet;
-
-const CCM: &str = "command-control-manager";
 
 /// Plays the worked example of fleet-registry on a small fleet of real processes.
 #[derive(Debug, Parser)]
@@ -22,26 +21,6 @@ struct Args {
     /// Don't build the daemons first (they must already be next to this executable).
     #[arg(long)]
     no_build: bool,
-}
-
-fn topology(with_subdomain_2: bool) -> String {
-    let mut t = String::from(
-        "version: 1
-routing: { cross_branch: true, revert_after: 1s }
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-",
-    );
-    if with_subdomain_2 {
-        t.push_str("  - domain: subdomain-2\n    hosts: [s2-host]\n");
-    }
-    t
 }
 
 /// Builds the daemons into the target directory this executable runs from, in its profile.
@@ -134,22 +113,7 @@ async fn show(
 }
 
 async fn demo() -> anyhow::Result<()> {
-    let mut fleet = Fleet::from_topology(&topology(false))
-        .manager()
-        .agent("fm")
-        .agent("agent-1")
-        .agent("agent-2")
-        .agent("agent-3")
-        .agent("agent-4")
-        .agent("s2-host")
-        .package("fm", CCM)
-        .package("agent-1", CCM)
-        .package("agent-3", CCM)
-        .package("s2-host", CCM)
-        .forward(CCM)
-        .default_checks()
-        .start()
-        .await?;
+    let mut fleet = worked_example::fleet("1s").default_checks().start().await?;
     println!(
         "fleet up: registry manager on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
         fleet.manager_addr()
@@ -222,7 +186,7 @@ async fn demo() -> anyhow::Result<()> {
     println!("\n$ registry-manager topology apply topology.yaml   # adds subdomain-2 with s2-host");
     println!("$ registry-manager package drain --host agent-3 --type {CCM}");
     let t = tokio::time::Instant::now();
-    fleet.apply_topology(&topology(true))?;
+    fleet.apply_topology(&worked_example::topology("1s", true))?;
     fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
     show(
         &mut fleet,
