@@ -95,6 +95,7 @@ pub fn split(event: &WatchEvent, part_bytes: usize) -> Vec<WatchEvent> {
                 revision: event.revision,
                 payload: Some(kind.wrap(bytes.slice(start..end))),
                 more: i + 1 < n,
+                history: event.history.clone(),
             }
         })
         .collect()
@@ -243,6 +244,7 @@ impl Reassembler {
             revision: partial.revision,
             payload: Some(partial.kind.wrap(partial.buf.freeze())),
             more: false,
+            history: event.history.clone(),
         }))
     }
 }
@@ -256,6 +258,7 @@ mod tests {
             revision,
             payload,
             more,
+            history: String::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::registry_copy::RegistryCopy;
 const KEY_REVISION: &[u8] = b"meta/revision";
 const KEY_TOPOLOGY: &[u8] = b"meta/topology";
 const KEY_SESSION: &[u8] = b"meta/session";
+const KEY_HISTORY: &[u8] = b"meta/history";
 const HOST_PREFIX: &[u8] = b"host/";
 /// sled's page cache; the copy itself is small and lives in memory anyway.
 const CACHE_BYTES: u64 = 4 << 20;
@@ -86,11 +87,17 @@ impl CopyStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             );
         }
-        Ok(RegistryCopy::from_state(&pb::RegistryState {
+        let mut copy = RegistryCopy::from_state(&pb::RegistryState {
             revision,
             topology_yaml,
             hosts,
-        }))
+        });
+        copy.history = self
+            .tree
+            .get(KEY_HISTORY)?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+            .unwrap_or_default();
+        Ok(copy)
     }
 
     /// Replaces the stored copy by a full state.
@@ -141,6 +148,13 @@ impl CopyStore {
             .get(KEY_SESSION)?
             .and_then(|v| String::from_utf8(v.to_vec()).ok())
             .filter(|s| !s.is_empty()))
+    }
+
+    /// Remembers the registry's history id of the copy.
+    pub async fn save_history(&self, history: &str) -> Result<(), StoreError> {
+        self.tree.insert(KEY_HISTORY, history.as_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
     }
 
     /// Remembers the current session id (`None`: forget it).

@@ -61,6 +61,9 @@ pub struct RegistryCopy {
     pub topology: Option<Arc<Topology>>,
     /// Hosts and packages at `snapshot.revision`.
     pub snapshot: RegistrySnapshot,
+    /// The registry's history id (empty: not known); resumption sends it, so the copy only
+    /// ever receives deltas of its own history.
+    pub history: String,
 }
 
 impl RegistryCopy {
@@ -149,11 +152,22 @@ impl RegistryCopy {
             Some(pb::watch_event::Payload::Snapshot(bytes)) => {
                 let state = pb::RegistryState::decode(bytes.clone()).map_err(decode_err)?;
                 *self = RegistryCopy::from_state_keeping(&state, self);
+                self.history = ev.history.clone();
                 Ok((Applied::Snapshot, Decoded::Snapshot(state)))
             }
             Some(pb::watch_event::Payload::Delta(bytes)) => {
                 let delta = pb::Delta::decode(bytes.clone()).map_err(decode_err)?;
+                if !ev.history.is_empty() && !self.history.is_empty() && ev.history != self.history {
+                    // Never apply a delta of another history: resync with a snapshot.
+                    return Err(CopyError::Gap {
+                        have: self.revision(),
+                        got: delta.revision,
+                    });
+                }
                 let applied = self.apply_delta(&delta)?;
+                if self.history.is_empty() {
+                    self.history = ev.history.clone();
+                }
                 Ok((applied, Decoded::Delta(delta)))
             }
             None => Err(CopyError::Empty(ev.revision)),
@@ -315,6 +329,7 @@ mod tests {
                 state.encode_to_vec().into(),
             )),
             more: false,
+            history: String::new(),
         }
     }
 
@@ -323,6 +338,7 @@ mod tests {
             revision: d.revision,
             payload: Some(pb::watch_event::Payload::Delta(d.encode_to_vec().into())),
             more: false,
+            history: String::new(),
         }
     }
 
@@ -407,6 +423,7 @@ mod tests {
                 vec![0xff, 0xff, 0xff].into(),
             )),
             more: false,
+            history: String::new(),
         };
         let mut c = RegistryCopy::default();
         assert!(matches!(c.apply_event(&ev), Err(CopyError::Decode { .. })));

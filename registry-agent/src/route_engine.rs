@@ -421,6 +421,7 @@ mod tests {
             topology_yaml: TOPO.into(),
             topology: Some(Arc::new(Topology::from_yaml("t", TOPO).unwrap())),
             snapshot,
+            history: String::new(),
         }
     }
 

@@ -284,9 +284,16 @@ impl SessionClient {
         client: &mut AgentRegistryClient<Channel>,
         from: u64,
     ) -> Result<tonic::Streaming<pb::WatchEvent>, String> {
+        let history = self
+            .copy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .history
+            .clone();
         let req = pb::WatchRequest {
             from_revision: from,
             host: self.host.as_str().to_owned(),
+            history,
         };
         match tokio::time::timeout(self.timing.call_timeout, client.watch(req)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -297,9 +304,11 @@ impl SessionClient {
 
     /// Applies one event to the copy, notifies, persists.
     async fn apply(&self, ev: &pb::WatchEvent) -> Result<(), crate::registry_copy::CopyError> {
-        let res = {
+        let (res, history) = {
             let mut c = self.copy.write().unwrap_or_else(|p| p.into_inner());
-            c.apply_event(ev)
+            let before = c.history.clone();
+            let res = c.apply_event(ev);
+            (res, (c.history != before).then(|| c.history.clone()))
         };
         let (applied, decoded) = res?;
         if applied == Applied::Ignored {
@@ -312,6 +321,12 @@ impl SessionClient {
         };
         if let Err(e) = saved {
             tracing::error!(error = %e, "cannot persist the registry copy; answering from memory");
+        }
+        // After the state it names, so a crash in between never pairs an old copy with a new history.
+        if let Some(h) = history {
+            if let Err(e) = self.store.save_history(&h).await {
+                tracing::error!(error = %e, "cannot persist the registry's history id");
+            }
         }
         Ok(())
     }

@@ -848,7 +848,7 @@ proptest! {
                 pb::watch_event::Payload::Snapshot(b.clone().into()),
                 pb::watch_event::Payload::Delta(b.clone().into()),
             ] {
-                check_event(&mut copy, &pb::WatchEvent { revision: 6, payload: Some(payload), more: false });
+                check_event(&mut copy, &pb::WatchEvent { revision: 6, payload: Some(payload), more: false, history: String::new() });
             }
             if let Ok(ev) = pb::WatchEvent::decode(b.as_slice()) {
                 check_event(&mut base_copy(), &ev);
@@ -902,6 +902,7 @@ fn hostile_encodings_are_decode_errors() {
                 revision: 6,
                 payload: Some(pb::watch_event::Payload::Snapshot(b.clone().into())),
                 more: false,
+                history: String::new(),
             },
         );
     }

@@ -39,6 +39,7 @@ async fn start_manager(data_dir: &Path, listen: SocketAddr) -> Result<RunningMan
         data_dir: data_dir.to_path_buf(),
         topology: Some(("tree.yaml".into(), TREE.into())),
         session_ttl: TTL,
+        group: None,
     };
     // A restarted manager may find its port briefly busy; retry within the deadline.
     let deadline = Instant::now() + WAIT;
@@ -823,6 +824,7 @@ async fn manager_snapshot(maddr: SocketAddr) -> Result<(pb::RegistryState, usize
         .watch(pb::WatchRequest {
             from_revision: 0,
             host: String::new(),
+            history: String::new(),
         })
         .await?
         .into_inner();
@@ -857,6 +859,7 @@ async fn a_snapshot_sent_in_parts_gives_the_agent_a_copy_equal_to_the_registry()
         data_dir: dir.path().join("m"),
         topology: Some(("tree.yaml".into(), tree)),
         session_ttl: TTL,
+        group: None,
     })
     .await
     .map_err(|e| anyhow!("manager did not start: {e}"))?;

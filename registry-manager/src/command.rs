@@ -48,6 +48,12 @@ pub enum Command {
         /// The new agent-side status.
         status: AgentStatus,
     },
+    /// Names the registry's history (a uuid made once, when the registry is created); ignored
+    /// when the registry already has one. Makes no revision.
+    CreateHistory {
+        /// The new history id.
+        history: String,
+    },
     /// An operator's drain / withdraw / restore of a package.
     OperatorAction {
         /// The host running the package.
@@ -68,8 +74,34 @@ impl Command {
             Command::SessionExpired { .. } => "session_expired",
             Command::ReportStatus { .. } => "report_status",
             Command::OperatorAction { .. } => "operator_action",
+            Command::CreateHistory { .. } => "create_history",
         }
     }
+}
+
+/// A command with its precondition, as proposed: checked against the state inside the
+/// replicated apply, so every replica decides alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposed {
+    /// The command.
+    pub command: Command,
+    /// For `ReportStatus`: the session the request quoted, which must be the host's live one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionId>,
+}
+
+/// What one proposed command came to: the revision it was applied at (or the current one when
+/// it changed nothing), or why it was refused (a gRPC code and the message for the caller).
+pub type Outcome = Result<u64, Refusal>;
+
+/// A refusal decided by the state machine, in a form that crosses the wire between members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The gRPC status code.
+    pub code: i32,
+    /// What was wrong and how to mend it.
+    pub message: String,
 }
 
 /// One package a host registers when it opens its session.

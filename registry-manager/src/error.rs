@@ -78,6 +78,29 @@ pub enum RegistryError {
     /// The storage failed; the write was not acknowledged.
     #[error("registry storage failed, the change was not made: {0}")]
     Storage(String),
+    /// Refused by the replicated state machine (perhaps on another member): its code and text.
+    #[error("{message}")]
+    Refused {
+        /// The gRPC code.
+        code: i32,
+        /// What was wrong and how to mend it.
+        message: String,
+    },
+    /// No leader can be reached, so the write cannot be made durable on a majority.
+    #[error("no leader: this member ({member}) cannot reach a majority of the group{}; the change was not made. Retry, or send it to a member of the majority", if unreachable.is_empty() { String::new() } else { format!(" (cannot reach {})", unreachable.join(", ")) })]
+    NoLeader {
+        /// The member that answered.
+        member: String,
+        /// The members it cannot reach.
+        unreachable: Vec<String>,
+    },
+    /// The write was sent but its outcome is unknown (the leader changed or was cut off while
+    /// committing it). Retrying is safe: the registry's commands are idempotent.
+    #[error("the outcome of the change is unknown: {0}; retry it (retries are safe)")]
+    Uncertain(String),
+    /// A group operation was refused or failed.
+    #[error("{0}")]
+    Group(String),
     /// The manager is shutting down.
     #[error("the registry manager is shutting down; retry against another manager")]
     ShuttingDown,
@@ -85,30 +108,62 @@ pub enum RegistryError {
 
 /// The one mapping from domain errors to gRPC statuses.
 pub fn to_status(err: RegistryError) -> tonic::Status {
-    use tonic::Code;
-    let code = match &err {
-        RegistryError::InvalidName(_)
-        | RegistryError::InvalidArgument { .. }
-        | RegistryError::InvalidTopology(_) => Code::InvalidArgument,
-        RegistryError::NoTopology | RegistryError::SessionNotLive { .. } => {
-            Code::FailedPrecondition
-        }
-        RegistryError::HostNotInTopology { .. } | RegistryError::UnknownPackage { .. } => {
-            Code::NotFound
-        }
-        RegistryError::SessionExists { .. } => Code::AlreadyExists,
-        RegistryError::WrongHost { .. } => Code::PermissionDenied,
-        RegistryError::Route(route) => route_code(route),
-        RegistryError::Storage(_) => Code::Internal,
-        RegistryError::ShuttingDown => Code::Unavailable,
-    };
-    tonic::Status::new(code, err.to_string())
+    tonic::Status::new(err.code(), err.to_string())
 }
 
 fn route_code(err: &RouteError) -> tonic::Code {
     match err {
         RouteError::UnknownHost(_) => tonic::Code::NotFound,
         _ => tonic::Code::InvalidArgument,
+    }
+}
+
+impl RegistryError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            RegistryError::InvalidName(_)
+            | RegistryError::InvalidArgument { .. }
+            | RegistryError::InvalidTopology(_) => Code::InvalidArgument,
+            RegistryError::NoTopology | RegistryError::SessionNotLive { .. } => {
+                Code::FailedPrecondition
+            }
+            RegistryError::HostNotInTopology { .. } | RegistryError::UnknownPackage { .. } => {
+                Code::NotFound
+            }
+            RegistryError::SessionExists { .. } => Code::AlreadyExists,
+            RegistryError::WrongHost { .. } => Code::PermissionDenied,
+            RegistryError::Route(route) => route_code(route),
+            RegistryError::Storage(_) => Code::Internal,
+            RegistryError::ShuttingDown
+            | RegistryError::NoLeader { .. }
+            | RegistryError::Uncertain(_) => Code::Unavailable,
+            RegistryError::Refused { code, .. } => Code::from(*code),
+            RegistryError::Group(_) => Code::FailedPrecondition,
+        }
+    }
+
+    /// The wire form of a refusal (it crosses between members).
+    pub fn to_refusal(&self) -> crate::command::Refusal {
+        match self {
+            RegistryError::Refused { code, message } => crate::command::Refusal {
+                code: *code,
+                message: message.clone(),
+            },
+            other => crate::command::Refusal {
+                code: other.code() as i32,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// A refusal that came back over the wire.
+    pub fn from_refusal(r: crate::command::Refusal) -> RegistryError {
+        RegistryError::Refused {
+            code: r.code,
+            message: r.message,
+        }
     }
 }
 

@@ -1,5 +1,10 @@
 //! The expiry task: a dedicated timer on tokio's clock that lapses sessions silent for longer
 //! than the TTL (see [`crate::sessions`] for the starvation rule).
+//!
+//! Only the leader decides, and only once it has applied an entry of its own term with a
+//! majority acknowledging it ([`Engine::may_decide`]). A member that becomes leader first gives
+//! every session a fresh TTL: a leader change never lapses a session. Heartbeats that reach
+//! other members are passed on to the leader (`crate::group_tasks`).
 
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -13,21 +18,32 @@ pub(crate) async fn run(engine: Engine) {
     let cancel = engine.cancel_token().clone();
     let mut interval = tokio::time::interval(tick_period(ttl));
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut deciding = false;
     loop {
         let due = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             due = interval.tick() => due,
         };
+        if !engine.may_decide() {
+            deciding = false;
+            continue;
+        }
+        let sessions = engine.sessions();
+        if !deciding {
+            // Newly able to decide: every session gets a full TTL from now.
+            sessions.refresh_all();
+            deciding = true;
+            continue;
+        }
         if tick_decision(due, Instant::now(), ttl) == TickDecision::Defer {
             tracing::warn!(
                 "session expiry tick ran late (process starved); deferring expiry decisions"
             );
             continue;
         }
-        let sessions = engine.sessions();
         for session in sessions.take_expired(sessions.now_ms(), ttl) {
-            tracing::info!(host = %session.host, session = %session.id, "session lapsed");
+            tracing::info!(host = %session.host, "session lapsed");
             let command = Command::SessionExpired {
                 host: session.host.clone(),
                 session_id: session.id.clone(),

@@ -17,8 +17,16 @@ use tokio_util::sync::CancellationToken;
 use crate::command::Command;
 use crate::engine::Engine;
 use crate::error::{RegistryError, ServeError};
-use crate::service::{AdminService, AgentRegistryService};
-use crate::store::{RegistryStore, SledStore};
+use crate::group::{self, GroupConfig};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, Peers, MAX_MEMBER_MESSAGE};
+use crate::raft::state_machine::{Registry, StateMachine};
+use crate::raft::types::{MemberNode, Raft};
+use crate::service::{AdminService, AgentRegistryService, MemberService};
+use crate::sessions::SessionTable;
+use crate::state::State;
+use crate::store::RaftDb;
+use crate::watch::WatchHub;
 
 /// What a manager needs to run (SPEC §6 `serve`).
 #[derive(Debug, Clone)]
@@ -32,6 +40,8 @@ pub struct ServeConfig {
     pub topology: Option<(String, String)>,
     /// A session not renewed within this long lapses (the host becomes not alive).
     pub session_ttl: Duration,
+    /// The group this manager is a member of; none: a group of one.
+    pub group: Option<GroupConfig>,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +51,7 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("./registry-data"),
             topology: None,
             session_ttl: Duration::from_secs(1),
+            group: None,
         }
     }
 }
@@ -48,13 +59,11 @@ impl Default for ServeConfig {
 /// Internal sizes; the defaults suit a fleet of 10,000 hosts. Tests shrink them.
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// Deltas kept (in memory and in the log) for watchers to resume from.
+    /// Deltas kept in memory for watchers to resume from.
     pub delta_window: usize,
-    /// A checkpoint of the state is written every this many revisions.
-    pub checkpoint_every: u64,
     /// Revisions a watcher may fall behind before it is sent a fresh snapshot instead.
     pub broadcast_capacity: usize,
-    /// Most proposals written (and flushed) together.
+    /// Most proposals written together in one raft entry (one flush).
     pub max_batch: usize,
     /// Proposals waiting for the writer before callers wait to enqueue.
     pub proposal_queue: usize,
@@ -72,7 +81,6 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             delta_window: 10_000,
-            checkpoint_every: 1_000,
             broadcast_capacity: 4_096,
             max_batch: 1_024,
             proposal_queue: 16_384,
@@ -91,8 +99,7 @@ pub struct RunningManager {
     engine: Engine,
     cancel: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    writer: JoinHandle<()>,
-    expiry: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningManager {
@@ -101,12 +108,12 @@ impl RunningManager {
         self.local_addr
     }
 
-    /// The registry engine (for in-process tools and benchmarks).
+    /// The member's engine (for in-process tools and benchmarks).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// The current registry revision.
+    /// This member's applied registry revision.
     pub async fn revision(&self) -> u64 {
         self.engine.state().await.revision().0
     }
@@ -116,9 +123,9 @@ impl RunningManager {
         self.engine.hub().watchers()
     }
 
-    /// Stops the manager: ends watch and keep-alive streams, stops the server, the writer
-    /// (nothing acknowledged is lost: every acknowledged write was flushed) and the expiry task,
-    /// and closes the store.
+    /// Stops the manager: ends watch and keep-alive streams, stops the server, raft (nothing
+    /// acknowledged is lost: every acknowledged write is on a majority's disks) and the
+    /// background tasks.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.cancel.cancel();
         self.finish().await
@@ -132,8 +139,10 @@ impl RunningManager {
 
     async fn finish(self) -> Result<(), ServeError> {
         let server = self.server.await;
-        let _ = self.writer.await;
-        let _ = self.expiry.await;
+        let _ = self.engine.raft().shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
         if let Some(reason) = self.engine.fatal() {
             return Err(ServeError::Fatal(reason));
         }
@@ -145,8 +154,8 @@ impl RunningManager {
     }
 }
 
-/// Starts a manager with default [`Tuning`]: binds, opens the store in `data_dir`, applies the
-/// topology if one is given, and serves `AgentRegistry`, `Admin`, gRPC health and reflection.
+/// Starts a manager with default [`Tuning`]: binds, opens the store in `data_dir`, joins or
+/// forms its group, and serves `AgentRegistry`, `Admin`, `Member`, gRPC health and reflection.
 pub async fn start(config: ServeConfig) -> Result<RunningManager, ServeError> {
     start_with(config, Tuning::default()).await
 }
@@ -154,28 +163,19 @@ pub async fn start(config: ServeConfig) -> Result<RunningManager, ServeError> {
 /// [`start`] with explicit [`Tuning`].
 pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningManager, ServeError> {
     let topology = check_start_topology(&config)?;
+    if let Some(g) = &config.group {
+        g.validate().map_err(ServeError::Fatal)?;
+    }
     let listener = bind(config.listen).await?;
     let dir = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+    let opened = tokio::task::spawn_blocking(move || RaftDb::open(&dir))
         .await
         .map_err(|e| ServeError::Fatal(format!("opening the store: {e}")))?;
-    let store = opened.map_err(|source| ServeError::Store {
+    let db = opened.map_err(|source| ServeError::Store {
         data_dir: config.data_dir.clone(),
         source,
     })?;
-    launch(listener, Arc::new(store), config, topology, tuning).await
-}
-
-/// [`start_with`] on a given store (`config.data_dir` is then unused): for benchmarks that
-/// leave the disk out (`MemoryStore`) and for other store implementations.
-pub async fn start_with_store(
-    config: ServeConfig,
-    store: Arc<dyn RegistryStore>,
-    tuning: Tuning,
-) -> Result<RunningManager, ServeError> {
-    let topology = check_start_topology(&config)?;
-    let listener = bind(config.listen).await?;
-    launch(listener, store, config, topology, tuning).await
+    launch(listener, Arc::new(db), config, topology, tuning).await
 }
 
 /// Runs a manager until `shutdown` resolves (the caller handles SIGINT/SIGTERM) or a fatal
@@ -184,9 +184,17 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let ttl = config.session_ttl;
+    let data_dir = config.data_dir.clone();
     let manager = start(config).await?;
-    let revision = manager.revision().await;
-    tracing::info!(addr = %manager.local_addr(), revision, "registry manager serving");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        addr = %manager.local_addr(),
+        member = manager.engine().name(),
+        data_dir = %data_dir.display(),
+        session_ttl = ?ttl,
+        "registry manager serving"
+    );
     let cancel = manager.cancel.clone();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
@@ -212,7 +220,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 async fn launch(
     listener: TcpListener,
-    store: Arc<dyn RegistryStore>,
+    db: Arc<RaftDb>,
     config: ServeConfig,
     topology: Option<topology::Topology>,
     tuning: Tuning,
@@ -222,34 +230,71 @@ async fn launch(
         source,
     })?;
     let cancel = CancellationToken::new();
-    let (engine, writer) = Engine::open(store, config.session_ttl, &tuning, cancel.clone())
-        .map_err(|source| ServeError::Store {
-            data_dir: config.data_dir.clone(),
-            source,
-        })?;
-    let writer = tokio::spawn(writer.run());
-
-    if let Some(topology) = topology {
-        let unchanged = engine
-            .state()
-            .await
-            .topology()
-            .is_some_and(|t| **t == topology);
-        if !unchanged {
-            let command = Command::ApplyTopology {
-                yaml: topology.to_yaml(),
-            };
-            if let Err(e) = engine.propose(command, None).await {
-                cancel.cancel();
-                let _ = writer.await;
-                return Err(match e {
-                    RegistryError::Storage(reason) => ServeError::Fatal(reason),
-                    other => ServeError::Fatal(other.to_string()),
-                });
-            }
+    let store_error = |source| ServeError::Store {
+        data_dir: config.data_dir.clone(),
+        source,
+    };
+    let registry = Registry {
+        state: Arc::new(tokio::sync::RwLock::new(State::new())),
+        sessions: Arc::new(SessionTable::new()),
+        hub: Arc::new(WatchHub::new(tuning.delta_window, tuning.broadcast_capacity)),
+        ttl: config.session_ttl,
+    };
+    let sm = StateMachine::open(Arc::clone(&db), registry).map_err(store_error)?;
+    let log = LogStore::new(Arc::clone(&db));
+    let group = config
+        .group
+        .clone()
+        .unwrap_or_else(|| GroupConfig::stand_alone(local_addr.to_string()));
+    let node_id = group::node_id(group.name.as_str());
+    let raft_config = crate::raft::config("fleet-registry")
+        .validate()
+        .map_err(|e| ServeError::Fatal(format!("raft configuration: {e}")))?;
+    let peers = Peers::default();
+    let raft = Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        Network::new(peers.clone()),
+        log,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?;
+    if !initialized && group.members.contains_key(&group.name) {
+        // Every voter forms the group with the same members; a learner waits to be added.
+        let members: std::collections::BTreeMap<u64, MemberNode> = group
+            .members
+            .iter()
+            .map(|(name, addr)| {
+                let addr = if *name == group.name && config.group.is_none() {
+                    local_addr.to_string()
+                } else {
+                    addr.clone()
+                };
+                (
+                    group::node_id(name.as_str()),
+                    MemberNode {
+                        name: name.to_string(),
+                        addr,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(error = %e, "group already initialized");
         }
     }
-    let expiry = tokio::spawn(crate::expiry::run(engine.clone()));
+    let (engine, proposer) = Engine::new(raft, &sm, group, peers, &tuning, cancel.clone());
+    let mut tasks = vec![
+        tokio::spawn(proposer),
+        tokio::spawn(crate::expiry::run(engine.clone())),
+        tokio::spawn(crate::group_tasks::watchdog(engine.clone())),
+        tokio::spawn(crate::group_tasks::pass_heartbeats(engine.clone())),
+    ];
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -271,6 +316,9 @@ async fn launch(
     let admin = pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
         .max_decoding_message_size(tuning.max_admin_request)
         .max_encoding_message_size(tuning.max_response);
+    let member = pb::member_server::MemberServer::new(MemberService::new(engine.clone()))
+        .max_decoding_message_size(MAX_MEMBER_MESSAGE)
+        .max_encoding_message_size(MAX_MEMBER_MESSAGE);
 
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -281,6 +329,7 @@ async fn launch(
         .add_service(reflection)
         .add_service(agent)
         .add_service(admin)
+        .add_service(member)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             cancel.clone().cancelled_owned(),
@@ -292,12 +341,62 @@ async fn launch(
         server_cancel.cancel();
         result
     });
+
+    if let Some(topology) = topology {
+        let seeding = tokio::spawn(seed_topology(engine.clone(), topology));
+        if engine.group().is_stand_alone() {
+            // A manager alone leads at once: the topology is in place when `start` returns.
+            let _ = seeding.await;
+        } else {
+            tasks.push(seeding);
+        }
+    }
     Ok(RunningManager {
         local_addr,
         engine,
         cancel,
         server,
-        writer,
-        expiry,
+        tasks,
     })
+}
+
+/// `serve --topology`: applied only when the registry has no topology yet; a different live
+/// topology is kept, with a warning that says how to apply the file.
+async fn seed_topology(engine: Engine, topology: topology::Topology) {
+    let cancel = engine.cancel_token().clone();
+    // Wait until this member's copy is current (the group has formed).
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        if engine.read_barrier(false).await.is_ok() {
+            break;
+        }
+    }
+    let live = engine.state().await.topology().cloned();
+    match live {
+        Some(live) if *live == topology => {}
+        Some(live) => {
+            let d = topology::diff(&live, &topology, &engine.state().await.to_snapshot());
+            tracing::warn!(
+                hosts_added = d.hosts_added.len(),
+                hosts_removed = d.hosts_removed.len(),
+                hosts_moved = d.hosts_moved.len(),
+                domains_added = d.domains_added.len(),
+                domains_removed = d.domains_removed.len(),
+                "the registry already holds a different topology; it is kept. To apply the file, \
+                 run `registry-manager topology diff FILE` then `registry-manager topology apply FILE`"
+            );
+        }
+        None => {
+            let command = Command::ApplyTopology {
+                yaml: topology.to_yaml(),
+            };
+            match engine.propose(command, None).await {
+                Ok(revision) => tracing::info!(%revision, "applied the start topology"),
+                Err(RegistryError::Storage(reason)) => engine.fail(reason),
+                Err(e) => tracing::warn!(error = %e, "could not apply the start topology"),
+            }
+        }
+    }
 }

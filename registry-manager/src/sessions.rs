@@ -33,6 +33,11 @@ pub struct LiveSession {
     last_seen_ms: AtomicU64,
     /// Set once it lapsed or was replaced: later heartbeats are refused.
     ended: AtomicBool,
+    /// Heard from since the last [`SessionTable::take_touched`] (a follower passes heartbeats on
+    /// to the leader, which decides expiry).
+    touched: AtomicBool,
+    /// Its expiry was proposed; not proposed again until this member leads anew.
+    expiring: AtomicBool,
 }
 
 impl LiveSession {
@@ -91,6 +96,8 @@ impl SessionTable {
             id: id.clone(),
             last_seen_ms: AtomicU64::new(self.now_ms()),
             ended: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
+            expiring: AtomicBool::new(false),
         });
         let mut inner = self.lock();
         if let Some(old) = inner.by_host.insert(host.clone(), session) {
@@ -130,9 +137,42 @@ impl SessionTable {
         session
             .last_seen_ms
             .fetch_max(self.now_ms(), Ordering::Relaxed);
+        session.touched.store(true, Ordering::Relaxed);
     }
 
-    /// Sessions silent for longer than `ttl` at `now_ms`, marked ended (each is returned once).
+    /// Records a heartbeat another member heard for `host`'s session `id` (if it is live here).
+    pub fn touch_remote(&self, host: &str, id: &str) {
+        if let Some(s) = self.by_host(host) {
+            if s.id.as_str() == id && !s.is_ended() {
+                s.last_seen_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The sessions heard from since the last call, as (host, session id).
+    pub fn take_touched(&self) -> Vec<(HostName, SessionId)> {
+        let inner = self.lock();
+        inner
+            .by_host
+            .values()
+            .filter(|s| s.touched.swap(false, Ordering::Relaxed))
+            .map(|s| (s.host.clone(), s.id.clone()))
+            .collect()
+    }
+
+    /// A new leader gives every session a fresh TTL from now, and may decide every expiry
+    /// again: a leader change never lapses a session.
+    pub fn refresh_all(&self) {
+        let now = self.now_ms();
+        let inner = self.lock();
+        for s in inner.by_host.values() {
+            s.last_seen_ms.fetch_max(now, Ordering::Relaxed);
+            s.expiring.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions silent for longer than `ttl` at `now_ms` whose expiry was not proposed yet
+    /// (each is returned once). They stay live until the expiry is applied.
     pub fn take_expired(&self, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let inner = self.lock();
@@ -140,9 +180,19 @@ impl SessionTable {
             .by_host
             .values()
             .filter(|s| !s.is_ended() && is_expired(s.last_seen_ms(), now_ms, ttl_ms))
-            .filter(|s| !s.ended.swap(true, Ordering::AcqRel))
+            .filter(|s| !s.expiring.swap(true, Ordering::AcqRel))
             .cloned()
             .collect()
+    }
+
+    /// Ends every session (the whole state is being replaced).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        for s in inner.by_host.values() {
+            s.ended.store(true, Ordering::Release);
+        }
+        inner.by_host.clear();
+        inner.by_id.clear();
     }
 
     /// Number of live sessions.
@@ -235,11 +285,37 @@ mod tests {
         let expired = table.take_expired(table.now_ms(), ttl);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].host, host("a"));
-        assert!(expired[0].is_ended());
+        assert!(!expired[0].is_ended(), "live until the expiry is applied");
         assert!(
             table.take_expired(table.now_ms(), ttl).is_empty(),
             "taken once"
         );
+        table.refresh_all();
+        assert!(
+            table.take_expired(table.now_ms(), ttl).is_empty(),
+            "a new leader gives every session a fresh ttl"
+        );
+        tokio::time::advance(Duration::from_millis(350)).await;
+        assert_eq!(
+            table.take_expired(table.now_ms(), ttl).len(),
+            2,
+            "and decides again once it runs out"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_are_passed_on_once_and_remote_ones_count() {
+        let table = SessionTable::new();
+        let ttl = Duration::from_millis(300);
+        table.insert(host("a"), SessionId::new("sa"));
+        table.touch(&table.by_host("a").unwrap());
+        assert_eq!(table.take_touched(), vec![(host("a"), SessionId::new("sa"))]);
+        assert!(table.take_touched().is_empty(), "passed on once");
+        tokio::time::advance(Duration::from_millis(250)).await;
+        table.touch_remote("a", "other-id");
+        table.touch_remote("a", "sa");
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct State {
     topology: Option<Arc<Topology>>,
     /// Canonical YAML of `topology`; empty when none was applied.
     topology_yaml: String,
+    /// The registry's history id (a uuid made once, when the registry is created); empty until
+    /// the first leader names it. Watchers resume with deltas only within the same history.
+    history: String,
     /// Hosts that opened a session at least once (and are still in the topology). Hosts of the
     /// topology missing here are alive with no packages (SPEC §4).
     hosts: BTreeMap<HostName, HostRecord>,
@@ -94,6 +97,8 @@ pub enum Check {
 struct PersistedState {
     revision: Revision,
     topology_yaml: String,
+    #[serde(default)]
+    history: String,
     hosts: BTreeMap<HostName, HostRecord>,
 }
 
@@ -118,6 +123,28 @@ impl State {
         &self.topology_yaml
     }
 
+    /// The history id; empty until named.
+    pub fn history(&self) -> &str {
+        &self.history
+    }
+
+    /// Checks then applies a proposed command, as the replicated apply does on every member:
+    /// the outcome for the proposer, and the delta when a revision was made.
+    pub fn execute(&mut self, p: &crate::command::Proposed, ttl: Duration) -> (crate::command::Outcome, Option<Delta>) {
+        match self.check(&p.command, p.session.as_ref(), ttl) {
+            Err(e) => (Err(e.to_refusal()), None),
+            Ok(Check::Unchanged) => (Ok(self.revision.0), None),
+            Ok(Check::Apply) => {
+                if let Command::CreateHistory { .. } = &p.command {
+                    self.apply(&p.command);
+                    return (Ok(self.revision.0), None);
+                }
+                let delta = self.apply(&p.command);
+                (Ok(delta.revision.0), Some(delta))
+            }
+        }
+    }
+
     /// Hosts with a registry entry.
     pub fn hosts(&self) -> &BTreeMap<HostName, HostRecord> {
         &self.hosts
@@ -137,14 +164,29 @@ impl State {
         ttl: Duration,
     ) -> Result<Check, RegistryError> {
         match cmd {
-            Command::ApplyTopology { .. } => Ok(Check::Apply),
-            Command::OpenSession { host, packages, .. } => {
+            Command::ApplyTopology { yaml } => Ok(if *yaml == self.topology_yaml {
+                Check::Unchanged
+            } else {
+                Check::Apply
+            }),
+            Command::CreateHistory { .. } => Ok(if self.history.is_empty() {
+                Check::Apply
+            } else {
+                Check::Unchanged
+            }),
+            Command::OpenSession {
+                host,
+                packages,
+                session_id,
+            } => {
                 let topology = self.topology.as_ref().ok_or(RegistryError::NoTopology)?;
                 if topology.host(host.as_str()).is_none() {
                     return Err(RegistryError::HostNotInTopology { host: host.clone() });
                 }
                 check_registrations(packages)?;
                 match self.hosts.get(host) {
+                    // The same open again (a retried write): already done.
+                    Some(rec) if rec.session.as_ref() == Some(session_id) => Ok(Check::Unchanged),
                     Some(rec) if rec.session.is_some() => Err(RegistryError::SessionExists {
                         host: host.clone(),
                         ttl,
@@ -217,6 +259,13 @@ impl State {
 
     /// Applies a logged command: the next revision. Pure and total (see the module docs).
     pub fn apply(&mut self, cmd: &Command) -> Delta {
+        if let Command::CreateHistory { history } = cmd {
+            // Names the history; makes no revision.
+            if self.history.is_empty() {
+                self.history = history.clone();
+            }
+            return Delta::empty(self.revision);
+        }
         self.revision = Revision(self.revision.0 + 1);
         let mut delta = Delta::empty(self.revision);
         match cmd {
@@ -306,6 +355,7 @@ impl State {
                     }
                 }
             }
+            Command::CreateHistory { .. } => {} // handled above
         }
         delta
     }
@@ -352,6 +402,7 @@ impl State {
         let persisted = PersistedState {
             revision: self.revision,
             topology_yaml: self.topology_yaml.clone(),
+            history: self.history.clone(),
             hosts: self.hosts.clone(),
         };
         serde_json::to_vec(&persisted).expect("registry state serialises")
@@ -372,6 +423,7 @@ impl State {
             revision: p.revision,
             topology,
             topology_yaml: p.topology_yaml,
+            history: p.history,
             hosts: p.hosts,
         })
     }

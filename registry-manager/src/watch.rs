@@ -104,8 +104,14 @@ impl DeltaWindow {
 #[derive(Debug)]
 pub struct WatchHub {
     tx: broadcast::Sender<pb::WatchEvent>,
+    /// The registry's history id, carried by every event.
+    history: Mutex<String>,
+    /// Bumped when the whole state is replaced: every stream resyncs.
+    epoch: AtomicUsize,
+    /// Cancelled to close every open stream (a member cut off from the majority).
+    closer: Mutex<tokio_util::sync::CancellationToken>,
     window: Mutex<DeltaWindow>,
-    snapshot: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    snapshot: tokio::sync::Mutex<Option<(usize, u64, Bytes)>>,
     watchers: Arc<AtomicUsize>,
 }
 
@@ -121,7 +127,45 @@ impl WatchHub {
             }),
             snapshot: tokio::sync::Mutex::new(None),
             watchers: Arc::new(AtomicUsize::new(0)),
+            history: Mutex::new(String::new()),
+            epoch: AtomicUsize::new(0),
+            closer: Mutex::new(tokio_util::sync::CancellationToken::new()),
         }
+    }
+
+    /// The history id events carry.
+    pub fn history(&self) -> String {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the history id (once the registry's history is named).
+    pub fn set_history(&self, history: &str) {
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = history.to_owned();
+    }
+
+    /// The whole state was replaced (start, snapshot install): the window is emptied and every
+    /// open stream resyncs with a snapshot at its next event.
+    pub fn reset(&self, history: &str) {
+        self.set_history(history);
+        self.window().deltas.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A token cancelled when [`WatchHub::close_all`] is called: streams end with it.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.closer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ends every open watch (and keep-alive) stream, so their agents move to another member.
+    pub fn close_all(&self) {
+        let mut closer = self.closer.lock().unwrap_or_else(|p| p.into_inner());
+        closer.cancel();
+        *closer = tokio_util::sync::CancellationToken::new();
+    }
+
+    fn stamp(&self, mut ev: pb::WatchEvent) -> pb::WatchEvent {
+        ev.history = self.history();
+        ev
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, DeltaWindow> {
@@ -139,7 +183,7 @@ impl WatchHub {
     pub fn publish(&self, revision: Revision, delta: Bytes) {
         self.window().push(revision.0, delta.clone());
         // No receiver is not an error: nobody is watching.
-        let _ = self.tx.send(wire::delta_event(revision.0, delta));
+        let _ = self.tx.send(self.stamp(wire::delta_event(revision.0, delta)));
     }
 
     /// The oldest and newest revisions whose deltas are kept.
@@ -155,14 +199,15 @@ impl WatchHub {
     /// The encoded snapshot of `state`, built once per revision and shared.
     pub async fn snapshot_of(&self, state: &State) -> (u64, Bytes) {
         let revision = state.revision().0;
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut cache = self.snapshot.lock().await;
-        if let Some((r, bytes)) = cache.as_ref() {
-            if *r == revision {
+        if let Some((e, r, bytes)) = cache.as_ref() {
+            if *e == epoch && *r == revision {
                 return (*r, bytes.clone());
             }
         }
         let bytes = wire::encode_state(state);
-        *cache = Some((revision, bytes.clone()));
+        *cache = Some((epoch, revision, bytes.clone()));
         (revision, bytes)
     }
 
@@ -171,16 +216,24 @@ impl WatchHub {
         self: &Arc<Self>,
         state: Arc<tokio::sync::RwLock<State>>,
         from: u64,
+        history: &str,
     ) -> impl Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Send + 'static {
         // Subscribe before reading the state: every revision after the one read is received.
         let rx = self.tx.subscribe();
+        let epoch = self.epoch.load(Ordering::Acquire);
         let (pending, last) = {
             let guard = state.read().await;
+            // Deltas only within the same history: a copy of another one gets a snapshot.
+            let from = if !history.is_empty() && history != guard.history() {
+                0
+            } else {
+                from
+            };
             let head = guard.revision().0;
             match resume_plan(from, head, self.window_bounds()) {
                 ResumePlan::Snapshot => {
                     let (rev, bytes) = self.snapshot_of(&guard).await;
-                    (parts([wire::snapshot_event(rev, bytes)]), rev)
+                    (parts([self.stamp(wire::snapshot_event(rev, bytes))]), rev)
                 }
                 ResumePlan::Deltas { after } => (parts(self.window().after(after)), head),
                 ResumePlan::UpToDate => (VecDeque::new(), head),
@@ -194,6 +247,7 @@ impl WatchHub {
             pending,
             sent_one: false,
             last,
+            epoch,
             _count: WatcherCount(Arc::clone(&self.watchers)),
         };
         futures::stream::unfold(cursor, |mut c| async move {
@@ -234,6 +288,8 @@ struct Cursor {
     sent_one: bool,
     /// The last revision this watcher was sent (or had).
     last: u64,
+    /// The hub's epoch this stream follows; another one means the state was replaced.
+    epoch: usize,
     _count: WatcherCount,
 }
 
@@ -248,7 +304,13 @@ impl Cursor {
             return self.pop();
         }
         loop {
-            match self.rx.recv().await {
+            let received = self.rx.recv().await;
+            if self.hub.epoch.load(Ordering::Acquire) != self.epoch {
+                let ev = self.resync().await;
+                self.pending = parts([ev]);
+                return self.pop();
+            }
+            match received {
                 Ok(ev) if ev.revision <= self.last => continue,
                 Ok(ev) if ev.revision == self.last + 1 => {
                     self.last = ev.revision;
@@ -277,9 +339,10 @@ impl Cursor {
         // state is read, so no later revision is missed.
         self.rx = self.rx.resubscribe();
         let guard = self.state.read().await;
+        self.epoch = self.hub.epoch.load(Ordering::Acquire);
         let (rev, bytes) = self.hub.snapshot_of(&guard).await;
         self.last = rev;
-        wire::snapshot_event(rev, bytes)
+        self.hub.stamp(wire::snapshot_event(rev, bytes))
     }
 }
 
@@ -313,7 +376,7 @@ mod tests {
         let hub = Arc::new(WatchHub::new(100, 2));
         let state = Arc::new(tokio::sync::RwLock::new(State::new()));
         write(&hub, &state).await;
-        let stream = hub.watch(Arc::clone(&state), 0).await;
+        let stream = hub.watch(Arc::clone(&state), 0, "").await;
         let mut stream = std::pin::pin!(stream);
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!((kind(&first), first.revision), ("snapshot", 1));
@@ -342,7 +405,7 @@ mod tests {
         write(&hub, &state).await;
         let mut payloads = Vec::new();
         for _ in 0..3 {
-            let stream = hub.watch(Arc::clone(&state), 0).await;
+            let stream = hub.watch(Arc::clone(&state), 0, "").await;
             let mut stream = std::pin::pin!(stream);
             let ev = stream.next().await.unwrap().unwrap();
             let Some(pb::watch_event::Payload::Snapshot(bytes)) = ev.payload else {
@@ -371,7 +434,7 @@ mod tests {
         let (rev, whole) = hub.snapshot_of(&*state.read().await).await;
         assert!(whole.len() > 3 * PART_BYTES, "{} bytes", whole.len());
 
-        let stream = hub.watch(Arc::clone(&state), 0).await;
+        let stream = hub.watch(Arc::clone(&state), 0, "").await;
         let mut stream = std::pin::pin!(stream);
         let mut got = Vec::new();
         loop {

@@ -120,6 +120,7 @@ pub fn delta_event(revision: u64, delta: Bytes) -> pb::WatchEvent {
         revision,
         payload: Some(pb::watch_event::Payload::Delta(delta)),
         more: false,
+        history: String::new(),
     }
 }
 
@@ -129,6 +130,7 @@ pub fn snapshot_event(revision: u64, snapshot: Bytes) -> pb::WatchEvent {
         revision,
         payload: Some(pb::watch_event::Payload::Snapshot(snapshot)),
         more: false,
+        history: String::new(),
     }
 }
 

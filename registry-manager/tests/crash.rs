@@ -211,7 +211,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() -> Result<()> {
     let mut agent = AgentRegistryClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
     let head = admin
-        .show_topology(pb::ShowTopologyRequest {})
+        .show_topology(pb::ShowTopologyRequest { stale: false })
         .await?
         .into_inner()
         .revision;
@@ -224,6 +224,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() -> Result<()> {
     let req = pb::WatchRequest {
         from_revision: lowest - 1,
         host: String::new(),
+        history: String::new(),
     };
     let mut w = Watcher::from(agent.watch(req).await?.into_inner());
     let mut deltas = BTreeMap::new();

@@ -7,7 +7,6 @@
 //! SPEC §2 or a malformed field is refused with INVALID_ARGUMENT, a topology with errors is
 //! refused with located `FILE:LINE:COL` messages, and a refused request changes nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -18,7 +17,6 @@ use proto::v1::admin_server::Admin;
 use proto::v1::agent_registry_server::AgentRegistry;
 use registry_manager::log_record::LogRecord;
 use registry_manager::service::{AdminService, AgentRegistryService};
-use registry_manager::store::MemoryStore;
 use registry_manager::wire;
 use registry_manager::{AgentStatus, OperatorAction, RunningManager, ServeConfig, State, Tuning};
 use tonic::{Code, Request};
@@ -50,6 +48,7 @@ fn config(cases: u32) -> ProptestConfig {
 /// (so only the requests under test change the registry), and its two services.
 struct Fixture {
     rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
     manager: Option<RunningManager>,
     agent: AgentRegistryService,
     admin: AdminService,
@@ -62,21 +61,23 @@ impl Fixture {
             .enable_all()
             .build()
             .unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let manager = rt
-            .block_on(registry_manager::start_with_store(
+            .block_on(registry_manager::start_with(
                 ServeConfig {
                     listen: "127.0.0.1:0".parse().unwrap(),
-                    data_dir: "unused".into(),
+                    data_dir: dir.path().to_path_buf(),
                     topology: Some(("tree.yaml".into(), TREE.into())),
                     session_ttl: Duration::from_secs(3_600),
+                    group: None,
                 },
-                Arc::new(MemoryStore::new()),
                 Tuning::default(),
             ))
             .unwrap();
         let engine = manager.engine().clone();
         Fixture {
             rt,
+            _dir: dir,
             agent: AgentRegistryService::new(engine.clone()),
             admin: AdminService::new(engine),
             manager: Some(manager),
@@ -329,7 +330,7 @@ fn action_request() -> impl Strategy<Value = pb::PackageActionRequest> {
 }
 
 fn explain_request() -> impl Strategy<Value = pb::ExplainRouteRequest> {
-    (wire_name(), wire_name()).prop_map(|(host, r#type)| pb::ExplainRouteRequest { host, r#type })
+    (wire_name(), wire_name()).prop_map(|(host, r#type)| pb::ExplainRouteRequest { host, r#type, stale: false })
 }
 
 /// Topology texts: the applied tree damaged line by line, or random text.

@@ -223,7 +223,6 @@ async fn resuming_from_a_kept_revision_sends_only_the_deltas_after_it() -> Resul
 async fn resuming_from_a_trimmed_revision_sends_a_snapshot_also_after_restart() -> Result<()> {
     let tuning = Tuning {
         delta_window: 4,
-        checkpoint_every: 3,
         ..Tuning::default()
     };
     let mut h = Harness::start_tuned(TTL, tuning).await?;
@@ -380,7 +379,7 @@ async fn topology_apply_mid_stream_ends_removed_sessions_and_keeps_moved_ones() 
     );
     let hosts = h
         .admin
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(pb::ListHostsRequest { stale: false })
         .await?
         .into_inner();
     let a4 = hosts
@@ -393,7 +392,7 @@ async fn topology_apply_mid_stream_ends_removed_sessions_and_keeps_moved_ones() 
     assert!(hosts.hosts.iter().all(|x| x.host != "s2-host"));
     let show = h
         .admin
-        .show_topology(pb::ShowTopologyRequest {})
+        .show_topology(pb::ShowTopologyRequest { stale: false })
         .await?
         .into_inner();
     assert_eq!(show.revision, rev);
@@ -488,6 +487,7 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() -> Result<()> {
         .explain_route(pb::ExplainRouteRequest {
             host: "ghost".into(),
             r#type: CCM.into(),
+            stale: false,
         })
         .await
         .unwrap_err();
@@ -509,7 +509,7 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() -> Result<()> {
     assert_eq!(h.revision().await, head, "nothing changed");
     let show = h
         .admin
-        .show_topology(pb::ShowTopologyRequest {})
+        .show_topology(pb::ShowTopologyRequest { stale: false })
         .await?
         .into_inner();
     assert!(show.yaml.contains("subdomain-1a"));
@@ -527,6 +527,7 @@ async fn explain_diff_and_list_answer_from_the_live_registry() -> Result<()> {
         .explain_route(pb::ExplainRouteRequest {
             host: "agent-4".into(),
             r#type: CCM.into(),
+            stale: false,
         })
         .await?
         .into_inner();
@@ -539,6 +540,7 @@ async fn explain_diff_and_list_answer_from_the_live_registry() -> Result<()> {
         .explain_route(pb::ExplainRouteRequest {
             host: "agent-4".into(),
             r#type: CCM.into(),
+            stale: false,
         })
         .await?
         .into_inner();
@@ -570,7 +572,7 @@ async fn explain_diff_and_list_answer_from_the_live_registry() -> Result<()> {
 
     let hosts = h
         .admin
-        .list_hosts(pb::ListHostsRequest {})
+        .list_hosts(pb::ListHostsRequest { stale: false })
         .await?
         .into_inner();
     assert_eq!(hosts.hosts.len(), 6, "every topology host is listed");
@@ -616,6 +618,7 @@ async fn many_watchers_each_receive_every_change_in_order() -> Result<()> {
         let req = pb::WatchRequest {
             from_revision: 0,
             host: format!("watcher-{i}"),
+            history: String::new(),
         };
         watchers.push(Watcher::from(client.watch(req).await?.into_inner()));
     }

@@ -399,7 +399,7 @@ impl Fleet {
                     .await
                     .map_err(|e| e.to_string())?;
                 proto::admin_client::AdminClient::new(ch)
-                    .show_topology(proto::ShowTopologyRequest {})
+                    .show_topology(proto::ShowTopologyRequest { stale: false })
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(())

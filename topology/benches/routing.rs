@@ -1,5 +1,5 @@
 //! SPEC §9 routing figures: route lookup, full table rebuild for 100,000 hosts in 5,000
-//! domains, and the incremental update after one status change.
+//! domains, the incremental update after one status change, and route coverage.
 //!
 //! Run: `cargo bench -p topology --bench routing`
 
@@ -63,6 +63,13 @@ fn routing(c: &mut Criterion) {
             table2.update_type(&t, &s2, ty.as_str());
             black_box(table2.chosen(&hosts[0], ty.as_str()));
         })
+    });
+    // Route coverage of every type: from the table at hand, and with the table build.
+    g.bench_function("coverage_from_table_100k_hosts_4_types", |b| {
+        b.iter(|| black_box(topology::coverage_from_table(&table, None)))
+    });
+    g.bench_function("coverage_100k_hosts_5k_domains_4_types", |b| {
+        b.iter(|| black_box(topology::coverage(&t, &s, None)))
     });
     g.finish();
 }

@@ -9,10 +9,13 @@
 //! - [`snapshot`]: the registry snapshot (SPEC §4).
 //! - [`route`]: the routing rule (SPEC §5) and `explain`.
 //! - [`route_table`]: every route of a revision, precomputed.
+//! - [`mod@coverage`]: route coverage: hosts with no or a single eligible manager, and the
+//!   load of each chosen manager ([`coverage()`]).
 //! - [`mod@diff`]: tree changes and who moves ([`diff()`]).
 //! - [`schema`]: the JSON Schema of the file.
 //! - [`gen`]: deterministic generated fleets for benchmarks and tests.
 
+pub mod coverage;
 pub mod diff;
 pub mod error;
 pub mod file_format;
@@ -28,6 +31,7 @@ pub mod snapshot;
 pub mod tree;
 mod yaml;
 
+pub use coverage::{coverage, coverage_from_table, Coverage, TypeCoverage};
 pub use diff::{diff, RouteChange, TopologyDiff};
 pub use error::{LocatedError, LocatedErrors, TopologyError, TopologyErrors};
 pub use names::{DomainName, HostName, NameError, NameKind, PackageType, Revision};

@@ -957,6 +957,26 @@ impl RouteTable {
     pub fn package_types(&self) -> impl Iterator<Item = &PackageType> {
         self.types.iter().map(|t| &t.ty)
     }
+
+    /// The names of the table's hosts (those of the topology it was built from), by dense id.
+    pub(crate) fn host_names(&self) -> &[HostName] {
+        &self.host_names
+    }
+
+    /// Every host's route prefix of `package_type` as dense ids (indexes into
+    /// `host_names()`), in dense id order; `None` for a type the table does not
+    /// hold. For `crate::coverage`, which reads every row without hashing names.
+    pub(crate) fn prefixes_by_host(
+        &self,
+        package_type: &str,
+    ) -> Option<impl Iterator<Item = &[u32]> + '_> {
+        let t = self.types.iter().find(|t| t.ty.as_str() == package_type)?;
+        Some(self.index.host_slot.iter().map(move |&slot| {
+            let row = &t.ids[slot as usize];
+            let len = row.iter().take_while(|&&m| m != NONE).count();
+            &row[..len]
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -172,10 +172,10 @@ pub async fn diff(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn show(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn show(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
-        .show_topology(proto::ShowTopologyRequest {})
+        .show_topology(proto::ShowTopologyRequest { stale })
         .await
         .map_err(|s| status_error("topology show", addr, s))?
         .into_inner();
@@ -197,6 +197,7 @@ pub async fn explain(
     addr: &str,
     host: &str,
     package_type: &str,
+    stale: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
@@ -204,6 +205,7 @@ pub async fn explain(
         .explain_route(proto::ExplainRouteRequest {
             host: host.to_string(),
             r#type: package_type.to_string(),
+            stale,
         })
         .await
         .map_err(|s| status_error("route explain", addr, s))?
@@ -212,10 +214,10 @@ pub async fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn export(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn export(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
-        .export_registry(proto::ExportRegistryRequest {})
+        .export_registry(proto::ExportRegistryRequest { stale })
         .await
         .map_err(|s| status_error("registry export", addr, s))?
         .into_inner();
@@ -229,10 +231,10 @@ pub async fn export(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn hosts(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
-        .list_hosts(proto::ListHostsRequest {})
+        .list_hosts(proto::ListHostsRequest { stale })
         .await
         .map_err(|s| status_error("host listing", addr, s))?
         .into_inner();
@@ -243,8 +245,8 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
             .map(|h| {
                 json!({
                     "host": h.host, "domain": h.domain, "alive": h.alive,
-                    "session": (!h.session_id.is_empty()).then(|| h.session_id.clone()),
-                    "last_heartbeat_ms": h.last_heartbeat_ms,
+                    "session_live": h.session_live,
+                    "last_heartbeat_ms": h.session_live.then_some(h.last_heartbeat_ms),
                     "packages": h.packages.iter().map(|p| json!({
                         "type": p.r#type, "endpoint": p.endpoint, "status": status_name(p.status),
                     })).collect::<Vec<_>>(),
@@ -266,7 +268,7 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
             h.host,
             h.domain,
             if h.alive { "alive" } else { "down" },
-            if h.session_id.is_empty() {
+            if !h.session_live {
                 "no-session".to_string()
             } else {
                 format!("{}ms", h.last_heartbeat_ms)

@@ -5,6 +5,7 @@
 //! - `live.rs`: commands that talk to a live manager over gRPC (`--manager ADDR`).
 //! - `render.rs`: the JSON and text forms of answers, shared by offline and live commands.
 
+mod ha;
 mod live;
 mod offline;
 mod render;
@@ -42,6 +43,9 @@ enum Command {
     /// Operator actions on a package: drain (maintenance), withdraw, restore.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// The registry manager group: status, leadership moves, membership changes.
+    #[command(subcommand)]
+    Ha(ha::HaCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +78,8 @@ enum TopologyCommand {
         #[command(flatten)]
         manager: ManagerAddr,
         #[command(flatten)]
+        read: ReadOpts,
+        #[command(flatten)]
         out: Output,
     },
     /// Print the JSON Schema of the topology file (for editors).
@@ -103,6 +109,8 @@ struct ExplainArgs {
     #[command(flatten)]
     manager: ManagerAddr,
     #[command(flatten)]
+    read: ReadOpts,
+    #[command(flatten)]
     out: Output,
 }
 
@@ -113,12 +121,16 @@ enum RegistryCommand {
         #[command(flatten)]
         manager: ManagerAddr,
         #[command(flatten)]
+        read: ReadOpts,
+        #[command(flatten)]
         out: Output,
     },
-    /// Every host the live registry knows, with its session.
+    /// Every host the live registry knows, whether a session holds it, and its packages.
     Hosts {
         #[command(flatten)]
         manager: ManagerAddr,
+        #[command(flatten)]
+        read: ReadOpts,
         #[command(flatten)]
         out: Output,
     },
@@ -154,6 +166,14 @@ struct ManagerAddr {
 }
 
 #[derive(Debug, Args, Clone, Copy)]
+struct ReadOpts {
+    /// Answer from the asked member's own copy, without confirming with the group's leader
+    /// that it is current (works while the group has no leader).
+    #[arg(long)]
+    stale: bool,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
 struct Output {
     /// Machine-readable output.
     #[arg(long)]
@@ -172,8 +192,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(TopologyCommand::Diff { file, manager, out }) => {
             live::block_on(live::diff(&manager.addr, &file, out.json))
         }
-        Command::Topology(TopologyCommand::Show { manager, out }) => {
-            live::block_on(live::show(&manager.addr, out.json))
+        Command::Topology(TopologyCommand::Show { manager, read, out }) => {
+            live::block_on(live::show(&manager.addr, read.stale, out.json))
         }
         Command::Route(RouteCommand::Explain(args)) => match (&args.topology, &args.registry) {
             (Some(topology), Some(registry)) => offline::explain(
@@ -187,15 +207,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &args.manager.addr,
                 &args.host,
                 &args.package_type,
+                args.read.stale,
                 args.out.json,
             )),
         },
-        Command::Registry(RegistryCommand::Export { manager, out }) => {
-            live::block_on(live::export(&manager.addr, out.json))
+        Command::Registry(RegistryCommand::Export { manager, read, out }) => {
+            live::block_on(live::export(&manager.addr, read.stale, out.json))
         }
-        Command::Registry(RegistryCommand::Hosts { manager, out }) => {
-            live::block_on(live::hosts(&manager.addr, out.json))
+        Command::Registry(RegistryCommand::Hosts { manager, read, out }) => {
+            live::block_on(live::hosts(&manager.addr, read.stale, out.json))
         }
+        Command::Ha(cmd) => live::block_on(ha::run(cmd)),
         Command::Package(cmd) => {
             let (action, args) = match cmd {
                 PackageCommand::Drain(a) => (live::Action::Drain, a),

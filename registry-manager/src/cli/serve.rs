@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// Flags of `serve`; each wins over the same key of the config file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Config file (YAML) with the keys listen, data_dir, topology, session_ttl.
+    /// Config file (YAML) with the keys listen, data_dir, topology, session_ttl and group.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// gRPC address to listen on [default: 127.0.0.1:7400].
@@ -41,6 +41,51 @@ struct ServeFile {
     data_dir: Option<PathBuf>,
     topology: Option<PathBuf>,
     session_ttl: Option<String>,
+    group: Option<GroupFile>,
+}
+
+/// The `group:` section: this member, every voter, optional learners, failback target, hook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    name: String,
+    members: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    learners: std::collections::BTreeMap<String, String>,
+    preferred: Option<String>,
+    hook: Option<PathBuf>,
+}
+
+fn group_config(file: GroupFile, path: &str) -> anyhow::Result<registry_manager::GroupConfig> {
+    let name = |what: &str, n: &str| {
+        topology::HostName::new(n).map_err(|e| anyhow::anyhow!("{path}: {what}: {e}"))
+    };
+    let list = |what: &str, m: std::collections::BTreeMap<String, String>| {
+        m.into_iter()
+            .map(|(n, a)| {
+                let n = name(what, &n)?;
+                if !a.contains(':') || a.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                    anyhow::bail!("{path}: {what}.{n}: address {a:?} is not host:port");
+                }
+                Ok((n, a))
+            })
+            .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()
+    };
+    let group = registry_manager::GroupConfig {
+        name: name("group.name", &file.name)?,
+        members: list("group.members", file.members)?,
+        learners: list("group.learners", file.learners)?,
+        preferred: file
+            .preferred
+            .as_deref()
+            .map(|p| name("group.preferred", p))
+            .transpose()?,
+        hook: file.hook,
+    };
+    group
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    Ok(group)
 }
 
 fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
@@ -48,7 +93,7 @@ fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: ServeFile = serde_saphyr::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl",
+            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, group (name, members, learners, preferred, hook)",
             path.display(),
             e.to_string().replace('\n', " ")
         )
@@ -103,8 +148,25 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
         }
         None => None,
     };
+    let config_name = args
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let group = file
+        .group
+        .map(|g| group_config(g, &config_name))
+        .transpose()?;
+    let listen = args.listen.or(file.listen).or_else(|| {
+        // A member listens on its own address in the group unless told otherwise.
+        group
+            .as_ref()
+            .and_then(|g| g.own_address())
+            .and_then(|a| a.parse().ok())
+    });
     Ok(registry_manager::ServeConfig {
-        listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+        listen: listen.unwrap_or(defaults.listen),
+        group,
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         topology,
         session_ttl,

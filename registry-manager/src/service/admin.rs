@@ -64,6 +64,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::DiffTopologyResponse>, Status> {
         let req = request.into_inner();
         let new = parse_topology(&req.file_name, &req.yaml)?;
+        self.engine.read_barrier(false).await?;
         let (old, snapshot) = {
             let state = self.engine.state().await;
             (state.topology().cloned(), state.to_snapshot())
@@ -115,8 +116,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn show_topology(
         &self,
-        _request: Request<pb::ShowTopologyRequest>,
+        request: Request<pb::ShowTopologyRequest>,
     ) -> Result<Response<pb::ShowTopologyResponse>, Status> {
+        self.engine.read_barrier(request.get_ref().stale).await?;
         let state = self.engine.state().await;
         Ok(Response::new(pb::ShowTopologyResponse {
             revision: state.revision().0,
@@ -145,8 +147,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn export_registry(
         &self,
-        _request: Request<pb::ExportRegistryRequest>,
+        request: Request<pb::ExportRegistryRequest>,
     ) -> Result<Response<pb::ExportRegistryResponse>, Status> {
+        self.engine.read_barrier(request.get_ref().stale).await?;
         let snapshot = self.engine.state().await.to_snapshot();
         Ok(Response::new(pb::ExportRegistryResponse {
             revision: snapshot.revision.0,
@@ -161,6 +164,7 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         HostName::new(req.host.as_str()).map_err(RegistryError::from)?;
         PackageType::new(req.r#type.as_str()).map_err(RegistryError::from)?;
+        self.engine.read_barrier(req.stale).await?;
         let (topology, snapshot) = {
             let state = self.engine.state().await;
             (state.topology().cloned(), state.to_snapshot())
@@ -176,8 +180,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        self.engine.read_barrier(request.get_ref().stale).await?;
         let state = self.engine.state().await;
         let sessions = self.engine.sessions();
         let now = sessions.now_ms();
@@ -192,7 +197,9 @@ impl pb::admin_server::Admin for AdminService {
                 host: host.to_string(),
                 domain,
                 alive: rec.is_none_or(|r| r.alive()),
-                session_id: live.map(ToString::to_string).unwrap_or_default(),
+                // Never the id itself: it is a credential.
+                session_id: String::new(),
+                session_live: live.is_some(),
                 last_heartbeat_ms,
                 packages: rec
                     .map(|r| wire::packages_to_proto(&r.packages))
@@ -218,5 +225,90 @@ impl pb::admin_server::Admin for AdminService {
             revision: state.revision().0,
             hosts,
         }))
+    }
+
+    async fn ha_status(
+        &self,
+        request: Request<pb::HaStatusRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        Ok(Response::new(
+            self.engine.ha_status(request.get_ref().local_only).await,
+        ))
+    }
+
+    async fn ha_failover(
+        &self,
+        request: Request<pb::HaFailoverRequest>,
+    ) -> Result<Response<pb::HaFailoverResponse>, Status> {
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.ha_failover(request.into_inner()).await;
+        }
+        let req = request.into_inner();
+        let to = (!req.to.is_empty()).then_some(req.to);
+        let (leader, term) = self.engine.move_leadership(to, req.failback).await?;
+        tracing::info!(who = "local", what = "ha failover", %leader, term, "admin write");
+        Ok(Response::new(pb::HaFailoverResponse { leader, term }))
+    }
+
+    async fn ha_add_learner(
+        &self,
+        request: Request<pb::HaMemberRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.ha_add_learner(request.into_inner()).await;
+        }
+        let req = request.into_inner();
+        self.engine.add_learner(&req.name, &req.address).await?;
+        tracing::info!(who = "local", what = "ha add-learner", member = %req.name, "admin write");
+        Ok(Response::new(self.engine.ha_status(false).await))
+    }
+
+    async fn ha_promote(
+        &self,
+        request: Request<pb::HaMemberRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.ha_promote(request.into_inner()).await;
+        }
+        let req = request.into_inner();
+        self.engine.change_voters(&req.name, true).await?;
+        tracing::info!(who = "local", what = "ha promote", member = %req.name, "admin write");
+        Ok(Response::new(self.engine.ha_status(false).await))
+    }
+
+    async fn ha_remove(
+        &self,
+        request: Request<pb::HaMemberRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.ha_remove(request.into_inner()).await;
+        }
+        let req = request.into_inner();
+        self.engine.change_voters(&req.name, false).await?;
+        tracing::info!(who = "local", what = "ha remove", member = %req.name, "admin write");
+        Ok(Response::new(self.engine.ha_status(false).await))
+    }
+}
+
+impl AdminService {
+    /// The leader's `Admin` client when another member leads (group changes run there).
+    fn leader_admin(
+        &self,
+    ) -> Result<Option<pb::admin_client::AdminClient<tonic::transport::Channel>>, Status> {
+        if self.engine.is_leader() {
+            return Ok(None);
+        }
+        let Some((_, leader)) = self.engine.leader() else {
+            return Err(Status::unavailable(format!(
+                "no leader is known to {}; the group cannot change now. See `registry-manager ha status`",
+                self.engine.name()
+            )));
+        };
+        let channel = self
+            .engine
+            .peers()
+            .channel(&leader.addr)
+            .map_err(Status::internal)?;
+        Ok(Some(pb::admin_client::AdminClient::new(channel)))
     }
 }

@@ -33,6 +33,20 @@ impl AgentRegistryService {
     }
 }
 
+impl AgentRegistryService {
+    /// A member cut off from the group's majority serves no streams: its agents must move
+    /// to a member of the majority.
+    fn refuse_if_cut_off(&self) -> Result<(), Status> {
+        if self.engine.is_cut_off() {
+            return Err(Status::unavailable(format!(
+                "registry manager {} is cut off from its group's majority; use another member",
+                self.engine.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn session_id(text: String) -> Result<SessionId, RegistryError> {
@@ -101,13 +115,16 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         &self,
         request: Request<Streaming<pb::Heartbeat>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        self.refuse_if_cut_off()?;
         let engine = self.engine.clone();
         let cancel = engine.cancel_token().clone();
+        let closing = engine.hub().closing();
         let mut cached = None;
         let acks = request
             .into_inner()
             .map(move |hb| hb.map(|hb| heartbeat(&engine, &mut cached, &hb)))
-            .take_until(cancel.cancelled_owned());
+            .take_until(cancel.cancelled_owned())
+            .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(acks)))
     }
 
@@ -156,12 +173,19 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         if !req.host.is_empty() {
             HostName::new(req.host.as_str()).map_err(RegistryError::from)?;
         }
+        self.refuse_if_cut_off()?;
         let cancel = self.engine.cancel_token().clone();
         let hub = Arc::clone(self.engine.hub());
+        let closing = hub.closing();
         let events = hub
-            .watch(Arc::clone(self.engine.state_lock()), req.from_revision)
+            .watch(
+                Arc::clone(self.engine.state_lock()),
+                req.from_revision,
+                &req.history,
+            )
             .await
-            .take_until(cancel.cancelled_owned());
+            .take_until(cancel.cancelled_owned())
+            .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(events)))
     }
 }

@@ -2,6 +2,8 @@
 
 mod admin;
 mod agent_registry;
+mod member;
 
 pub use admin::{parse_topology, AdminService};
 pub use agent_registry::AgentRegistryService;
+pub use member::MemberService;

@@ -1,137 +1,213 @@
-//! Durable storage of the registry log, behind the small [`RegistryStore`] trait so the
-//! engine can be swapped (sled today; the openraft log store later).
+//! The member's sled database: the raft log (`raft_log`), the raft metadata and the latest
+//! snapshot (`raft_meta`). Every record is sealed with a checksum ([`seal`]); [`RaftDb::open`]
+//! checks every record before anything is served, and a damaged store is refused with a
+//! message naming the file and the remedy.
 //!
-//! The store keeps opaque records keyed by revision, plus one checkpoint (the encoded state at
-//! a revision). It knows nothing of commands: the engine encodes them
-//! ([`crate::log_record::LogRecord`]). Every implementation passes the same conformance suite
-//! (`store::conformance`, run by `cargo test`).
+//! A data directory written before the registry became a group (trees `log` and `meta`: a
+//! command log with a checkpoint) is read once, its registry becomes the starting state of a
+//! group of one with its revisions intact, and the old trees are removed.
 
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
 
-use futures::future::BoxFuture;
 use topology::Revision;
+use xxhash_rust::xxh3::xxh3_64;
 
-mod memory_store;
-mod sled_store;
+use crate::log_record::LogRecord;
+use crate::state::State;
 
-#[cfg(test)]
-mod conformance;
-
-pub use memory_store::MemoryStore;
-pub use sled_store::SledStore;
-
-/// One log entry: the record of the command applied at `revision`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// Its revision (the log index).
-    pub revision: Revision,
-    /// The encoded record.
-    pub record: Vec<u8>,
-}
-
-/// The encoded registry state at a revision; the log below it may be trimmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// The revision the state is at.
-    pub revision: Revision,
-    /// The encoded state.
-    pub state: Vec<u8>,
-}
-
-/// Everything a store holds, as read at open.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredLog {
-    /// The latest checkpoint, if one was written.
-    pub checkpoint: Option<Checkpoint>,
-    /// Every log entry kept, in revision order, contiguous. Entries at or below the checkpoint
-    /// may remain (the window kept for watchers to resume).
-    pub entries: Vec<LogEntry>,
-}
-
-impl StoredLog {
-    /// The last revision stored: the last entry, or the checkpoint when the log is empty.
-    pub fn last_revision(&self) -> Revision {
-        let cp = self.checkpoint.as_ref().map_or(Revision(0), |c| c.revision);
-        let log = self.entries.last().map_or(Revision(0), |e| e.revision);
-        cp.max(log)
-    }
-}
-
-/// Why a store operation failed.
+/// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The storage engine failed (I/O, lock held by another process, ...).
     #[error("storage engine: {0}")]
     Engine(String),
-    /// Entries appended out of order: revisions must continue the log one by one.
-    #[error("log entry {got} appended out of order: the next revision is {expected}")]
-    OutOfOrder {
-        /// The revision that was expected next.
-        expected: Revision,
-        /// The revision given.
-        got: Revision,
-    },
-    /// A checkpoint beyond the log, or a trim above the checkpoint.
-    #[error("checkpoint at {checkpoint} with trim below {trim_below} does not fit a log ending at {last}")]
-    BadCheckpoint {
-        /// The checkpoint's revision.
-        checkpoint: Revision,
-        /// The requested trim point.
-        trim_below: Revision,
-        /// The last revision stored.
-        last: Revision,
-    },
-    /// Stored data does not decode.
-    #[error("stored data is corrupt: {0}")]
+    /// Stored data is damaged or does not decode.
+    #[error("stored data is damaged: {0}")]
     Corrupt(String),
 }
 
-/// Durable storage of the registry log and its checkpoint.
-pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
-    /// Reads everything stored.
-    fn load(&self) -> Result<StoredLog, StoreError>;
+const LOG_TREE: &[u8] = b"raft_log";
+const META_TREE: &[u8] = b"raft_meta";
+const BASE_STATE: &[u8] = b"base_state";
+const LEGACY_LOG: &[u8] = b"log";
+const LEGACY_META: &[u8] = b"meta";
 
-    /// Appends entries whose revisions continue the log one by one. The future resolves only
-    /// once the entries are durable (flushed): only then may they be acknowledged. Entries
-    /// that break the order are refused and nothing is written.
-    fn append<'a>(&'a self, entries: &'a [LogEntry]) -> BoxFuture<'a, Result<(), StoreError>>;
-
-    /// Durably replaces the checkpoint, then removes log entries below `trim_below`
-    /// (`trim_below <= checkpoint.revision + 1`, so no entry after the checkpoint is lost).
-    fn checkpoint<'a>(
-        &'a self,
-        checkpoint: &'a Checkpoint,
-        trim_below: Revision,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+/// Seals a record: an 8-byte xxh3 checksum of the body, then the body.
+pub fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend_from_slice(&xxh3_64(body).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
-/// Checks that `entries` continue a log whose last revision is `last`.
-fn check_order(last: Revision, entries: &[LogEntry]) -> Result<(), StoreError> {
-    let mut expected = Revision(last.0 + 1);
-    for e in entries {
-        if e.revision != expected {
-            return Err(StoreError::OutOfOrder {
-                expected,
-                got: e.revision,
-            });
+/// The body of a sealed record, or what is wrong with it.
+pub fn unseal(record: &[u8]) -> Result<&[u8], String> {
+    if record.len() < 8 {
+        return Err("a record shorter than its checksum".into());
+    }
+    let (sum, body) = record.split_at(8);
+    if xxh3_64(body).to_be_bytes() != sum {
+        return Err("a record whose checksum does not match its content".into());
+    }
+    Ok(body)
+}
+
+/// The opened database of one member.
+pub struct RaftDb {
+    /// The data directory.
+    pub path: PathBuf,
+    /// The sled database (for flushes).
+    pub db: sled::Db,
+    /// Raft log entries by big-endian index.
+    pub log: sled::Tree,
+    /// Vote, committed index, last purged id, snapshot, base state.
+    pub meta: sled::Tree,
+}
+
+impl fmt::Debug for RaftDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftDb").field("path", &self.path).finish()
+    }
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+impl RaftDb {
+    /// Opens (or creates) the database in `dir`, checks every record, and converts a data
+    /// directory of the single-manager format. Blocking: call it from a blocking context.
+    pub fn open(dir: &Path) -> Result<RaftDb, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Engine(format!("cannot create the data directory: {e}")))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(engine)?;
+        let log = db.open_tree(LOG_TREE).map_err(engine)?;
+        let meta = db.open_tree(META_TREE).map_err(engine)?;
+        let raft = RaftDb {
+            path: dir.to_owned(),
+            db,
+            log,
+            meta,
+        };
+        raft.verify()?;
+        raft.convert_legacy()?;
+        Ok(raft)
+    }
+
+    /// An io error for a damaged record, naming the file and the remedy.
+    pub fn damaged(&self, tree: &str, key: &[u8], what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self.damage_text(tree, key, what))
+    }
+
+    fn damage_text(&self, tree: &str, key: &[u8], what: &str) -> String {
+        format!(
+            "{}: tree {tree}, record {}: {what}. This member's store is damaged and is not served. \
+             Remedy: stop this manager, move {} aside, and start it again with the same group \
+             configuration: a member of a group is rebuilt from the others; a manager alone is \
+             restored from a backup (`registry-manager restore`)",
+            self.path.join("db").display(),
+            String::from_utf8_lossy(key).escape_debug(),
+            self.path.display()
+        )
+    }
+
+    fn verify(&self) -> Result<(), StoreError> {
+        for (name, tree) in [("raft_log", &self.log), ("raft_meta", &self.meta)] {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(engine)?;
+                if let Err(what) = unseal(&v) {
+                    return Err(StoreError::Corrupt(self.damage_text(name, &k, &what)));
+                }
+            }
         }
-        expected = Revision(expected.0 + 1);
+        Ok(())
     }
-    Ok(())
-}
 
-/// Checks a checkpoint request against a log whose last revision is `last`.
-fn check_checkpoint(
-    last: Revision,
-    cp: &Checkpoint,
-    trim_below: Revision,
-) -> Result<(), StoreError> {
-    if cp.revision > last || trim_below.0 > cp.revision.0 + 1 {
-        return Err(StoreError::BadCheckpoint {
-            checkpoint: cp.revision,
-            trim_below,
-            last,
-        });
+    /// The registry state the raft log starts from: the state converted from a single-manager
+    /// data directory, or none (an empty registry).
+    pub fn base_state(&self) -> Result<Option<State>, StoreError> {
+        let Some(v) = self.meta.get(BASE_STATE).map_err(engine)? else {
+            return Ok(None);
+        };
+        let body = unseal(&v).map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))?;
+        State::from_bytes(body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))
     }
-    Ok(())
+
+    /// Converts trees `log` + `meta` of the single-manager format into the base state.
+    fn convert_legacy(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        if !names.iter().any(|n| n.as_ref() == LEGACY_LOG) {
+            return Ok(());
+        }
+        let legacy_log = self.db.open_tree(LEGACY_LOG).map_err(engine)?;
+        let legacy_meta = self.db.open_tree(LEGACY_META).map_err(engine)?;
+        if legacy_log.is_empty() && legacy_meta.is_empty() {
+            drop((legacy_log, legacy_meta));
+            let _ = self.db.drop_tree(LEGACY_LOG);
+            let _ = self.db.drop_tree(LEGACY_META);
+            return Ok(());
+        }
+        if !self.log.is_empty() || self.meta.contains_key(BASE_STATE).map_err(engine)? {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds both the single-manager format and a group's log; move it aside and restore from a backup",
+                self.path.display()
+            )));
+        }
+        let mut state = match legacy_meta.get(b"checkpoint").map_err(engine)? {
+            Some(v) if v.len() >= 8 => {
+                let (rev, bytes) = v.split_at(8);
+                let s = State::from_bytes(bytes).map_err(StoreError::Corrupt)?;
+                let rev = Revision(u64::from_be_bytes(rev.try_into().expect("8 bytes")));
+                if s.revision() != rev {
+                    return Err(StoreError::Corrupt(format!(
+                        "the old checkpoint at revision {rev} holds a state at revision {}",
+                        s.revision()
+                    )));
+                }
+                s
+            }
+            Some(_) => return Err(StoreError::Corrupt("the old checkpoint is shorter than its header".into())),
+            None => State::new(),
+        };
+        for kv in legacy_log.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let revision = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("an old log key that is not 8 bytes".into()))?,
+            );
+            if revision <= state.revision().0 {
+                continue;
+            }
+            let rec = LogRecord::decode(&v)
+                .map_err(|e| StoreError::Corrupt(format!("old log entry at revision {revision}: {e}")))?;
+            let delta = state.apply(&rec.command);
+            if delta.revision.0 != revision {
+                return Err(StoreError::Corrupt(format!(
+                    "the old log has a gap before revision {revision}"
+                )));
+            }
+        }
+        self.meta
+            .insert(BASE_STATE, seal(&state.to_bytes()))
+            .map_err(engine)?;
+        self.db.flush().map_err(engine)?;
+        drop((legacy_log, legacy_meta));
+        self.db.drop_tree(LEGACY_LOG).map_err(engine)?;
+        self.db.drop_tree(LEGACY_META).map_err(engine)?;
+        self.db.flush().map_err(engine)?;
+        tracing::info!(
+            revision = %state.revision(),
+            "converted a single-manager data directory: it is now a group of one with its revisions intact"
+        );
+        Ok(())
+    }
 }

@@ -151,6 +151,7 @@ impl Harness {
         let req = pb::WatchRequest {
             from_revision,
             host: String::new(),
+            history: String::new(),
         };
         let stream = self.agent.watch(req).await?.into_inner();
         Ok(Watcher::from(stream))
@@ -159,7 +160,7 @@ impl Harness {
     pub async fn export(&mut self) -> Result<serde_json::Value> {
         let resp = self
             .admin
-            .export_registry(pb::ExportRegistryRequest {})
+            .export_registry(pb::ExportRegistryRequest { stale: false })
             .await?
             .into_inner();
         Ok(serde_json::from_str(&resp.snapshot_json)?)
@@ -179,6 +180,7 @@ pub fn config(dir: &tempfile::TempDir, ttl: Duration, topology: Option<&str>) ->
         data_dir: dir.path().join("data"),
         topology: topology.map(|t| ("fleet.yaml".to_string(), t.to_string())),
         session_ttl: ttl,
+        group: None,
     }
 }
 

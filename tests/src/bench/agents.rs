@@ -233,6 +233,7 @@ impl WatchFanout {
                 let req = proto::WatchRequest {
                     from_revision,
                     host: String::new(),
+                    history: String::new(),
                 };
                 let result: anyhow::Result<()> = async {
                     let mut events = client.watch(req).await?.into_inner();

@@ -1,0 +1,209 @@
+//! `registry-manager ha …`: the group's status, leadership moves and membership changes,
+//! through any member (`--manager`); changes are carried out by the leader.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::live::connect;
+use super::{ManagerAddr, Output};
+
+/// The `ha` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// Every member of the group: role, state, term, applied revision, lag, last contact.
+    Status {
+        /// Only the asked member's own view (do not ask the other members).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Move leadership now: to NAME, or to the most up-to-date other voter. Prints the new leader.
+    Failover {
+        /// The member to move leadership to.
+        #[arg(long, value_name = "NAME")]
+        to: Option<String>,
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Move leadership back to the configured preferred member (group.preferred).
+    Failback {
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Add a non-voting member (a warm spare) that follows the leader's log.
+    AddLearner(MemberArgs),
+    /// Make a learner a voter (refused when it would leave two voters).
+    Promote(NameArgs),
+    /// Remove a member (refused when it would leave two voters). A dead member is never removed by itself.
+    Remove(NameArgs),
+}
+
+/// A new member: its name and address.
+#[derive(Debug, Args)]
+pub struct MemberArgs {
+    /// The member's name (its host name, by convention).
+    name: String,
+    /// Its gRPC address, HOST:PORT.
+    addr: String,
+    #[command(flatten)]
+    manager: ManagerAddr,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// A member by name.
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The member's name.
+    name: String,
+    #[command(flatten)]
+    manager: ManagerAddr,
+    #[command(flatten)]
+    out: Output,
+}
+
+fn refused(what: &str, addr: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} refused by the manager at {addr} ({:?}): {}",
+        s.code(),
+        s.message()
+    )
+}
+
+/// Runs an `ha` command.
+pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        HaCommand::Status {
+            local,
+            manager,
+            out,
+        } => {
+            let mut client = connect(&manager.addr).await?;
+            let resp = client
+                .ha_status(proto::HaStatusRequest { local_only: local })
+                .await
+                .map_err(|s| refused("ha status", &manager.addr, s))?
+                .into_inner();
+            print_status(&resp, out.json);
+        }
+        HaCommand::Failover { to, manager, out } => {
+            failover(&manager.addr, to.unwrap_or_default(), false, out.json).await?
+        }
+        HaCommand::Failback { manager, out } => {
+            failover(&manager.addr, String::new(), true, out.json).await?
+        }
+        HaCommand::AddLearner(a) => {
+            let mut client = connect(&a.manager.addr).await?;
+            let resp = client
+                .ha_add_learner(proto::HaMemberRequest {
+                    name: a.name,
+                    address: a.addr,
+                })
+                .await
+                .map_err(|s| refused("ha add-learner", &a.manager.addr, s))?
+                .into_inner();
+            print_status(&resp, a.out.json);
+        }
+        HaCommand::Promote(a) => {
+            let mut client = connect(&a.manager.addr).await?;
+            let resp = client
+                .ha_promote(proto::HaMemberRequest {
+                    name: a.name,
+                    address: String::new(),
+                })
+                .await
+                .map_err(|s| refused("ha promote", &a.manager.addr, s))?
+                .into_inner();
+            print_status(&resp, a.out.json);
+        }
+        HaCommand::Remove(a) => {
+            let mut client = connect(&a.manager.addr).await?;
+            let resp = client
+                .ha_remove(proto::HaMemberRequest {
+                    name: a.name,
+                    address: String::new(),
+                })
+                .await
+                .map_err(|s| refused("ha remove", &a.manager.addr, s))?
+                .into_inner();
+            print_status(&resp, a.out.json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn failover(addr: &str, to: String, failback: bool, json: bool) -> anyhow::Result<()> {
+    let what = if failback { "ha failback" } else { "ha failover" };
+    let mut client = connect(addr).await?;
+    let resp = client
+        .ha_failover(proto::HaFailoverRequest { to, failback })
+        .await
+        .map_err(|s| refused(what, addr, s))?
+        .into_inner();
+    if json {
+        println!("{}", json!({ "leader": resp.leader, "term": resp.term }));
+    } else {
+        println!("leader: {} (term {})", resp.leader, resp.term);
+    }
+    Ok(())
+}
+
+/// The `ha status` answer as JSON.
+pub fn status_json(resp: &proto::HaStatusResponse) -> serde_json::Value {
+    json!({
+        "leader": resp.leader,
+        "term": resp.term,
+        "revision": resp.revision,
+        "members": resp.members.iter().map(|m| json!({
+            "name": m.name,
+            "address": m.address,
+            "voter": m.voter,
+            "role": m.role,
+            "state": m.state,
+            "term": m.term,
+            "applied_revision": m.applied_revision,
+            "lag": m.lag,
+            "last_contact_ms": m.last_contact_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(resp: &proto::HaStatusResponse, json: bool) {
+    if json {
+        println!("{}", status_json(resp));
+        return;
+    }
+    println!(
+        "leader {} term {} revision {} (answered by {})",
+        resp.leader.as_deref().unwrap_or("none"),
+        resp.term,
+        resp.revision,
+        resp.answered_by
+    );
+    for m in &resp.members {
+        let contact = m
+            .last_contact_ms
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms}ms"));
+        println!(
+            "{:<12} {:<21} {:<6} {:<11} {:<32} term {:<4} revision {:<8} lag {:<6} contact {}",
+            m.name,
+            m.address,
+            if m.voter { "voter" } else { "-" },
+            m.role,
+            m.state,
+            m.term,
+            m.applied_revision,
+            m.lag,
+            contact
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The `Member` gRPC service, spoken among the members of a group: openraft's RPCs (as
+//! JSON), writes a follower forwards to the leader, heartbeats passed on to the leader, the
+//! leader's read point for current reads on followers, and each member's own status.
+
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
+use proto::v1 as pb;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::command::Proposed;
+use crate::engine::Engine;
+use crate::raft::network::decode_snapshot_message;
+use crate::raft::types::TypeConfig;
+
+/// Serves `fleet.registry.v1.Member` on an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct MemberService {
+    engine: Engine,
+}
+
+impl MemberService {
+    /// The service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        MemberService { engine }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(format!("encoding a raft reply: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(payload)
+        .map_err(|e| Status::invalid_argument(format!("raft {kind} request does not decode: {e}")))
+}
+
+#[tonic::async_trait]
+impl pb::member_server::Member for MemberService {
+    async fn raft(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.engine.raft();
+        let payload = match msg.kind.as_str() {
+            "append_entries" => {
+                let req: AppendEntriesRequest<TypeConfig> = decode(&msg.kind, &msg.payload)?;
+                let result = raft.append_entries(req).await;
+                if matches!(
+                    result,
+                    Ok(AppendEntriesResponse::Success
+                        | AppendEntriesResponse::PartialSuccess(_)
+                        | AppendEntriesResponse::Conflict)
+                ) {
+                    self.engine.note_leader_contact();
+                }
+                json(&result)?
+            }
+            "vote" => {
+                let req: VoteRequest<TypeConfig> = decode(&msg.kind, &msg.payload)?;
+                json(&raft.vote(req).await)?
+            }
+            "snapshot" => {
+                let (vote, snapshot) =
+                    decode_snapshot_message(&msg.payload).map_err(Status::invalid_argument)?;
+                let result = raft.install_full_snapshot(vote, snapshot).await;
+                if result.is_ok() {
+                    self.engine.note_leader_contact();
+                }
+                json(&result)?
+            }
+            "transfer_leader" => {
+                let req: TransferLeaderRequest<TypeConfig> = decode(&msg.kind, &msg.payload)?;
+                self.engine.note_transfer();
+                json(&raft.handle_transfer_leader(req).await)?
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown raft message kind {other:?}"
+                )))
+            }
+        };
+        Ok(Response::new(pb::RaftMessage {
+            kind: msg.kind,
+            payload,
+        }))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        if !self.engine.is_leader() {
+            // The sender retries on the leader it learns next.
+            return Err(Status::failed_precondition(format!(
+                "{} is not the leader",
+                self.engine.name()
+            )));
+        }
+        let items: Vec<Proposed> = serde_json::from_slice(&request.into_inner().batch)
+            .map_err(|e| Status::invalid_argument(format!("forwarded batch does not decode: {e}")))?;
+        let outcomes = self.engine.propose_many(items).await;
+        Ok(Response::new(pb::ProposeResponse {
+            outcomes: json(&outcomes)?,
+        }))
+    }
+
+    async fn touch(
+        &self,
+        request: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        let sessions = self.engine.sessions();
+        for hb in request.into_inner().sessions {
+            sessions.touch_remote(&hb.host, &hb.session_id);
+        }
+        Ok(Response::new(pb::TouchResponse {}))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let log_id = self.engine.leader_read_point().await?;
+        Ok(Response::new(pb::ReadIndexResponse {
+            read_log_id: json(&log_id)?,
+        }))
+    }
+
+    async fn member_status(
+        &self,
+        _request: Request<pb::HaStatusRequest>,
+    ) -> Result<Response<pb::HaMember>, Status> {
+        Ok(Response::new(self.engine.member_status().await))
+    }
+}
