@@ -208,9 +208,7 @@ impl Engine {
 
     /// True while this member is cut off from the majority (streams are refused).
     pub fn is_cut_off(&self) -> bool {
-        self.inner
-            .cut_off
-            .load(std::sync::atomic::Ordering::Acquire)
+        !self.connected()
     }
 
     pub(crate) fn set_cut_off(&self, cut: bool) -> bool {
@@ -490,20 +488,28 @@ impl Engine {
         let own_term = m
             .last_applied
             .is_some_and(|l| l.leader_id.term == m.current_term);
-        let acked = m
-            .last_quorum_acked
-            .is_some_and(|t| t.elapsed() < ELECTION_MAX);
-        own_term && acked
+        own_term && self.quorum_fresh(&m)
+    }
+
+    /// Leader: a majority acknowledged it within the lease (always, alone).
+    fn quorum_fresh(&self, m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>) -> bool {
+        let alone = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .all(|id| id == self.inner.node_id);
+        alone
+            || m
+                .last_quorum_acked
+                .is_some_and(|t| t.elapsed() <= ELECTION_MAX)
     }
 
     /// True when this member is in touch with a majority (a leader acknowledged by one, or a
     /// follower replicated to within the election timeout).
-    pub(crate) fn connected(&self) -> bool {
+    pub fn connected(&self) -> bool {
         let m = self.metrics();
         match m.state {
-            ServerState::Leader => m
-                .last_quorum_acked
-                .is_some_and(|t| t.elapsed() <= ELECTION_MAX),
+            ServerState::Leader => self.quorum_fresh(&m),
             ServerState::Follower | ServerState::Learner => m.current_leader.is_some()
                 && self.since_leader_contact().is_some_and(|d| d <= ELECTION_MIN * 2),
             _ => false,
@@ -532,6 +538,9 @@ impl Engine {
             })
         });
         let last_contact = match role {
+            Role::Leader if self.quorum_fresh(&m) => {
+                Some(m.last_quorum_acked.map_or(Duration::ZERO, |t| t.elapsed()))
+            }
             Role::Leader => m.last_quorum_acked.map(|t| t.elapsed()),
             _ => self.since_leader_contact(),
         };

@@ -342,6 +342,14 @@ async fn launch(
         result
     });
 
+    if engine.group().is_stand_alone() {
+        // A manager alone leads within an election timeout: serve once it does, so the
+        // first requests find it ready.
+        let ready = tokio::time::timeout(Duration::from_secs(10), engine.read_barrier(false));
+        if !matches!(ready.await, Ok(Ok(()))) {
+            tracing::warn!("this manager did not become the leader of its group of one within 10s");
+        }
+    }
     if let Some(topology) = topology {
         let seeding = tokio::spawn(seed_topology(engine.clone(), topology));
         if engine.group().is_stand_alone() {
