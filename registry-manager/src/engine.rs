@@ -322,7 +322,7 @@ impl Engine {
             .membership()
             .nodes()
             .filter(|(id, _)| **id != self.inner.node_id)
-            .filter(|(_, node)| !self.inner.peers.reachable(&node.addr))
+            .filter(|(_, node)| !self.inner.peers.reachable(&self.inner.peers.addr_of(node)))
             .map(|(_, node)| node.name.clone())
             .collect()
     }
@@ -338,10 +338,30 @@ impl Engine {
     /// leader is known, up to [`WRITE_DEADLINE`].
     async fn write_batch(&self, items: Vec<Proposed>) -> Result<Vec<Outcome>, RegistryError> {
         let deadline = Instant::now() + WRITE_DEADLINE;
+        // A member cut off from the majority refuses at once (after a short grace for a
+        // passing hiccup or an election in progress), naming whom it cannot reach.
+        let grace = Instant::now() + ELECTION_MAX * 2;
+        while !self.connected() {
+            if Instant::now() >= grace {
+                return Err(self.no_leader());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut last_error = None;
         loop {
+            if !self.connected() {
+                // Cut off while trying: nothing more will get through.
+                let grace = Instant::now() + ELECTION_MAX;
+                while !self.connected() && Instant::now() < grace {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !self.connected() {
+                    return Err(self.no_leader());
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.no_leader());
+                return Err(last_error.take().unwrap_or_else(|| self.no_leader()));
             }
             let leader = self.leader();
             match leader {
@@ -358,9 +378,10 @@ impl Engine {
                             // Not leader any more, or its lease lapsed: look again shortly.
                         }
                         Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                            return Err(RegistryError::Uncertain(
+                            // Leadership moved before it committed: retry (commands are idempotent).
+                            last_error = Some(RegistryError::Uncertain(
                                 "the leader changed while the change was being committed".into(),
-                            ))
+                            ));
                         }
                         Ok(Err(RaftError::APIError(e))) => {
                             return Err(RegistryError::Group(e.to_string()))
@@ -374,8 +395,8 @@ impl Engine {
                 }
                 Some((_, node)) => match self.forward(&node, &items, left).await {
                     Ok(outcomes) => return Ok(outcomes),
-                    Err(Forward::Retry) => {}
-                    Err(Forward::Fail(e)) => return Err(e),
+                    // Retrying is safe: every command is idempotent (a repeated one is a no-op).
+                    Err(e) => last_error = Some(e),
                 },
                 None => {}
             }
@@ -391,34 +412,39 @@ impl Engine {
         leader: &MemberNode,
         items: &[Proposed],
         left: Duration,
-    ) -> Result<Vec<Outcome>, Forward> {
-        let mut client = self
-            .inner
-            .peers
-            .member(&leader.addr)
-            .map_err(|e| Forward::Fail(RegistryError::Group(e)))?;
+    ) -> Result<Vec<Outcome>, RegistryError> {
+        let addr = self.inner.peers.addr_of(leader);
+        let mut client = self.inner.peers.member(&addr).map_err(RegistryError::Group)?;
         let batch = serde_json::to_vec(items).expect("proposals serialise");
         let mut request = tonic::Request::new(pb::ProposeRequest { batch });
-        request.set_timeout(left);
+        request.set_timeout(left.min(Duration::from_secs(2)));
         match client.propose(request).await {
             Ok(reply) => serde_json::from_slice(&reply.into_inner().outcomes).map_err(|e| {
-                Forward::Fail(RegistryError::Group(format!(
+                RegistryError::Group(format!(
                     "leader {} answered an unreadable outcome: {e}",
                     leader.name
-                )))
+                ))
             }),
-            // Never arrived (connection refused, leader gone): safe to retry on the next leader.
-            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
-                self.inner.peers.mark(&leader.addr, false);
-                Err(Forward::Retry)
+            Err(s) => {
+                if s.code() != tonic::Code::FailedPrecondition {
+                    self.inner.peers.mark(&addr, false);
+                }
+                Err(RegistryError::Uncertain(format!(
+                    "forwarded to leader {}: {}",
+                    leader.name,
+                    s.message()
+                )))
             }
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(Forward::Retry),
-            Err(s) => Err(Forward::Fail(RegistryError::Uncertain(format!(
-                "forwarded to leader {}: {}",
-                leader.name,
-                s.message()
-            )))),
         }
+    }
+
+    /// True when this member's copy has applied everything it knows to be committed and it
+    /// is in touch with the majority.
+    pub fn caught_up(&self) -> bool {
+        let m = self.metrics();
+        let applied = m.last_applied.map(|l| l.index);
+        let committed = m.cluster_committed.map(|l| l.index);
+        self.connected() && applied >= committed
     }
 
     /// Waits until this member's copy is at least as new as every write acknowledged before
@@ -459,7 +485,7 @@ impl Engine {
     }
 
     async fn read_index_of(&self, leader: &MemberNode, left: Duration) -> Result<LogId, String> {
-        let mut client = self.inner.peers.member(&leader.addr)?;
+        let mut client = self.inner.peers.member(&self.inner.peers.addr_of(leader))?;
         let mut request = tonic::Request::new(pb::ReadIndexRequest {});
         request.set_timeout(left);
         let reply = client.read_index(request).await.map_err(|s| s.to_string())?;
@@ -511,7 +537,7 @@ impl Engine {
         match m.state {
             ServerState::Leader => self.quorum_fresh(&m),
             ServerState::Follower | ServerState::Learner => m.current_leader.is_some()
-                && self.since_leader_contact().is_some_and(|d| d <= ELECTION_MIN * 2),
+                && self.since_leader_contact().is_some_and(|d| d <= ELECTION_MIN),
             _ => false,
         }
     }
@@ -629,7 +655,7 @@ impl Engine {
 
     async fn ask_status(&self, node: &MemberNode, voter: bool) -> pb::HaMember {
         let asked = async {
-            let mut client = self.inner.peers.member(&node.addr)?;
+            let mut client = self.inner.peers.member(&self.inner.peers.addr_of(node))?;
             let mut request = tonic::Request::new(pb::HaStatusRequest { local_only: true });
             request.set_timeout(Duration::from_secs(1));
             client
@@ -807,11 +833,6 @@ fn unreachable_member(node: &MemberNode, voter: bool, why: &str) -> pb::HaMember
         state: "Unreachable".to_owned(),
         ..Default::default()
     }
-}
-
-enum Forward {
-    Retry,
-    Fail(RegistryError),
 }
 
 /// Takes proposals in batches (group commit) and writes each batch through raft; a few

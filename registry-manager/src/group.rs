@@ -33,6 +33,9 @@ pub struct GroupConfig {
     pub learners: BTreeMap<HostName, String>,
     /// Where `ha failback` moves leadership.
     pub preferred: Option<HostName>,
+    /// Addresses this member dials to reach some members instead of their `members` address
+    /// (behind NAT or a proxy); every member must still list the same `members`.
+    pub dial: BTreeMap<HostName, String>,
     /// The event script, run on group events.
     pub hook: Option<PathBuf>,
 }
@@ -46,6 +49,7 @@ impl GroupConfig {
             name,
             learners: BTreeMap::new(),
             preferred: None,
+            dial: BTreeMap::new(),
             hook: None,
         }
     }
@@ -90,6 +94,16 @@ impl GroupConfig {
         }
         if self.members.len() == 2 {
             return Err("a group of two voters cannot survive the loss of either; use one, three or five members".into());
+        }
+        if let Some(n) = self
+            .dial
+            .keys()
+            .find(|n| !self.members.contains_key(*n) && !self.learners.contains_key(*n))
+        {
+            return Err(format!(
+                "group.dial names {:?}, which is not a member or learner",
+                n.as_str()
+            ));
         }
         let mut seen = BTreeSet::new();
         for addr in self.members.values().chain(self.learners.values()) {
@@ -231,6 +245,7 @@ mod tests {
             ]),
             learners: BTreeMap::new(),
             preferred: Some(h("m1")),
+            dial: BTreeMap::new(),
             hook: None,
         }
     }

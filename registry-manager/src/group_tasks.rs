@@ -20,6 +20,8 @@ use crate::raft::ELECTION_MAX;
 
 /// How often the watchdog looks.
 const WATCH_PERIOD: Duration = Duration::from_millis(50);
+/// A member not acknowledging the leader for this long is taken as lost for its agents.
+const SILENT_MEMBER: Duration = Duration::from_millis(300);
 /// Entries a member may be behind before replication to it counts as failing.
 const LAG_ERROR: u64 = 5_000;
 
@@ -32,6 +34,7 @@ pub(crate) async fn watchdog(engine: Engine) {
     let mut led_term: Option<u64> = None;
     let mut offline: BTreeSet<u64> = BTreeSet::new();
     let mut lagging: BTreeSet<u64> = BTreeSet::new();
+    let mut silent: BTreeSet<u64> = BTreeSet::new();
     let me = group::node_id(engine.name());
     loop {
         tokio::select! {
@@ -63,6 +66,7 @@ pub(crate) async fn watchdog(engine: Engine) {
             led_term = None;
             offline.clear();
             lagging.clear();
+            silent.clear();
             continue;
         }
         if led_term != Some(m.current_term) {
@@ -81,10 +85,23 @@ pub(crate) async fn watchdog(engine: Engine) {
             if *id == me {
                 continue;
             }
-            let heard = heartbeat
+            let age = heartbeat
                 .get(id)
                 .and_then(|t| t.as_ref())
-                .is_some_and(|t| t.elapsed() <= ELECTION_MAX * 2);
+                .map(|t| t.elapsed());
+            // A member silent for a few heartbeats: its agents are moving to another member;
+            // their sessions get a grace so the move never lapses them.
+            if age.is_none_or(|a| a > SILENT_MEMBER) {
+                if silent.insert(*id) {
+                    let n = engine.sessions().grace_via(*id, engine.ttl());
+                    if n > 0 {
+                        tracing::info!(member = %node.name, sessions = n, "member silent: its agents' sessions get a grace to move");
+                    }
+                }
+            } else {
+                silent.remove(id);
+            }
+            let heard = age.is_some_and(|a| a <= ELECTION_MAX * 2);
             if !heard && offline.insert(*id) {
                 engine
                     .hooks()
@@ -165,7 +182,7 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
         let Some((_, leader)) = engine.leader() else {
             continue;
         };
-        let Ok(mut client) = engine.peers().member(&leader.addr) else {
+        let Ok(mut client) = engine.peers().member(&engine.peers().addr_of(&leader)) else {
             continue;
         };
         let sessions = touched
@@ -175,7 +192,10 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
                 host: host.to_string(),
             })
             .collect();
-        let mut request = tonic::Request::new(pb::TouchRequest { sessions });
+        let mut request = tonic::Request::new(pb::TouchRequest {
+            sessions,
+            member: engine.name().to_owned(),
+        });
         request.set_timeout(period * 2);
         if let Err(e) = client.touch(request).await {
             tracing::debug!(leader = %leader.name, error = %e.message(), "passing heartbeats on failed");

@@ -250,7 +250,13 @@ async fn launch(
     let raft_config = crate::raft::config("fleet-registry")
         .validate()
         .map_err(|e| ServeError::Fatal(format!("raft configuration: {e}")))?;
-    let peers = Peers::default();
+    let peers = Peers::new(
+        group
+            .dial
+            .iter()
+            .map(|(name, addr)| (name.to_string(), addr.clone()))
+            .collect(),
+    );
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),

@@ -38,6 +38,8 @@ pub struct LiveSession {
     touched: AtomicBool,
     /// Its expiry was proposed; not proposed again until this member leads anew.
     expiring: AtomicBool,
+    /// The member (raft node id) that last passed a heartbeat on; 0: heard here directly.
+    via: AtomicU64,
 }
 
 impl LiveSession {
@@ -98,6 +100,7 @@ impl SessionTable {
             ended: AtomicBool::new(false),
             touched: AtomicBool::new(false),
             expiring: AtomicBool::new(false),
+            via: AtomicU64::new(0),
         });
         let mut inner = self.lock();
         if let Some(old) = inner.by_host.insert(host.clone(), session) {
@@ -138,15 +141,33 @@ impl SessionTable {
             .last_seen_ms
             .fetch_max(self.now_ms(), Ordering::Relaxed);
         session.touched.store(true, Ordering::Relaxed);
+        session.via.store(0, Ordering::Relaxed);
     }
 
-    /// Records a heartbeat another member heard for `host`'s session `id` (if it is live here).
-    pub fn touch_remote(&self, host: &str, id: &str) {
+    /// Records a heartbeat member `via` heard for `host`'s session `id` (if it is live here).
+    pub fn touch_remote(&self, host: &str, id: &str, via: u64) {
         if let Some(s) = self.by_host(host) {
             if s.id.as_str() == id && !s.is_ended() {
                 s.last_seen_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+                s.via.store(via, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The member `via` was lost: the sessions last heard through it get `grace` beyond a
+    /// fresh TTL to reach another member. Losing the member an agent talks to never lapses
+    /// its session. Returns how many sessions got the grace.
+    pub fn grace_via(&self, via: u64, grace: Duration) -> usize {
+        let until = self.now_ms() + u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let inner = self.lock();
+        let mut n = 0;
+        for s in inner.by_host.values() {
+            if s.via.load(Ordering::Relaxed) == via {
+                s.last_seen_ms.fetch_max(until, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The sessions heard from since the last call, as (host, session id).
@@ -312,10 +333,17 @@ mod tests {
         assert_eq!(table.take_touched(), vec![(host("a"), SessionId::new("sa"))]);
         assert!(table.take_touched().is_empty(), "passed on once");
         tokio::time::advance(Duration::from_millis(250)).await;
-        table.touch_remote("a", "other-id");
-        table.touch_remote("a", "sa");
+        table.touch_remote("a", "other-id", 7);
+        table.touch_remote("a", "sa", 7);
         tokio::time::advance(Duration::from_millis(250)).await;
         assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        // The member that passed it on is lost: the session gets a grace beyond its ttl.
+        assert_eq!(table.grace_via(7, ttl), 1);
+        assert_eq!(table.grace_via(8, ttl), 0);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(table.take_expired(table.now_ms(), ttl).len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A small fleet of real processes on loopback: one `registry-manager`, some `registry-agent`s,
-//! and stand-in manager packages (`fleet-standin` processes), each on its own ports, every one
-//! killed and reaped when the [`Fleet`] is dropped. Logs live in a temporary directory that is
+//! A small fleet of real processes on loopback: one `registry-manager` (or a group of them,
+//! joined through cuttable relays), some `registry-agent`s, and stand-in manager packages
+//! (`fleet-standin` processes), each on its own ports, every one killed and reaped when the
+//! [`Fleet`] is dropped. Logs live in a temporary directory that is
 //! kept (and its path printed) when a test fails.
 
 use std::collections::BTreeMap;
@@ -196,6 +197,7 @@ impl Drop for Proc {
 pub struct FleetBuilder {
     topology: String,
     manager: bool,
+    members: usize,
     agents: Vec<String>,
     packages: Vec<(String, String)>,
     forwards: Vec<String>,
@@ -210,6 +212,15 @@ impl FleetBuilder {
     /// Adds the registry manager (started first).
     pub fn manager(mut self) -> Self {
         self.manager = true;
+        self
+    }
+
+    /// Runs the registry as a group of `n` managers (`m1`..`mn`), each member reaching every
+    /// other through a relay of its own, so a test can cut one member off in both directions.
+    /// Agents list every member, rotated so they spread over the group.
+    pub fn managers(mut self, n: usize) -> Self {
+        self.manager = true;
+        self.members = n.max(1);
         self
     }
 
@@ -286,13 +297,17 @@ impl FleetBuilder {
         let mut fleet = Fleet {
             manager_addr: loopback(free_port()?),
             manager: None,
+            members: Vec::new(),
+            member_relays: BTreeMap::new(),
             agents: BTreeMap::new(),
             standins: BTreeMap::new(),
             topology_path,
             dir: Some(dir),
             spec: self.clone(),
         };
-        if self.manager {
+        if self.manager && self.members > 1 {
+            fleet.start_group(self.members).await?;
+        } else if self.manager {
             let m = fleet.manager_proc()?;
             fleet.manager = Some(m);
             fleet.start_manager().await?;
@@ -308,6 +323,17 @@ impl FleetBuilder {
         }
         Ok(fleet)
     }
+}
+
+/// One member of a registry group.
+#[derive(Debug)]
+pub struct Member {
+    /// `m1`, `m2`, ...
+    pub name: String,
+    /// Its process.
+    pub proc: Proc,
+    /// Its gRPC address (agents and operators use it directly).
+    pub addr: SocketAddr,
 }
 
 /// One agent of the fleet.
@@ -328,6 +354,10 @@ pub struct AgentHandle {
 pub struct Fleet {
     manager_addr: SocketAddr,
     manager: Option<Proc>,
+    /// The other members of a group (member 0 is `manager`): name, process, address.
+    members: Vec<Member>,
+    /// Relays between members: (from, to) -> relay; `to`'s address as `from` dials it.
+    member_relays: BTreeMap<(usize, usize), Relay>,
     agents: BTreeMap<String, AgentHandle>,
     standins: BTreeMap<(String, String), (Proc, SocketAddr)>,
     topology_path: PathBuf,
@@ -342,6 +372,7 @@ impl Fleet {
         FleetBuilder {
             topology: yaml.to_string(),
             manager: false,
+            members: 1,
             agents: Vec::new(),
             packages: Vec::new(),
             forwards: Vec::new(),
@@ -410,6 +441,187 @@ impl Fleet {
             anyhow::bail!("{e}\n{}", self.logs());
         }
         Ok(())
+    }
+
+    /// Starts a group of `n` members: relays between every pair, a config file each.
+    async fn start_group(&mut self, n: usize) -> anyhow::Result<()> {
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| free_port().map(loopback))
+            .collect::<anyhow::Result<_>>()?;
+        self.manager_addr = addrs[0];
+        for from in 0..n {
+            for to in 0..n {
+                if from != to {
+                    self.member_relays
+                        .insert((from, to), Relay::start(addrs[to]).await?);
+                }
+            }
+        }
+        let members_yaml: String = (0..n)
+            .map(|i| format!("    m{}: \"{}\"\n", i + 1, addrs[i]))
+            .collect();
+        for (i, addr) in addrs.iter().enumerate() {
+            let dial: String = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| format!("    m{}: \"{}\"\n", j + 1, self.member_relays[&(i, j)].addr()))
+                .collect();
+            let config = format!(
+                "listen: \"{addr}\"\ndata_dir: \"{}\"\ntopology: \"{}\"\nsession_ttl: {}\ngroup:\n  name: m{}\n  preferred: m1\n  members:\n{members_yaml}  dial:\n{dial}",
+                self.dir().join(format!("m{}-data", i + 1)).display(),
+                self.topology_path.display(),
+                self.spec.session_ttl,
+                i + 1,
+            );
+            let path = self.dir().join(format!("m{}.yaml", i + 1));
+            std::fs::write(&path, config)?;
+            let proc = Proc::new(
+                &format!("registry-manager m{}", i + 1),
+                bin_path("registry-manager")?,
+                vec!["serve".into(), "--config".into(), path.display().to_string()],
+                self.dir().join(format!("m{}.log", i + 1)),
+            );
+            self.members.push(Member {
+                name: format!("m{}", i + 1),
+                proc,
+                addr: *addr,
+            });
+        }
+        for m in &mut self.members {
+            m.proc.spawn()?;
+        }
+        for i in 0..n {
+            self.wait_member(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until member `i` answers a current read (the group has a leader it follows).
+    pub async fn wait_member(&self, i: usize) -> anyhow::Result<()> {
+        let addr = self.members[i].addr;
+        let r = wait_until(
+            "a registry group member to answer a current read",
+            Duration::from_secs(30),
+            || async {
+                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_millis(500))
+                    .timeout(Duration::from_secs(5))
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let t = proto::admin_client::AdminClient::new(ch)
+                    .show_topology(proto::ShowTopologyRequest { stale: false })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                if t.yaml.is_empty() {
+                    return Err("no topology yet".to_string());
+                }
+                Ok(())
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            anyhow::bail!("{e}\n{}", self.logs());
+        }
+        Ok(())
+    }
+
+    /// The members of the group (empty for a single manager).
+    pub fn members(&mut self) -> &mut [Member] {
+        &mut self.members
+    }
+
+    /// The index of the member named `name`.
+    pub fn member_index(&self, name: &str) -> anyhow::Result<usize> {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .with_context(|| format!("no member {name}"))
+    }
+
+    /// `ha status --json` as one member (by index) answers it.
+    pub fn ha_status(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        let out = self.member_cli(self.members[i].addr, &["ha", "status", "--json"])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ha status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until every running member agrees on a leader (other than `not`); its index.
+    pub async fn wait_leader(&self, not: Option<usize>, deadline: Duration) -> anyhow::Result<usize> {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.agree_on_leader(&all, not, deadline).await
+    }
+
+    /// Waits until the running members among `among` agree on a leader among them.
+    pub async fn wait_leader_among(&self, among: &[usize], deadline: Duration) -> anyhow::Result<usize> {
+        self.agree_on_leader(among, None, deadline).await
+    }
+
+    async fn agree_on_leader(
+        &self,
+        among: &[usize],
+        not: Option<usize>,
+        deadline: Duration,
+    ) -> anyhow::Result<usize> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let running: Vec<usize> = among
+                .iter()
+                .copied()
+                .filter(|i| self.members[*i].proc.pid().is_some())
+                .collect();
+            let mut leaders = std::collections::BTreeSet::new();
+            for i in &running {
+                let out = self.member_cli(self.members[*i].addr, &["ha", "status", "--local", "--json"]);
+                let leader = out
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                    .and_then(|v| v["leader"].as_str().map(str::to_owned));
+                leaders.insert(leader);
+            }
+            if leaders.len() == 1 {
+                if let Some(Some(name)) = leaders.into_iter().next() {
+                    let idx = self.member_index(&name)?;
+                    if Some(idx) != not && running.contains(&idx) {
+                        return Ok(idx);
+                    }
+                }
+            }
+            if start.elapsed() >= deadline {
+                anyhow::bail!("the group agreed on no new leader within {deadline:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cuts member `i` off from every other member, both ways (packets vanish, no reset).
+    pub fn cut_member(&self, i: usize) {
+        for ((from, to), relay) in &self.member_relays {
+            if *from == i || *to == i {
+                relay.cut();
+            }
+        }
+    }
+
+    /// Undoes [`Fleet::cut_member`].
+    pub fn heal_member(&self, i: usize) {
+        for ((from, to), relay) in &self.member_relays {
+            if *from == i || *to == i {
+                relay.heal();
+            }
+        }
+    }
+
+    /// Restarts member `i` (after a kill) and waits until it serves current reads.
+    pub async fn restart_member(&mut self, i: usize) -> anyhow::Result<()> {
+        self.members[i].proc.spawn()?;
+        self.wait_member(i).await
     }
 
     /// SIGKILLs the manager.
@@ -499,7 +711,17 @@ impl Fleet {
     ) -> String {
         let mut y = String::new();
         let _ = writeln!(y, "host: {host}");
-        let _ = writeln!(y, "managers: [\"{manager}\"]");
+        if self.members.is_empty() {
+            let _ = writeln!(y, "managers: [\"{manager}\"]");
+        } else {
+            // Every member, rotated by the agent's position so agents spread over the group.
+            let n = self.members.len();
+            let first = self.agents.len() % n;
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("\"{}\"", self.members[(first + i) % n].addr))
+                .collect();
+            let _ = writeln!(y, "managers: [{}]", list.join(", "));
+        }
         let _ = writeln!(
             y,
             "data_dir: {}",
@@ -754,11 +976,22 @@ impl Fleet {
         }
     }
 
-    /// Runs the real `registry-manager` command line against this fleet's manager.
+    /// Runs the real `registry-manager` command line against this fleet's manager (in a
+    /// group: the first member still running).
     pub fn manager_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let addr = self
+            .members
+            .iter()
+            .find(|m| m.proc.pid().is_some())
+            .map_or(self.manager_addr, |m| m.addr);
+        self.member_cli(addr, args)
+    }
+
+    /// Runs the real `registry-manager` command line against the member at `addr`.
+    pub fn member_cli(&self, addr: SocketAddr, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.push("--manager".into());
-        full.push(self.manager_addr.to_string());
+        full.push(addr.to_string());
         let out = Command::new(bin_path("registry-manager")?)
             .args(&full)
             .stdin(Stdio::null())
@@ -786,11 +1019,23 @@ impl Fleet {
         self.operator(&["topology", "apply", &path])
     }
 
+    /// The whole logs of the group's members (or the manager).
+    pub fn logs_all(&self) -> String {
+        let mut out = String::new();
+        for p in self.manager.iter().chain(self.members.iter().map(|m| &m.proc)) {
+            out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
+        }
+        out
+    }
+
     /// The last lines of every process's log.
     pub fn logs(&self) -> String {
         let mut out = String::new();
         if let Some(m) = &self.manager {
             out.push_str(&m.log_tail(30));
+        }
+        for m in &self.members {
+            out.push_str(&m.proc.log_tail(30));
         }
         for a in self.agents.values() {
             out.push_str(&a.proc.log_tail(15));
@@ -807,10 +1052,13 @@ impl Drop for Fleet {
         if let Some(m) = self.manager.as_mut() {
             m.kill();
         }
+        for m in &mut self.members {
+            m.proc.kill();
+        }
         for (p, _) in self.standins.values_mut() {
             p.kill();
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("FLEET_KEEP_LOGS").is_some() {
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
                 eprintln!("fleet logs kept in {}", kept.display());

@@ -53,6 +53,8 @@ struct GroupFile {
     #[serde(default)]
     learners: std::collections::BTreeMap<String, String>,
     preferred: Option<String>,
+    #[serde(default)]
+    dial: std::collections::BTreeMap<String, String>,
     hook: Option<PathBuf>,
 }
 
@@ -80,6 +82,7 @@ fn group_config(file: GroupFile, path: &str) -> anyhow::Result<registry_manager:
             .as_deref()
             .map(|p| name("group.preferred", p))
             .transpose()?,
+        dial: list("group.dial", file.dial)?,
         hook: file.hook,
     };
     group
@@ -93,7 +96,7 @@ fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: ServeFile = serde_saphyr::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, group (name, members, learners, preferred, hook)",
+            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, group (name, members, learners, preferred, dial, hook)",
             path.display(),
             e.to_string().replace('\n', " ")
         )

@@ -29,12 +29,31 @@ pub const MAX_MEMBER_MESSAGE: usize = 512 << 20;
 /// Reused gRPC channels to the other members, by address.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
+    /// How this member reaches other members by name, where its configuration says so (behind
+    /// NAT, a proxy or a test relay); others are reached at their address in the membership.
+    routes: Arc<HashMap<String, String>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Whether the last call to each address got through.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl Peers {
+    /// Peers reached at the configured addresses `routes` (member name -> address).
+    pub fn new(routes: HashMap<String, String>) -> Peers {
+        Peers {
+            routes: Arc::new(routes),
+            ..Default::default()
+        }
+    }
+
+    /// The address this member uses to reach `node`.
+    pub fn addr_of(&self, node: &MemberNode) -> String {
+        self.routes
+            .get(&node.name)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone())
+    }
+
     /// Records whether a call to `addr` got through.
     pub fn mark(&self, addr: &str, ok: bool) {
         self.reachable
@@ -97,7 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, _target: u64, node: &MemberNode) -> Self::Network {
         Connection {
             peers: self.peers.clone(),
-            addr: node.addr.clone(),
+            addr: self.peers.addr_of(node),
             name: node.name.clone(),
         }
     }

@@ -33,12 +33,15 @@ pub struct MemberNode {
 }
 
 openraft::declare_raft_types!(
-    /// The registry's raft types.
+    /// The registry's raft types. Standard raft leader ids (one leader per term): log ids are
+    /// (term, index), so the membership entry every voter writes when the group forms is the
+    /// same entry on every member.
     pub TypeConfig:
         D = Batch,
         R = BatchOutcome,
         NodeId = u64,
         Node = MemberNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 /// A raft log id.

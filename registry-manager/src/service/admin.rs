@@ -307,7 +307,7 @@ impl AdminService {
         let channel = self
             .engine
             .peers()
-            .channel(&leader.addr)
+            .channel(&self.engine.peers().addr_of(&leader))
             .map_err(Status::internal)?;
         Ok(Some(pb::admin_client::AdminClient::new(channel)))
     }

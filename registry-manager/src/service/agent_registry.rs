@@ -64,7 +64,7 @@ fn heartbeat(
     engine: &Engine,
     cached: &mut Option<Arc<LiveSession>>,
     hb: &pb::Heartbeat,
-) -> pb::HeartbeatAck {
+) -> Result<pb::HeartbeatAck, Status> {
     let fresh = |s: &Arc<LiveSession>| {
         s.id.as_str() == hb.session_id && s.host.as_str() == hb.host && !s.is_ended()
     };
@@ -74,15 +74,21 @@ fn heartbeat(
     match cached {
         Some(session) => {
             engine.sessions().touch(session);
-            pb::HeartbeatAck { ok: true, reason: String::new() }
+            Ok(pb::HeartbeatAck { ok: true, reason: String::new() })
         }
-        None => pb::HeartbeatAck {
+        // A member still catching up (just restarted, or lagging) may not know the session
+        // yet: end the stream so the agent keeps its session and tries another member.
+        None if !engine.caught_up() => Err(Status::unavailable(format!(
+            "registry manager {} is catching up with its group; try another member",
+            engine.name()
+        ))),
+        None => Ok(pb::HeartbeatAck {
             ok: false,
             reason: format!(
                 "session {:?} is not the live session of host {:?} (expired, ended or unknown); open a new session",
                 hb.session_id, hb.host
             ),
-        },
+        }),
     }
 }
 
@@ -122,7 +128,7 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let mut cached = None;
         let acks = request
             .into_inner()
-            .map(move |hb| hb.map(|hb| heartbeat(&engine, &mut cached, &hb)))
+            .map(move |hb| hb.and_then(|hb| heartbeat(&engine, &mut cached, &hb)))
             .take_until(cancel.cancelled_owned())
             .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(acks)))

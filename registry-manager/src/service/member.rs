@@ -110,8 +110,10 @@ impl pb::member_server::Member for MemberService {
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
         let sessions = self.engine.sessions();
-        for hb in request.into_inner().sessions {
-            sessions.touch_remote(&hb.host, &hb.session_id);
+        let req = request.into_inner();
+        let via = crate::group::node_id(&req.member);
+        for hb in req.sessions {
+            sessions.touch_remote(&hb.host, &hb.session_id, via);
         }
         Ok(Response::new(pb::TouchResponse {}))
     }

@@ -1,0 +1,443 @@
+//! The registry manager group on real processes: three managers, agents of the worked example,
+//! and the faults a group must survive — the leader SIGKILLed (in a loop), SIGSTOPped, a member
+//! cut off with a minority — plus the `ha` commands. Safety is asserted strictly (no
+//! acknowledged write lost, no session lapsed, no forwarded connection failed); liveness with
+//! generous deadlines. The tests of this file run one at a time (a lock), so a loaded 2-core
+//! machine does not cause false elections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::admin_client::AdminClient;
+use tests::worked_example::{self, CCM};
+use tests::{wait_until, Fleet};
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+const SETTLE: Duration = Duration::from_secs(20);
+/// The type toggled by the write loads (nobody routes to it).
+const SPARE: &str = "event-manager";
+
+/// One group test at a time in this binary.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn group(n: usize) -> anyhow::Result<Fleet> {
+    let mut fleet = Fleet::from_topology(&worked_example::topology("200ms", false))
+        .managers(n)
+        .agent("fm")
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .package("fm", SPARE)
+        .forward(CCM)
+        .start()
+        .await?;
+    // Every agent has opened its session with its packages.
+    let addr = fleet.members()[0].addr;
+    wait_until("every agent's session", SETTLE, || async move {
+        let mut c = admin(addr).await.map_err(|e| e.to_string())?;
+        let e = c
+            .export_registry(proto::ExportRegistryRequest { stale: false })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let v: serde_json::Value = serde_json::from_str(&e.snapshot_json).map_err(|e| e.to_string())?;
+        let ok = v["hosts"]["fm"]["packages"][SPARE].is_object()
+            && v["hosts"]["agent-4"].is_object()
+            && v["hosts"]["agent-1"]["packages"][CCM].is_object()
+            && v["hosts"]["agent-3"]["packages"][CCM].is_object();
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("not yet: {v}"))
+        }
+    })
+    .await?;
+    Ok(fleet)
+}
+
+async fn admin(addr: std::net::SocketAddr) -> anyhow::Result<AdminClient<Channel>> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(8))
+        .connect_lazy();
+    Ok(AdminClient::new(ch))
+}
+
+/// The spare package's status in a member's registry (current read).
+async fn spare_status(fleet: &mut Fleet, i: usize) -> anyhow::Result<String> {
+    let mut c = admin(fleet.members()[i].addr).await?;
+    let e = c
+        .export_registry(proto::ExportRegistryRequest { stale: false })
+        .await?
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_str(&e.snapshot_json)?;
+    Ok(v["hosts"]["fm"]["packages"][SPARE]["status"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned())
+}
+
+/// Number of session lapses the members logged.
+fn lapses(fleet: &Fleet) -> usize {
+    fleet.logs_all().matches("session lapsed").count()
+}
+
+/// A write load through every running member: drain/withdraw of the spare package in turn,
+/// one at a time; records the last acknowledged action and whether a later one failed.
+struct Writer {
+    acked: Arc<std::sync::Mutex<Option<(u64, &'static str)>>>,
+    uncertain_after: Arc<std::sync::Mutex<bool>>,
+    count: Arc<AtomicUsize>,
+    stop: tokio_util_stop::Stop,
+    task: tokio::task::JoinHandle<()>,
+}
+
+mod tokio_util_stop {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A stop flag.
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+    impl Stop {
+        pub fn stop(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        pub fn stopped(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+impl Writer {
+    fn start(addrs: Vec<std::net::SocketAddr>) -> Writer {
+        let acked = Arc::new(std::sync::Mutex::new(None));
+        let uncertain_after = Arc::new(std::sync::Mutex::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let stop = tokio_util_stop::Stop::default();
+        let task = {
+            let (acked, uncertain_after, count, stop) =
+                (acked.clone(), uncertain_after.clone(), count.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut k = 0usize;
+                while !stop.stopped() {
+                    let (action, status) = if k % 2 == 0 {
+                        (proto::PackageAction::Drain, "draining")
+                    } else {
+                        (proto::PackageAction::Withdraw, "withdrawn")
+                    };
+                    let addr = addrs[k % addrs.len()];
+                    k += 1;
+                    let Ok(mut c) = admin(addr).await else { continue };
+                    let r = c
+                        .package_action(proto::PackageActionRequest {
+                            host: "fm".into(),
+                            r#type: SPARE.into(),
+                            action: action as i32,
+                        })
+                        .await;
+                    match r {
+                        Ok(resp) => {
+                            *acked.lock().unwrap() = Some((resp.into_inner().revision, status));
+                            *uncertain_after.lock().unwrap() = false;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            // Refused or unknown outcome: it may or may not have been applied.
+                            *uncertain_after.lock().unwrap() = true;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            })
+        };
+        Writer {
+            acked,
+            uncertain_after,
+            count,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (Option<(u64, &'static str)>, bool, usize) {
+        self.stop.stop();
+        let _ = self.task.await;
+        let acked = *self.acked.lock().unwrap();
+        let uncertain = *self.uncertain_after.lock().unwrap();
+        (acked, uncertain, self.count.load(Ordering::Relaxed))
+    }
+}
+
+/// Connects through agent-4's forwarding port again and again; counts failures.
+fn forward_load(addr: std::net::SocketAddr) -> (tokio_util_stop::Stop, tokio::task::JoinHandle<(usize, usize)>) {
+    let stop = tokio_util_stop::Stop::default();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !s.stopped() {
+            match tests::standin::greeting(addr).await {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_forms_and_ha_status_names_every_member() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let status = fleet.ha_status(0)?;
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{status}");
+    let leader_name = fleet.members()[leader].name.clone();
+    assert_eq!(status["leader"], leader_name.as_str(), "{status}");
+    for m in members {
+        let role = m["role"].as_str().unwrap();
+        assert!(role == "leader" || role == "follower", "{status}");
+        assert!(m["voter"].as_bool().unwrap());
+        assert_eq!(m["applied_revision"].as_u64(), status["revision"].as_u64().map(|r| r.min(m["applied_revision"].as_u64().unwrap())));
+    }
+    let leader_entry = members.iter().find(|m| m["role"] == "leader").unwrap();
+    let state = leader_entry["state"].as_str().unwrap();
+    assert!(
+        state == "Primary Active" || state == "Secondary Active",
+        "{status}"
+    );
+    // Agents keep routing through the group as through one manager.
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_again_and_again_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    let forward = *fleet.agent("agent-4")?.forwards.get(CCM).unwrap();
+    let (fstop, ftask) = forward_load(forward);
+    let lapses_before = lapses(&fleet);
+    let kills = std::env::var("FLEET_GROUP_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20usize);
+    let mut total_writes = 0;
+    for round in 0..kills {
+        let leader = fleet.wait_leader(None, SETTLE).await?;
+        let addrs: Vec<_> = fleet.members().iter().map(|m| m.addr).collect();
+        let writer = Writer::start(addrs);
+        // Let some writes be acknowledged, then kill the leader in the middle of them.
+        let c = writer.count.clone();
+        wait_until("writes to be acknowledged", SETTLE, || {
+            let c = c.clone();
+            async move {
+                if c.load(Ordering::Relaxed) >= 5 {
+                    Ok(())
+                } else {
+                    Err("fewer than 5".to_string())
+                }
+            }
+        })
+        .await?;
+        fleet.members()[leader].proc.kill();
+        let next = fleet.wait_leader(Some(leader), SETTLE).await?;
+        assert_ne!(next, leader, "round {round}");
+        // Writes go on through the survivors.
+        let before = writer.count.load(Ordering::Relaxed);
+        let c = writer.count.clone();
+        wait_until("writes after the failover", SETTLE, || {
+            let c = c.clone();
+            async move {
+                if c.load(Ordering::Relaxed) >= before + 3 {
+                    Ok(())
+                } else {
+                    Err("no write acknowledged after the failover".to_string())
+                }
+            }
+        })
+        .await?;
+        let (acked, uncertain, n) = writer.finish().await;
+        total_writes += n;
+        let (revision, expected) = acked.expect("writes were acknowledged");
+        // Every acknowledged write is there: the last one's effect, at or after its revision.
+        let status = fleet.ha_status(next)?;
+        assert!(
+            status["revision"].as_u64().unwrap() >= revision,
+            "round {round}: revision {revision} acknowledged, group at {status}"
+        );
+        if !uncertain {
+            assert_eq!(spare_status(&mut fleet, next).await?, expected, "round {round}");
+        }
+        fleet.restart_member(leader).await?;
+    }
+    fstop.stop();
+    let (ok, failed) = ftask.await?;
+    assert_eq!(failed, 0, "{failed} of {} forwarded connections failed", ok + failed);
+    assert_eq!(
+        lapses(&fleet),
+        lapses_before,
+        "no agent session lapsed through {kills} leader kills ({total_writes} writes)\n{}",
+        fleet.logs()
+    );
+    // Every member converges on the same registry.
+    let last = fleet.wait_leader(None, SETTLE).await?;
+    let want = fleet.ha_status(last)?["revision"].as_u64().unwrap();
+    for i in 0..3 {
+        wait_until("every member to apply the last revision", SETTLE, || {
+            let s = fleet.ha_status(i);
+            async move {
+                let s = s.map_err(|e| e.to_string())?;
+                let me = s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["last_contact_ms"].is_number() || m["role"] == "leader")
+                    .is_some();
+                if me && s["revision"].as_u64().unwrap_or(0) >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{s}"))
+                }
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_leader_is_replaced_and_rejoins_as_follower() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    fleet.members()[leader].proc.pause();
+    let others = [(leader + 1) % 3, (leader + 2) % 3];
+    let next = fleet.wait_leader_among(&others, SETTLE).await;
+    fleet.members()[leader].proc.resume();
+    let next = next?;
+    fleet.operator(&["package", "drain", "--host", "fm", "--type", SPARE])?;
+    assert_eq!(spare_status(&mut fleet, next).await?, "draining");
+    // The old leader follows the new one and serves the change.
+    let old_name = fleet.members()[leader].name.clone();
+    wait_until("the old leader to follow", SETTLE, || {
+        let s = fleet.ha_status(leader);
+        let old_name = old_name.clone();
+        async move {
+            let s = s.map_err(|e| e.to_string())?;
+            let me = s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == old_name.as_str())
+                .cloned()
+                .unwrap_or_default();
+            if me["role"] == "follower" {
+                Ok(())
+            } else {
+                Err(format!("{s}"))
+            }
+        }
+    })
+    .await?;
+    assert_eq!(spare_status(&mut fleet, leader).await?, "draining");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals() -> anyhow::Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let cut = (leader + 1) % 3;
+    let cut_addr = fleet.members()[cut].addr;
+    fleet.cut_member(cut);
+    // The majority elects or keeps a leader and takes writes.
+    let majority = fleet.wait_leader_among(&[(cut + 1) % 3, (cut + 2) % 3], SETTLE).await?;
+    let majority_addr = fleet.members()[majority].addr;
+    let out = fleet.member_cli(
+        majority_addr,
+        &["package", "drain", "--host", "fm", "--type", SPARE],
+    )?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The cut-off member refuses, naming the members it cannot reach.
+    let out = fleet.member_cli(cut_addr, &["package", "withdraw", "--host", "fm", "--type", SPARE])?;
+    assert!(!out.status.success(), "a minority member must refuse writes");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach"), "{err}");
+    // Its stale read still answers from its own copy.
+    let out = fleet.member_cli(cut_addr, &["registry", "export", "--stale", "--json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fleet.heal_member(cut);
+    fleet.wait_member(cut).await?;
+    assert_eq!(spare_status(&mut fleet, cut).await?, "draining", "it caught up");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_member_then_failback_to_the_preferred_one() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let fleet = group(3).await?;
+    fleet.wait_leader(None, SETTLE).await?;
+    let out = fleet.operator(&["ha", "failover", "--to", "m3", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["leader"], "m3", "{out}");
+    assert_eq!(fleet.wait_leader(None, SETTLE).await?, 2);
+    let status = fleet.ha_status(0)?;
+    let m3 = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "m3")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        m3["state"], "Secondary Active",
+        "a leader that is not the preferred member: {status}"
+    );
+    let out = fleet.operator(&["ha", "failback", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["leader"], "m1", "{out}");
+    assert_eq!(fleet.wait_leader(None, SETTLE).await?, 0);
+    // A move to a non-member is refused with the voters named.
+    let out = fleet.manager_cli(&["ha", "failover", "--to", "m9"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("voters"));
+    // Removing a voter of three would leave two: refused with the reason.
+    let out = fleet.manager_cli(&["ha", "remove", "m3"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("two voters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_catches_up_after_restart() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let follower = (leader + 1) % 3;
+    fleet.members()[follower].proc.kill();
+    for action in ["drain", "withdraw", "restore", "drain"] {
+        fleet.operator(&["package", action, "--host", "fm", "--type", SPARE])?;
+    }
+    fleet.restart_member(follower).await?;
+    assert_eq!(spare_status(&mut fleet, follower).await?, "draining");
+    Ok(())
+}
