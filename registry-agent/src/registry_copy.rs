@@ -157,7 +157,8 @@ impl RegistryCopy {
             }
             Some(pb::watch_event::Payload::Delta(bytes)) => {
                 let delta = pb::Delta::decode(bytes.clone()).map_err(decode_err)?;
-                if !ev.history.is_empty() && !self.history.is_empty() && ev.history != self.history {
+                if !ev.history.is_empty() && !self.history.is_empty() && ev.history != self.history
+                {
                     // Never apply a delta of another history: resync with a snapshot.
                     return Err(CopyError::Gap {
                         have: self.revision(),

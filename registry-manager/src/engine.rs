@@ -27,7 +27,7 @@ use crate::hook::{GroupEvent, Hooks};
 use crate::raft::network::Peers;
 use crate::raft::state_machine::{Registry, StateMachine};
 use crate::raft::types::{Batch, LogId, MemberNode, Raft};
-use crate::raft::{ELECTION_MAX, ELECTION_MIN};
+use crate::raft::{CUT_OFF, ELECTION_MAX, ELECTION_MIN};
 use crate::server::Tuning;
 use crate::session_id::SessionId;
 use crate::sessions::SessionTable;
@@ -89,7 +89,10 @@ impl Engine {
         peers: Peers,
         tuning: &Tuning,
         cancel: CancellationToken,
-    ) -> (Engine, impl std::future::Future<Output = ()> + Send + 'static) {
+    ) -> (
+        Engine,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, rx) = mpsc::channel(tuning.proposal_queue.max(1));
         let hooks = Hooks::start(group.hook.clone(), cancel.clone());
         let engine = Engine {
@@ -206,9 +209,16 @@ impl Engine {
         lock(&self.inner.leader_contact).map(|t| t.elapsed())
     }
 
-    /// True while this member is cut off from the majority (streams are refused).
+    /// True while this member has been out of touch with a majority for longer than an
+    /// election takes ([`CUT_OFF`]): agents' streams are closed and refused.
     pub fn is_cut_off(&self) -> bool {
-        !self.connected()
+        let m = self.metrics();
+        match m.state {
+            ServerState::Leader => {
+                !self.quorum_fresh(&m) && m.last_quorum_acked.is_none_or(|t| t.elapsed() > CUT_OFF)
+            }
+            _ => self.since_leader_contact().is_none_or(|d| d > CUT_OFF),
+        }
     }
 
     pub(crate) fn set_cut_off(&self, cut: bool) -> bool {
@@ -276,7 +286,9 @@ impl Engine {
         let mut out = Vec::with_capacity(waits.len());
         for w in waits {
             let outcome = match w {
-                Some(rx) => rx.await.unwrap_or_else(|_| Err(self.closed_error().to_refusal())),
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(self.closed_error().to_refusal())),
                 None => Err(self.closed_error().to_refusal()),
             };
             out.push(outcome);
@@ -414,7 +426,11 @@ impl Engine {
         left: Duration,
     ) -> Result<Vec<Outcome>, RegistryError> {
         let addr = self.inner.peers.addr_of(leader);
-        let mut client = self.inner.peers.member(&addr).map_err(RegistryError::Group)?;
+        let mut client = self
+            .inner
+            .peers
+            .member(&addr)
+            .map_err(RegistryError::Group)?;
         let batch = serde_json::to_vec(items).expect("proposals serialise");
         let mut request = tonic::Request::new(pb::ProposeRequest { batch });
         request.set_timeout(left.min(Duration::from_secs(2)));
@@ -488,7 +504,10 @@ impl Engine {
         let mut client = self.inner.peers.member(&self.inner.peers.addr_of(leader))?;
         let mut request = tonic::Request::new(pb::ReadIndexRequest {});
         request.set_timeout(left);
-        let reply = client.read_index(request).await.map_err(|s| s.to_string())?;
+        let reply = client
+            .read_index(request)
+            .await
+            .map_err(|s| s.to_string())?;
         serde_json::from_slice(&reply.into_inner().read_log_id).map_err(|e| e.to_string())
     }
 
@@ -525,8 +544,7 @@ impl Engine {
             .voter_ids()
             .all(|id| id == self.inner.node_id);
         alone
-            || m
-                .last_quorum_acked
+            || m.last_quorum_acked
                 .is_some_and(|t| t.elapsed() <= ELECTION_MAX)
     }
 
@@ -536,8 +554,12 @@ impl Engine {
         let m = self.metrics();
         match m.state {
             ServerState::Leader => self.quorum_fresh(&m),
-            ServerState::Follower | ServerState::Learner => m.current_leader.is_some()
-                && self.since_leader_contact().is_some_and(|d| d <= ELECTION_MIN),
+            ServerState::Follower | ServerState::Learner => {
+                m.current_leader.is_some()
+                    && self
+                        .since_leader_contact()
+                        .is_some_and(|d| d <= ELECTION_MIN)
+            }
             _ => false,
         }
     }
@@ -702,7 +724,9 @@ impl Engine {
                 .filter(|id| *id != self.inner.node_id)
                 .max_by_key(|id| repl.get(id).cloned().flatten().map(|l| l.index))
                 .and_then(name_of)
-                .ok_or_else(|| RegistryError::Group("there is no other voter to move leadership to".into()))?
+                .ok_or_else(|| {
+                    RegistryError::Group("there is no other voter to move leadership to".into())
+                })?
         };
         let target = group::node_id(&target_name);
         if !membership.voter_ids().any(|id| id == target) {
@@ -718,7 +742,11 @@ impl Engine {
         if target == self.inner.node_id {
             return Ok((target_name, m.current_term));
         }
-        let kind = if failback { Move::Failback } else { Move::Failover };
+        let kind = if failback {
+            Move::Failback
+        } else {
+            Move::Failover
+        };
         *lock(&self.inner.moving) = Some((kind, self.name().to_owned(), target_name.clone()));
         let result = self.transfer(target, &target_name).await;
         *lock(&self.inner.moving) = None;
@@ -741,10 +769,7 @@ impl Engine {
             .inner
             .raft
             .wait(Some(Duration::from_secs(5)))
-            .metrics(
-                |m| m.current_leader == Some(target),
-                "leadership moved",
-            )
+            .metrics(|m| m.current_leader == Some(target), "leadership moved")
             .await;
         match waited {
             Ok(m) => Ok(m.current_term),

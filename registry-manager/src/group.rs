@@ -14,7 +14,9 @@ use topology::HostName;
 pub const STAND_ALONE_NAME: &str = "local";
 
 /// One member: its name (section 2 rules) and its gRPC address.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Member {
     /// The member's name; by convention the host it runs on.
     pub name: String,
@@ -343,7 +345,9 @@ mod tests {
     #[test]
     fn two_voters_are_refused() {
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        assert!(check_voters(&set(&["m1", "m2"])).unwrap().contains("two voters"));
+        assert!(check_voters(&set(&["m1", "m2"]))
+            .unwrap()
+            .contains("two voters"));
         assert!(check_voters(&set(&[])).is_some());
         assert_eq!(check_voters(&set(&["m1"])), None);
         assert_eq!(check_voters(&set(&["m1", "m2", "m3"])), None);

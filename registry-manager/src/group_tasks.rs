@@ -42,7 +42,7 @@ pub(crate) async fn watchdog(engine: Engine) {
             _ = tick.tick() => {}
         }
         // Cut off from the majority: close streams so agents move on; refuse new ones.
-        let connected = engine.connected();
+        let connected = !engine.is_cut_off();
         let was_cut = engine.set_cut_off(!connected);
         if !connected && !was_cut {
             tracing::warn!(
@@ -51,13 +51,19 @@ pub(crate) async fn watchdog(engine: Engine) {
             );
             engine.hub().close_all();
         } else if connected && was_cut {
-            tracing::info!(member = engine.name(), "back in touch with the group's majority");
+            tracing::info!(
+                member = engine.name(),
+                "back in touch with the group's majority"
+            );
         }
 
         let m = engine.metrics();
         if m.current_leader != last_leader {
             if let Some(l) = m.current_leader {
-                let name = engine.node(l).map(|n| n.name).unwrap_or_else(|| l.to_string());
+                let name = engine
+                    .node(l)
+                    .map(|n| n.name)
+                    .unwrap_or_else(|| l.to_string());
                 tracing::info!(leader = %name, term = m.current_term, "group leader");
             }
             last_leader = m.current_leader;
@@ -111,7 +117,11 @@ pub(crate) async fn watchdog(engine: Engine) {
                     .hooks()
                     .emit(GroupEvent::MemberOnline, vec![node.name.clone()]);
             }
-            let matched = replication.get(id).cloned().flatten().map_or(0, |l| l.index);
+            let matched = replication
+                .get(id)
+                .cloned()
+                .flatten()
+                .map_or(0, |l| l.index);
             let behind = heard && top.saturating_sub(matched) > LAG_ERROR;
             if behind && lagging.insert(*id) {
                 engine
@@ -175,13 +185,19 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let touched = engine.sessions().take_touched();
-        if touched.is_empty() || engine.is_leader() {
+        if engine.is_leader() {
+            // Heard here directly: nothing to pass on.
+            let _ = engine.sessions().take_touched();
             continue;
         }
+        // While no leader is known, keep what was heard for the next one.
         let Some((_, leader)) = engine.leader() else {
             continue;
         };
+        let touched = engine.sessions().take_touched();
+        if touched.is_empty() {
+            continue;
+        }
         let Ok(mut client) = engine.peers().member(&engine.peers().addr_of(&leader)) else {
             continue;
         };

@@ -112,7 +112,9 @@ async fn run(
                 status = %out.status,
                 "group hook failed"
             ),
-            Ok(Err(e)) => tracing::warn!(script = %script.display(), error = %e, "group hook failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(script = %script.display(), error = %e, "group hook failed")
+            }
             Err(_) => tracing::warn!(
                 script = %script.display(),
                 event = event.as_str(),

@@ -237,7 +237,10 @@ async fn launch(
     let registry = Registry {
         state: Arc::new(tokio::sync::RwLock::new(State::new())),
         sessions: Arc::new(SessionTable::new()),
-        hub: Arc::new(WatchHub::new(tuning.delta_window, tuning.broadcast_capacity)),
+        hub: Arc::new(WatchHub::new(
+            tuning.delta_window,
+            tuning.broadcast_capacity,
+        )),
         ttl: config.session_ttl,
     };
     let sm = StateMachine::open(Arc::clone(&db), registry).map_err(store_error)?;

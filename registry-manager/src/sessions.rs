@@ -330,7 +330,10 @@ mod tests {
         let ttl = Duration::from_millis(300);
         table.insert(host("a"), SessionId::new("sa"));
         table.touch(&table.by_host("a").unwrap());
-        assert_eq!(table.take_touched(), vec![(host("a"), SessionId::new("sa"))]);
+        assert_eq!(
+            table.take_touched(),
+            vec![(host("a"), SessionId::new("sa"))]
+        );
         assert!(table.take_touched().is_empty(), "passed on once");
         tokio::time::advance(Duration::from_millis(250)).await;
         table.touch_remote("a", "other-id", 7);

@@ -130,7 +130,11 @@ impl State {
 
     /// Checks then applies a proposed command, as the replicated apply does on every member:
     /// the outcome for the proposer, and the delta when a revision was made.
-    pub fn execute(&mut self, p: &crate::command::Proposed, ttl: Duration) -> (crate::command::Outcome, Option<Delta>) {
+    pub fn execute(
+        &mut self,
+        p: &crate::command::Proposed,
+        ttl: Duration,
+    ) -> (crate::command::Outcome, Option<Delta>) {
         match self.check(&p.command, p.session.as_ref(), ttl) {
             Err(e) => (Err(e.to_refusal()), None),
             Ok(Check::Unchanged) => (Ok(self.revision.0), None),

@@ -135,7 +135,10 @@ impl WatchHub {
 
     /// The history id events carry.
     pub fn history(&self) -> String {
-        self.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sets the history id (once the registry's history is named).
@@ -153,7 +156,10 @@ impl WatchHub {
 
     /// A token cancelled when [`WatchHub::close_all`] is called: streams end with it.
     pub fn closing(&self) -> tokio_util::sync::CancellationToken {
-        self.closer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.closer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Ends every open watch (and keep-alive) stream, so their agents move to another member.
@@ -183,7 +189,9 @@ impl WatchHub {
     pub fn publish(&self, revision: Revision, delta: Bytes) {
         self.window().push(revision.0, delta.clone());
         // No receiver is not an error: nobody is watching.
-        let _ = self.tx.send(self.stamp(wire::delta_event(revision.0, delta)));
+        let _ = self
+            .tx
+            .send(self.stamp(wire::delta_event(revision.0, delta)));
     }
 
     /// The oldest and newest revisions whose deltas are kept.

@@ -330,7 +330,11 @@ fn action_request() -> impl Strategy<Value = pb::PackageActionRequest> {
 }
 
 fn explain_request() -> impl Strategy<Value = pb::ExplainRouteRequest> {
-    (wire_name(), wire_name()).prop_map(|(host, r#type)| pb::ExplainRouteRequest { host, r#type, stale: false })
+    (wire_name(), wire_name()).prop_map(|(host, r#type)| pb::ExplainRouteRequest {
+        host,
+        r#type,
+        stale: false,
+    })
 }
 
 /// Topology texts: the applied tree damaged line by line, or random text.

@@ -388,7 +388,10 @@ async fn topology_apply_mid_stream_ends_removed_sessions_and_keeps_moved_ones() 
         .find(|x| x.host == "agent-4")
         .expect("agent-4 listed");
     assert_eq!(a4.domain, "subdomain-1");
-    assert!(a4.session_live && a4.session_id.is_empty(), "live, and no id is listed");
+    assert!(
+        a4.session_live && a4.session_id.is_empty(),
+        "live, and no id is listed"
+    );
     assert!(hosts.hosts.iter().all(|x| x.host != "s2-host"));
     let show = h
         .admin

@@ -463,7 +463,13 @@ impl Fleet {
         for (i, addr) in addrs.iter().enumerate() {
             let dial: String = (0..n)
                 .filter(|j| *j != i)
-                .map(|j| format!("    m{}: \"{}\"\n", j + 1, self.member_relays[&(i, j)].addr()))
+                .map(|j| {
+                    format!(
+                        "    m{}: \"{}\"\n",
+                        j + 1,
+                        self.member_relays[&(i, j)].addr()
+                    )
+                })
                 .collect();
             let config = format!(
                 "listen: \"{addr}\"\ndata_dir: \"{}\"\ntopology: \"{}\"\nsession_ttl: {}\ngroup:\n  name: m{}\n  preferred: m1\n  members:\n{members_yaml}  dial:\n{dial}",
@@ -477,7 +483,11 @@ impl Fleet {
             let proc = Proc::new(
                 &format!("registry-manager m{}", i + 1),
                 bin_path("registry-manager")?,
-                vec!["serve".into(), "--config".into(), path.display().to_string()],
+                vec![
+                    "serve".into(),
+                    "--config".into(),
+                    path.display().to_string(),
+                ],
                 self.dir().join(format!("m{}.log", i + 1)),
             );
             self.members.push(Member {
@@ -552,13 +562,21 @@ impl Fleet {
     }
 
     /// Waits until every running member agrees on a leader (other than `not`); its index.
-    pub async fn wait_leader(&self, not: Option<usize>, deadline: Duration) -> anyhow::Result<usize> {
+    pub async fn wait_leader(
+        &self,
+        not: Option<usize>,
+        deadline: Duration,
+    ) -> anyhow::Result<usize> {
         let all: Vec<usize> = (0..self.members.len()).collect();
         self.agree_on_leader(&all, not, deadline).await
     }
 
     /// Waits until the running members among `among` agree on a leader among them.
-    pub async fn wait_leader_among(&self, among: &[usize], deadline: Duration) -> anyhow::Result<usize> {
+    pub async fn wait_leader_among(
+        &self,
+        among: &[usize],
+        deadline: Duration,
+    ) -> anyhow::Result<usize> {
         self.agree_on_leader(among, None, deadline).await
     }
 
@@ -577,7 +595,10 @@ impl Fleet {
                 .collect();
             let mut leaders = std::collections::BTreeSet::new();
             for i in &running {
-                let out = self.member_cli(self.members[*i].addr, &["ha", "status", "--local", "--json"]);
+                let out = self.member_cli(
+                    self.members[*i].addr,
+                    &["ha", "status", "--local", "--json"],
+                );
                 let leader = out
                     .ok()
                     .filter(|o| o.status.success())
@@ -594,7 +615,10 @@ impl Fleet {
                 }
             }
             if start.elapsed() >= deadline {
-                anyhow::bail!("the group agreed on no new leader within {deadline:?}\n{}", self.logs());
+                anyhow::bail!(
+                    "the group agreed on no new leader within {deadline:?}\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -988,7 +1012,11 @@ impl Fleet {
     }
 
     /// Runs the real `registry-manager` command line against the member at `addr`.
-    pub fn member_cli(&self, addr: SocketAddr, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    pub fn member_cli(
+        &self,
+        addr: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.push("--manager".into());
         full.push(addr.to_string());
@@ -1022,7 +1050,11 @@ impl Fleet {
     /// The whole logs of the group's members (or the manager).
     pub fn logs_all(&self) -> String {
         let mut out = String::new();
-        for p in self.manager.iter().chain(self.members.iter().map(|m| &m.proc)) {
+        for p in self
+            .manager
+            .iter()
+            .chain(self.members.iter().map(|m| &m.proc))
+        {
             out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
         }
         out

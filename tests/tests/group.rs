@@ -44,7 +44,8 @@ async fn group(n: usize) -> anyhow::Result<Fleet> {
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
-        let v: serde_json::Value = serde_json::from_str(&e.snapshot_json).map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&e.snapshot_json).map_err(|e| e.to_string())?;
         let ok = v["hosts"]["fm"]["packages"][SPARE].is_object()
             && v["hosts"]["agent-4"].is_object()
             && v["hosts"]["agent-1"]["packages"][CCM].is_object()
@@ -120,8 +121,12 @@ impl Writer {
         let count = Arc::new(AtomicUsize::new(0));
         let stop = tokio_util_stop::Stop::default();
         let task = {
-            let (acked, uncertain_after, count, stop) =
-                (acked.clone(), uncertain_after.clone(), count.clone(), stop.clone());
+            let (acked, uncertain_after, count, stop) = (
+                acked.clone(),
+                uncertain_after.clone(),
+                count.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let mut k = 0usize;
                 while !stop.stopped() {
@@ -132,7 +137,9 @@ impl Writer {
                     };
                     let addr = addrs[k % addrs.len()];
                     k += 1;
-                    let Ok(mut c) = admin(addr).await else { continue };
+                    let Ok(mut c) = admin(addr).await else {
+                        continue;
+                    };
                     let r = c
                         .package_action(proto::PackageActionRequest {
                             host: "fm".into(),
@@ -174,7 +181,12 @@ impl Writer {
 }
 
 /// Connects through agent-4's forwarding port again and again; counts failures.
-fn forward_load(addr: std::net::SocketAddr) -> (tokio_util_stop::Stop, tokio::task::JoinHandle<(usize, usize)>) {
+fn forward_load(
+    addr: std::net::SocketAddr,
+) -> (
+    tokio_util_stop::Stop,
+    tokio::task::JoinHandle<(usize, usize)>,
+) {
     let stop = tokio_util_stop::Stop::default();
     let s = stop.clone();
     let task = tokio::spawn(async move {
@@ -205,7 +217,12 @@ async fn group_forms_and_ha_status_names_every_member() -> anyhow::Result<()> {
         let role = m["role"].as_str().unwrap();
         assert!(role == "leader" || role == "follower", "{status}");
         assert!(m["voter"].as_bool().unwrap());
-        assert_eq!(m["applied_revision"].as_u64(), status["revision"].as_u64().map(|r| r.min(m["applied_revision"].as_u64().unwrap())));
+        assert_eq!(
+            m["applied_revision"].as_u64(),
+            status["revision"]
+                .as_u64()
+                .map(|r| r.min(m["applied_revision"].as_u64().unwrap()))
+        );
     }
     let leader_entry = members.iter().find(|m| m["role"] == "leader").unwrap();
     let state = leader_entry["state"].as_str().unwrap();
@@ -279,13 +296,22 @@ async fn leader_killed_again_and_again_loses_no_acknowledged_write() -> anyhow::
             "round {round}: revision {revision} acknowledged, group at {status}"
         );
         if !uncertain {
-            assert_eq!(spare_status(&mut fleet, next).await?, expected, "round {round}");
+            assert_eq!(
+                spare_status(&mut fleet, next).await?,
+                expected,
+                "round {round}"
+            );
         }
         fleet.restart_member(leader).await?;
     }
     fstop.stop();
     let (ok, failed) = ftask.await?;
-    assert_eq!(failed, 0, "{failed} of {} forwarded connections failed", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} forwarded connections failed",
+        ok + failed
+    );
     assert_eq!(
         lapses(&fleet),
         lapses_before,
@@ -357,8 +383,8 @@ async fn paused_leader_is_replaced_and_rejoins_as_follower() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals() -> anyhow::Result<()>
-{
+async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals(
+) -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let mut fleet = group(3).await?;
     let leader = fleet.wait_leader(None, SETTLE).await?;
@@ -366,24 +392,44 @@ async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals()
     let cut_addr = fleet.members()[cut].addr;
     fleet.cut_member(cut);
     // The majority elects or keeps a leader and takes writes.
-    let majority = fleet.wait_leader_among(&[(cut + 1) % 3, (cut + 2) % 3], SETTLE).await?;
+    let majority = fleet
+        .wait_leader_among(&[(cut + 1) % 3, (cut + 2) % 3], SETTLE)
+        .await?;
     let majority_addr = fleet.members()[majority].addr;
     let out = fleet.member_cli(
         majority_addr,
         &["package", "drain", "--host", "fm", "--type", SPARE],
     )?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The cut-off member refuses, naming the members it cannot reach.
-    let out = fleet.member_cli(cut_addr, &["package", "withdraw", "--host", "fm", "--type", SPARE])?;
-    assert!(!out.status.success(), "a minority member must refuse writes");
+    let out = fleet.member_cli(
+        cut_addr,
+        &["package", "withdraw", "--host", "fm", "--type", SPARE],
+    )?;
+    assert!(
+        !out.status.success(),
+        "a minority member must refuse writes"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach"), "{err}");
     // Its stale read still answers from its own copy.
     let out = fleet.member_cli(cut_addr, &["registry", "export", "--stale", "--json"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fleet.heal_member(cut);
     fleet.wait_member(cut).await?;
-    assert_eq!(spare_status(&mut fleet, cut).await?, "draining", "it caught up");
+    assert_eq!(
+        spare_status(&mut fleet, cut).await?,
+        "draining",
+        "it caught up"
+    );
     Ok(())
 }
 

@@ -142,7 +142,11 @@ pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn failover(addr: &str, to: String, failback: bool, json: bool) -> anyhow::Result<()> {
-    let what = if failback { "ha failback" } else { "ha failover" };
+    let what = if failback {
+        "ha failback"
+    } else {
+        "ha failover"
+    };
     let mut client = connect(addr).await?;
     let resp = client
         .ha_failover(proto::HaFailoverRequest { to, failback })

@@ -66,7 +66,10 @@ fn group_config(file: GroupFile, path: &str) -> anyhow::Result<registry_manager:
         m.into_iter()
             .map(|(n, a)| {
                 let n = name(what, &n)?;
-                if !a.contains(':') || a.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                if !a.contains(':')
+                    || a.rsplit_once(':')
+                        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
                     anyhow::bail!("{path}: {what}.{n}: address {a:?} is not host:port");
                 }
                 Ok((n, a))
@@ -204,7 +207,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

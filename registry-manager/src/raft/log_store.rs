@@ -89,9 +89,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.db.log.range(key(start)..) {
             let (k, v) = kv.map_err(io::Error::other)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                self.db.damaged("raft_log", &k, "a key that is not 8 bytes")
-            })?);
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| self.db.damaged("raft_log", &k, "a key that is not 8 bytes"))?,
+            );
             if !range.contains(&index) {
                 break;
             }
@@ -137,7 +139,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

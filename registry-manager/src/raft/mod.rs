@@ -12,11 +12,15 @@ pub mod types;
 use std::time::Duration;
 
 /// Raft heartbeat period.
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
 /// Shortest election timeout: a follower that heard no leader for this long may stand.
-pub const ELECTION_MIN: Duration = Duration::from_millis(300);
+pub const ELECTION_MIN: Duration = Duration::from_millis(200);
 /// Longest election timeout; also the leader's lease.
-pub const ELECTION_MAX: Duration = Duration::from_millis(600);
+pub const ELECTION_MAX: Duration = Duration::from_millis(400);
+/// A member without a leader for this long is cut off from the majority: it closes its
+/// agents' streams so they move to a member of the majority (longer than an election, so an
+/// ordinary failover does not send every agent moving).
+pub const CUT_OFF: Duration = Duration::from_millis(1_000);
 
 /// openraft's configuration for the registry group.
 pub fn config(cluster: &str) -> openraft::Config {

@@ -145,7 +145,11 @@ pub fn encode_snapshot_message(vote: &Vote, snapshot: &Snapshot) -> Vec<u8> {
     })
     .expect("snapshot header serialises");
     let mut out = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());
-    out.extend_from_slice(&u32::try_from(header.len()).expect("small header").to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .expect("small header")
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&header);
     out.extend_from_slice(&snapshot.snapshot);
     out
@@ -175,13 +179,18 @@ pub fn decode_snapshot_message(bytes: &[u8]) -> Result<(Vote, Snapshot), String>
 
 impl Connection {
     /// Sends one raft RPC and decodes openraft's `Result<Resp, E>` from the reply.
-    async fn call<Req: Serialize, Resp: DeserializeOwned, E: DeserializeOwned + std::fmt::Display>(
+    async fn call<
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: DeserializeOwned + std::fmt::Display,
+    >(
         &self,
         kind: &str,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.send(kind, payload, timeout).await.and_then(|bytes| {
             let result: Result<Resp, E> = serde_json::from_slice(&bytes)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -194,7 +203,12 @@ impl Connection {
         })
     }
 
-    async fn send(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+    async fn send(
+        &self,
+        kind: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RPCError<TypeConfig>> {
         let mut client = self
             .peers
             .member(&self.addr)
@@ -208,9 +222,14 @@ impl Connection {
         self.peers.mark(&self.addr, result.is_ok());
         match result {
             Ok(reply) => Ok(reply.into_inner().payload),
-            Err(status) if status.code() == tonic::Code::Unavailable => Err(RPCError::Unreachable(
-                Unreachable::from_string(format!("member {} at {}: {}", self.name, self.addr, status.message())),
-            )),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "member {} at {}: {}",
+                    self.name,
+                    self.addr,
+                    status.message()
+                ))))
+            }
             Err(status) => Err(RPCError::Network(NetworkError::from_string(format!(
                 "member {} at {}: {}",
                 self.name,
@@ -229,8 +248,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call::<_, _, openraft::errors::RaftError<TypeConfig>>("append_entries", &rpc, option.soft_ttl())
-            .await
+        self.call::<_, _, openraft::errors::RaftError<TypeConfig>>(
+            "append_entries",
+            &rpc,
+            option.soft_ttl(),
+        )
+        .await
     }
 
     async fn vote(
@@ -254,7 +277,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let timeout = option.hard_ttl().max(Duration::from_secs(30));
         let bytes = self.send("snapshot", payload, timeout).await?;
         let result: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> =
-            serde_json::from_slice(&bytes).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             StreamingError::Network(NetworkError::from_string(format!(
                 "member {} could not install the snapshot: {e}",
@@ -268,7 +292,11 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call::<_, _, openraft::errors::Fatal<TypeConfig>>("transfer_leader", &req, option.soft_ttl())
-            .await
+        self.call::<_, _, openraft::errors::Fatal<TypeConfig>>(
+            "transfer_leader",
+            &req,
+            option.soft_ttl(),
+        )
+        .await
     }
 }

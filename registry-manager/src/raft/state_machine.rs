@@ -87,7 +87,11 @@ impl StateMachine {
     pub fn open(db: Arc<RaftDb>, registry: Registry) -> Result<StateMachine, StoreError> {
         let mut applied = (None, StoredMembership::default());
         let mut current = None;
-        let state = match db.meta.get(SNAPSHOT).map_err(|e| StoreError::Engine(e.to_string()))? {
+        let state = match db
+            .meta
+            .get(SNAPSHOT)
+            .map_err(|e| StoreError::Engine(e.to_string()))?
+        {
             Some(v) => {
                 let (meta, data) = decode_snapshot(&v).map_err(|e| {
                     StoreError::Corrupt(db.damaged("raft_meta", SNAPSHOT, &e).to_string())
@@ -245,9 +249,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let state = State::from_bytes(&snapshot)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("installed snapshot: {e}")))?;
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let state = State::from_bytes(&snapshot).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("installed snapshot: {e}"),
+            )
+        })?;
         self.persist_snapshot(meta, &snapshot)?;
         self.db.db.flush_async().await.map_err(io::Error::other)?;
         {

@@ -60,7 +60,12 @@ fn session_id(text: String) -> Result<SessionId, RegistryError> {
 }
 
 /// Answers one heartbeat; `cached` is the stream's session, looked up once.
-fn heartbeat(
+///
+/// A session this member does not know may be one it has not applied yet (it was just opened
+/// through the leader, or this member restarted): the member first catches up with the leader,
+/// and only then tells the agent its session is gone. A member that cannot catch up ends the
+/// stream, so the agent keeps its session and tries another member.
+async fn heartbeat(
     engine: &Engine,
     cached: &mut Option<Arc<LiveSession>>,
     hb: &pb::Heartbeat,
@@ -70,18 +75,24 @@ fn heartbeat(
     };
     if !cached.as_ref().is_some_and(fresh) {
         *cached = engine.sessions().by_host(&hb.host).filter(fresh);
+        if cached.is_none() {
+            if engine.read_barrier(false).await.is_err() {
+                return Err(Status::unavailable(format!(
+                    "registry manager {} cannot confirm its copy with the group; try another member",
+                    engine.name()
+                )));
+            }
+            *cached = engine.sessions().by_host(&hb.host).filter(fresh);
+        }
     }
     match cached {
         Some(session) => {
             engine.sessions().touch(session);
-            Ok(pb::HeartbeatAck { ok: true, reason: String::new() })
+            Ok(pb::HeartbeatAck {
+                ok: true,
+                reason: String::new(),
+            })
         }
-        // A member still catching up (just restarted, or lagging) may not know the session
-        // yet: end the stream so the agent keeps its session and tries another member.
-        None if !engine.caught_up() => Err(Status::unavailable(format!(
-            "registry manager {} is catching up with its group; try another member",
-            engine.name()
-        ))),
         None => Ok(pb::HeartbeatAck {
             ok: false,
             reason: format!(
@@ -125,12 +136,19 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let engine = self.engine.clone();
         let cancel = engine.cancel_token().clone();
         let closing = engine.hub().closing();
-        let mut cached = None;
-        let acks = request
-            .into_inner()
-            .map(move |hb| hb.and_then(|hb| heartbeat(&engine, &mut cached, &hb)))
-            .take_until(cancel.cancelled_owned())
-            .take_until(closing.cancelled_owned());
+        let inbound = request.into_inner();
+        let acks = futures::stream::unfold(
+            (inbound, None::<Arc<LiveSession>>, engine),
+            |(mut inbound, mut cached, engine)| async move {
+                let r = match inbound.next().await? {
+                    Ok(hb) => heartbeat(&engine, &mut cached, &hb).await,
+                    Err(e) => Err(e),
+                };
+                Some((r, (inbound, cached, engine)))
+            },
+        )
+        .take_until(cancel.cancelled_owned())
+        .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(acks)))
     }
 

@@ -2,7 +2,9 @@
 //! JSON), writes a follower forwards to the leader, heartbeats passed on to the leader, the
 //! leader's read point for current reads on followers, and each member's own status.
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+};
 use proto::v1 as pb;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -97,8 +99,10 @@ impl pb::member_server::Member for MemberService {
                 self.engine.name()
             )));
         }
-        let items: Vec<Proposed> = serde_json::from_slice(&request.into_inner().batch)
-            .map_err(|e| Status::invalid_argument(format!("forwarded batch does not decode: {e}")))?;
+        let items: Vec<Proposed> =
+            serde_json::from_slice(&request.into_inner().batch).map_err(|e| {
+                Status::invalid_argument(format!("forwarded batch does not decode: {e}"))
+            })?;
         let outcomes = self.engine.propose_many(items).await;
         Ok(Response::new(pb::ProposeResponse {
             outcomes: json(&outcomes)?,

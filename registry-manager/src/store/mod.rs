@@ -102,7 +102,10 @@ impl RaftDb {
 
     /// An io error for a damaged record, naming the file and the remedy.
     pub fn damaged(&self, tree: &str, key: &[u8], what: &str) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, self.damage_text(tree, key, what))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            self.damage_text(tree, key, what),
+        )
     }
 
     fn damage_text(&self, tree: &str, key: &[u8], what: &str) -> String {
@@ -135,7 +138,8 @@ impl RaftDb {
         let Some(v) = self.meta.get(BASE_STATE).map_err(engine)? else {
             return Ok(None);
         };
-        let body = unseal(&v).map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))?;
+        let body = unseal(&v)
+            .map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))?;
         State::from_bytes(body)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))
@@ -174,21 +178,25 @@ impl RaftDb {
                 }
                 s
             }
-            Some(_) => return Err(StoreError::Corrupt("the old checkpoint is shorter than its header".into())),
+            Some(_) => {
+                return Err(StoreError::Corrupt(
+                    "the old checkpoint is shorter than its header".into(),
+                ))
+            }
             None => State::new(),
         };
         for kv in legacy_log.iter() {
             let (k, v) = kv.map_err(engine)?;
-            let revision = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("an old log key that is not 8 bytes".into()))?,
-            );
+            let revision =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt("an old log key that is not 8 bytes".into())
+                })?);
             if revision <= state.revision().0 {
                 continue;
             }
-            let rec = LogRecord::decode(&v)
-                .map_err(|e| StoreError::Corrupt(format!("old log entry at revision {revision}: {e}")))?;
+            let rec = LogRecord::decode(&v).map_err(|e| {
+                StoreError::Corrupt(format!("old log entry at revision {revision}: {e}"))
+            })?;
             let delta = state.apply(&rec.command);
             if delta.revision.0 != revision {
                 return Err(StoreError::Corrupt(format!(
