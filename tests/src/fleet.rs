@@ -542,6 +542,16 @@ impl Fleet {
         &mut self.members
     }
 
+    /// The gRPC address of member `i`.
+    pub fn member_addr(&self, i: usize) -> SocketAddr {
+        self.members[i].addr
+    }
+
+    /// The name of member `i`.
+    pub fn member_name(&self, i: usize) -> &str {
+        &self.members[i].name
+    }
+
     /// The index of the member named `name`.
     pub fn member_index(&self, name: &str) -> anyhow::Result<usize> {
         self.members

@@ -1,7 +1,8 @@
-//! `fleet-demo`: the SPEC §5 worked example played on real processes — one registry manager,
-//! six agents, stand-in managers — through maintenance, a lost host, a withdrawn package and a
-//! new subdomain. After each step it prints every agent's chosen manager, the host a connection
-//! through its forwarding port reached, and how long the re-route took. Then it cleans up.
+//! `fleet-demo`: the worked example played on real processes — a group of three registry
+//! managers, six agents, stand-in managers — through maintenance, a lost host, a withdrawn
+//! package, a new subdomain and the loss of the registry's own leader. After each step it prints
+//! every agent's chosen manager, the host a connection through its forwarding port reached, and
+//! how long the re-route took. Then it cleans up.
 //!
 //! Run with `cargo run --release -p tests --bin fleet-demo`; it builds the daemons it needs.
 
@@ -113,10 +114,15 @@ async fn show(
 }
 
 async fn demo() -> anyhow::Result<()> {
-    let mut fleet = worked_example::fleet("1s").default_checks().start().await?;
+    let mut fleet = worked_example::fleet("1s")
+        .managers(3)
+        .default_checks()
+        .start()
+        .await?;
+    let addrs: Vec<String> = fleet.members().iter().map(|m| m.addr.to_string()).collect();
     println!(
-        "fleet up: registry manager on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
-        fleet.manager_addr()
+        "fleet up: a registry group of three managers m1, m2, m3 on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
+        addrs.join(", ")
     );
 
     let t = tokio::time::Instant::now();
@@ -203,6 +209,65 @@ async fn demo() -> anyhow::Result<()> {
         t,
     )
     .await?;
+
+    println!("\n$ registry-manager ha status");
+    let leader = fleet.wait_leader(None, Duration::from_secs(15)).await?;
+    print!(
+        "{}",
+        String::from_utf8_lossy(
+            &fleet
+                .member_cli(fleet.member_addr(leader), &["ha", "status"])?
+                .stdout
+        )
+    );
+    let leader_name = fleet.member_name(leader).to_owned();
+    let lapses_before = fleet.logs_all().matches("session lapsed").count();
+    println!("\n# the registry's leader {leader_name} is killed (SIGKILL)");
+    let t = tokio::time::Instant::now();
+    fleet.members()[leader].proc.kill();
+    let next = fleet
+        .wait_leader(Some(leader), Duration::from_secs(15))
+        .await?;
+    let elected = t.elapsed();
+    println!(
+        "{} elected leader in {} ms; agents keep routing from their copies meanwhile",
+        fleet.member_name(next),
+        elected.as_millis()
+    );
+    println!("\n$ registry-manager package restore --host agent-3 --type {CCM}   # through a surviving member");
+    let t = tokio::time::Instant::now();
+    let survivor = fleet.member_addr(next);
+    let out = fleet.member_cli(
+        survivor,
+        &["package", "restore", "--host", "agent-3", "--type", CCM],
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the operator command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    show(
+        &mut fleet,
+        &Step {
+            title: "6. the registry lost its leader: a new one took over, every agent kept its session, and the next change went through",
+            expect: vec![
+                ("fm", "s2-host"),
+                ("agent-2", "agent-3"),
+                ("agent-3", "agent-3"),
+                ("agent-4", "agent-3"),
+            ],
+        },
+        t,
+    )
+    .await?;
+    let lapsed = fleet.logs_all().matches("session lapsed").count() - lapses_before;
+    println!("agent sessions lapsed through the failover: {lapsed}");
+    println!("\n$ registry-manager ha status");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&fleet.member_cli(survivor, &["ha", "status"])?.stdout)
+    );
 
     let explained = fleet.resolve("agent-4", CCM).await?;
     println!("\n$ registry-agent resolve {CCM}   # on agent-4");
