@@ -304,13 +304,21 @@ impl SessionClient {
 
     /// Applies one event to the copy, notifies, persists.
     async fn apply(&self, ev: &pb::WatchEvent) -> Result<(), crate::registry_copy::CopyError> {
-        let (res, history) = {
+        let (res, history, had) = {
             let mut c = self.copy.write().unwrap_or_else(|p| p.into_inner());
             let before = c.history.clone();
+            let had = c.revision();
             let res = c.apply_event(ev);
-            (res, (c.history != before).then(|| c.history.clone()))
+            (res, (c.history != before).then(|| c.history.clone()), had)
         };
         let (applied, decoded) = res?;
+        if applied == Applied::Snapshot && had > 0 {
+            tracing::info!(
+                from_revision = had,
+                revision = ev.revision,
+                "registry copy replaced by a full snapshot"
+            );
+        }
         if applied == Applied::Ignored {
             return Ok(());
         }

@@ -305,6 +305,19 @@ async fn launch(
         tokio::spawn(crate::group_tasks::pass_heartbeats(engine.clone())),
     ];
 
+    let mut topology = topology;
+    if engine.group().is_stand_alone() {
+        // A manager alone leads within an election timeout and needs no network for it: the
+        // port opens once it leads and its start topology is in place, so the first requests
+        // find it ready.
+        let ready = tokio::time::timeout(Duration::from_secs(10), engine.read_barrier(false));
+        if !matches!(ready.await, Ok(Ok(()))) {
+            tracing::warn!("this manager did not become the leader of its group of one within 10s");
+        }
+        if let Some(t) = topology.take() {
+            seed_topology(engine.clone(), t).await;
+        }
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::agent_registry_server::AgentRegistryServer<AgentRegistryService>>()
@@ -351,22 +364,8 @@ async fn launch(
         result
     });
 
-    if engine.group().is_stand_alone() {
-        // A manager alone leads within an election timeout: serve once it does, so the
-        // first requests find it ready.
-        let ready = tokio::time::timeout(Duration::from_secs(10), engine.read_barrier(false));
-        if !matches!(ready.await, Ok(Ok(()))) {
-            tracing::warn!("this manager did not become the leader of its group of one within 10s");
-        }
-    }
     if let Some(topology) = topology {
-        let seeding = tokio::spawn(seed_topology(engine.clone(), topology));
-        if engine.group().is_stand_alone() {
-            // A manager alone leads at once: the topology is in place when `start` returns.
-            let _ = seeding.await;
-        } else {
-            tasks.push(seeding);
-        }
+        tasks.push(tokio::spawn(seed_topology(engine.clone(), topology)));
     }
     Ok(RunningManager {
         local_addr,

@@ -450,10 +450,10 @@ impl Fleet {
             .collect::<anyhow::Result<_>>()?;
         self.manager_addr = addrs[0];
         for from in 0..n {
-            for to in 0..n {
+            for (to, addr) in addrs.iter().enumerate() {
                 if from != to {
                     self.member_relays
-                        .insert((from, to), Relay::start(addrs[to]).await?);
+                        .insert((from, to), Relay::start(*addr).await?);
                 }
             }
         }
@@ -1066,6 +1066,15 @@ impl Fleet {
             .chain(self.members.iter().map(|m| &m.proc))
         {
             out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
+        }
+        out
+    }
+
+    /// The whole logs of every agent.
+    pub fn agent_logs(&self) -> String {
+        let mut out = String::new();
+        for a in self.agents.values() {
+            out.push_str(&std::fs::read_to_string(&a.proc.log).unwrap_or_default());
         }
         out
     }

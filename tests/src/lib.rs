@@ -3,12 +3,14 @@
 //!
 //! - [`fleet`]: the [`Fleet`] builder and the processes it owns (every one reaped on drop).
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
+//! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
 //! - [`wait`]: waiting on conditions with deadlines.
 //! - [`worked_example`]: the SPEC §5 worked example's topology and fleet.
 
 pub mod bench;
 pub mod fleet;
+pub mod load;
 pub mod relay;
 pub mod standin;
 pub mod wait;

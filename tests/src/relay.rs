@@ -61,6 +61,9 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: Arc<AtomicB
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
+            // No Nagle on either leg: a relay must not add delayed-ACK stalls to small messages.
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
             let a = pump(cr, sw, cut.clone());

@@ -5,11 +5,10 @@
 //! generous deadlines. The tests of this file run one at a time (a lock), so a loaded 2-core
 //! machine does not cause false elections.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use proto::admin_client::AdminClient;
+use tests::load::{ForwardLoad, WriteLoad};
 use tests::worked_example::{self, CCM};
 use tests::{wait_until, Fleet};
 use tokio::sync::Mutex;
@@ -87,122 +86,6 @@ fn lapses(fleet: &Fleet) -> usize {
     fleet.logs_all().matches("session lapsed").count()
 }
 
-/// A write load through every running member: drain/withdraw of the spare package in turn,
-/// one at a time; records the last acknowledged action and whether a later one failed.
-struct Writer {
-    acked: Arc<std::sync::Mutex<Option<(u64, &'static str)>>>,
-    uncertain_after: Arc<std::sync::Mutex<bool>>,
-    count: Arc<AtomicUsize>,
-    stop: tokio_util_stop::Stop,
-    task: tokio::task::JoinHandle<()>,
-}
-
-mod tokio_util_stop {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    /// A stop flag.
-    #[derive(Clone, Default)]
-    pub struct Stop(Arc<AtomicBool>);
-    impl Stop {
-        pub fn stop(&self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-        pub fn stopped(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-}
-
-impl Writer {
-    fn start(addrs: Vec<std::net::SocketAddr>) -> Writer {
-        let acked = Arc::new(std::sync::Mutex::new(None));
-        let uncertain_after = Arc::new(std::sync::Mutex::new(false));
-        let count = Arc::new(AtomicUsize::new(0));
-        let stop = tokio_util_stop::Stop::default();
-        let task = {
-            let (acked, uncertain_after, count, stop) = (
-                acked.clone(),
-                uncertain_after.clone(),
-                count.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let mut k = 0usize;
-                while !stop.stopped() {
-                    let (action, status) = if k % 2 == 0 {
-                        (proto::PackageAction::Drain, "draining")
-                    } else {
-                        (proto::PackageAction::Withdraw, "withdrawn")
-                    };
-                    let addr = addrs[k % addrs.len()];
-                    k += 1;
-                    let Ok(mut c) = admin(addr).await else {
-                        continue;
-                    };
-                    let r = c
-                        .package_action(proto::PackageActionRequest {
-                            host: "fm".into(),
-                            r#type: SPARE.into(),
-                            action: action as i32,
-                        })
-                        .await;
-                    match r {
-                        Ok(resp) => {
-                            *acked.lock().unwrap() = Some((resp.into_inner().revision, status));
-                            *uncertain_after.lock().unwrap() = false;
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            // Refused or unknown outcome: it may or may not have been applied.
-                            *uncertain_after.lock().unwrap() = true;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-            })
-        };
-        Writer {
-            acked,
-            uncertain_after,
-            count,
-            stop,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (Option<(u64, &'static str)>, bool, usize) {
-        self.stop.stop();
-        let _ = self.task.await;
-        let acked = *self.acked.lock().unwrap();
-        let uncertain = *self.uncertain_after.lock().unwrap();
-        (acked, uncertain, self.count.load(Ordering::Relaxed))
-    }
-}
-
-/// Connects through agent-4's forwarding port again and again; counts failures.
-fn forward_load(
-    addr: std::net::SocketAddr,
-) -> (
-    tokio_util_stop::Stop,
-    tokio::task::JoinHandle<(usize, usize)>,
-) {
-    let stop = tokio_util_stop::Stop::default();
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        let (mut ok, mut failed) = (0, 0);
-        while !s.stopped() {
-            match tests::standin::greeting(addr).await {
-                Ok(_) => ok += 1,
-                Err(_) => failed += 1,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (ok, failed)
-    });
-    (stop, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_forms_and_ha_status_names_every_member() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -245,7 +128,7 @@ async fn leader_killed_again_and_again_loses_no_acknowledged_write() -> anyhow::
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
     let forward = *fleet.agent("agent-4")?.forwards.get(CCM).unwrap();
-    let (fstop, ftask) = forward_load(forward);
+    let forwards = ForwardLoad::start(forward);
     let lapses_before = lapses(&fleet);
     let kills = std::env::var("FLEET_GROUP_KILLS")
         .ok()
@@ -255,47 +138,25 @@ async fn leader_killed_again_and_again_loses_no_acknowledged_write() -> anyhow::
     for round in 0..kills {
         let leader = fleet.wait_leader(None, SETTLE).await?;
         let addrs: Vec<_> = fleet.members().iter().map(|m| m.addr).collect();
-        let writer = Writer::start(addrs);
+        let writes = WriteLoad::start(addrs, "fm", SPARE);
         // Let some writes be acknowledged, then kill the leader in the middle of them.
-        let c = writer.count.clone();
-        wait_until("writes to be acknowledged", SETTLE, || {
-            let c = c.clone();
-            async move {
-                if c.load(Ordering::Relaxed) >= 5 {
-                    Ok(())
-                } else {
-                    Err("fewer than 5".to_string())
-                }
-            }
-        })
-        .await?;
+        writes.wait_acknowledged(5, SETTLE).await?;
         fleet.members()[leader].proc.kill();
         let next = fleet.wait_leader(Some(leader), SETTLE).await?;
         assert_ne!(next, leader, "round {round}");
         // Writes go on through the survivors.
-        let before = writer.count.load(Ordering::Relaxed);
-        let c = writer.count.clone();
-        wait_until("writes after the failover", SETTLE, || {
-            let c = c.clone();
-            async move {
-                if c.load(Ordering::Relaxed) >= before + 3 {
-                    Ok(())
-                } else {
-                    Err("no write acknowledged after the failover".to_string())
-                }
-            }
-        })
-        .await?;
-        let (acked, uncertain, n) = writer.finish().await;
-        total_writes += n;
-        let (revision, expected) = acked.expect("writes were acknowledged");
+        let before = writes.acknowledged();
+        writes.wait_acknowledged(before + 3, SETTLE).await?;
+        let out = writes.finish().await;
+        total_writes += out.acknowledged;
+        let (revision, expected) = out.last.expect("writes were acknowledged");
         // Every acknowledged write is there: the last one's effect, at or after its revision.
         let status = fleet.ha_status(next)?;
         assert!(
             status["revision"].as_u64().unwrap() >= revision,
             "round {round}: revision {revision} acknowledged, group at {status}"
         );
-        if !uncertain {
+        if !out.uncertain_after {
             assert_eq!(
                 spare_status(&mut fleet, next).await?,
                 expected,
@@ -304,8 +165,7 @@ async fn leader_killed_again_and_again_loses_no_acknowledged_write() -> anyhow::
         }
         fleet.restart_member(leader).await?;
     }
-    fstop.stop();
-    let (ok, failed) = ftask.await?;
+    let (ok, failed) = forwards.finish().await;
     assert_eq!(
         failed,
         0,

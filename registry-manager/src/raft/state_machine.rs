@@ -32,6 +32,9 @@ use crate::wire;
 
 const SNAPSHOT: &[u8] = b"snapshot";
 
+/// The current snapshot: what it covers and the encoded state.
+type StoredSnapshot = (SnapshotMeta, Vec<u8>);
+
 /// The registry as the members share it: the state, its live sessions and its watchers.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -51,7 +54,7 @@ pub struct StateMachine {
     registry: Registry,
     db: Arc<RaftDb>,
     applied: Arc<Mutex<(Option<LogId>, StoredMembership)>>,
-    snapshot: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -24,11 +24,15 @@ pub enum Group {
     Memory,
     /// Acknowledged durable writes per second.
     Writes,
+    /// A group of three managers losing its leader (SIGKILL), again and again.
+    Leader,
+    /// Acknowledged durable writes per second on one and on three members.
+    GroupWrites,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 9] = [
+    pub const ALL: [Group; 11] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -38,6 +42,8 @@ impl Group {
         Group::SilentLoaded,
         Group::Memory,
         Group::Writes,
+        Group::Leader,
+        Group::GroupWrites,
     ];
 
     /// The name accepted on the command line.
@@ -52,6 +58,8 @@ impl Group {
             Group::SilentLoaded => "silent_loaded",
             Group::Memory => "memory",
             Group::Writes => "writes",
+            Group::Leader => "leader",
+            Group::GroupWrites => "group_writes",
         }
     }
 }
@@ -249,6 +257,48 @@ pub const FIGURES: &[FigureDef] = &[
         Target::None,
         Group::Writes,
         "acknowledged durable writes (drain/restore) from 8 concurrent clients",
+    ),
+    entry(
+        "leader_kill_to_write",
+        "ms",
+        Target::Below(1000.0),
+        Group::Leader,
+        "3 managers: SIGKILL of the leader until the next acknowledged write",
+    ),
+    entry(
+        "leader_kill_lapsed_sessions",
+        "count",
+        Target::AtMost(0.0),
+        Group::Leader,
+        "agent sessions lapsed through one leader kill",
+    ),
+    entry(
+        "leader_kill_failed_forwards",
+        "count",
+        Target::AtMost(0.0),
+        Group::Leader,
+        "connections through a forwarding port that failed through one leader kill",
+    ),
+    entry(
+        "leader_kill_snapshot_resumes",
+        "count",
+        Target::None,
+        Group::Leader,
+        "agents that resumed their watch with a full snapshot instead of deltas, per leader kill",
+    ),
+    entry(
+        "group_write_throughput_1",
+        "writes/s",
+        Target::None,
+        Group::GroupWrites,
+        "acknowledged durable writes per second, a group of one, 64 concurrent clients",
+    ),
+    entry(
+        "group_write_throughput_3",
+        "writes/s",
+        Target::AtLeast(5000.0),
+        Group::GroupWrites,
+        "acknowledged durable writes per second, a group of three, 64 clients over all members",
     ),
 ];
 

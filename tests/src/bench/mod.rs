@@ -9,7 +9,7 @@
 //! - [`probe`]: timing re-routes through the agents' `resolve`, spotting false alarms.
 //! - [`system`]: the machine, a process's RSS, busy-loop load.
 //! - one module per group: [`route`], [`resolve`], [`propagation`], [`failover`], [`memory`],
-//!   [`writes`].
+//!   [`writes`], [`leader`] (the registry group: leader loss, write throughput).
 //!
 //! Benchmarks never run in the test suite; `tests/bench_quick.rs` only checks that `--quick`
 //! produces every figure.
@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod failover;
 pub mod figure;
 pub mod gen;
+pub mod leader;
 pub mod memory;
 pub mod probe;
 pub mod propagation;
@@ -64,6 +65,7 @@ impl Mode {
             (Mode::Full, Group::Memory) => 240,
             (Mode::Full, Group::Propagation10k) => 120,
             (Mode::Full, Group::Crash | Group::Silent | Group::SilentLoaded) => 120,
+            (Mode::Full, Group::Leader) => 180,
             (Mode::Full, _) => 60,
         };
         Duration::from_secs(secs)
@@ -72,8 +74,8 @@ impl Mode {
     /// The most the whole invocation may take; groups not started by then are skipped.
     fn total_budget(self) -> Duration {
         match self {
-            Mode::Full => Duration::from_secs(420),
-            Mode::Quick => Duration::from_secs(120),
+            Mode::Full => Duration::from_secs(720),
+            Mode::Quick => Duration::from_secs(180),
         }
     }
 }
@@ -147,6 +149,8 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::SilentLoaded => failover::silent(mode, true).await,
         Group::Memory => memory::run(mode).await,
         Group::Writes => writes::run(mode).await,
+        Group::Leader => leader::run(mode).await,
+        Group::GroupWrites => leader::throughput(mode).await,
     }
 }
 
