@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for every figure of SPEC §9.
+# One command for every figure of the performance targets (BENCHMARKS.md).
 #
 #   bash bench/run.sh                      # every figure (about five minutes on 2 cores)
 #   bash bench/run.sh resolve crash        # some groups or figures; `--list` names them all

@@ -28,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent daemon.
     Run {
-        /// The agent configuration file (YAML, SPEC §6).
+        /// The agent configuration file (YAML; every key is described in docs/agent.md).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -40,7 +40,7 @@ pub enum Command {
         /// The agent's local API address.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
         agent: String,
-        /// Print the SPEC §6 JSON answer (plus "revision" and "stale").
+        /// Print the JSON answer of `route explain` (plus "revision" and "stale").
         #[arg(long)]
         json: bool,
     },
@@ -183,7 +183,7 @@ fn opt(s: &str) -> Value {
     }
 }
 
-/// The SPEC §6 `route explain` JSON, plus `revision` and `stale`.
+/// The command-line contract (docs/manager.md, docs/agent.md) `route explain` JSON, plus `revision` and `stale`.
 pub fn explanation_json(e: &pb::RouteExplanation) -> Value {
     json!({
         "host": e.host,

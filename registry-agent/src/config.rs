@@ -1,4 +1,4 @@
-//! The agent configuration file (SPEC §6 `registry-agent run --config FILE`), parsed and
+//! The agent configuration file (the command-line contract (docs/manager.md, docs/agent.md) `registry-agent run --config FILE`), parsed and
 //! validated in one pass: every problem is reported as `FILE:LINE:COL: message`, and a file
 //! with any error yields no configuration at all.
 
@@ -33,7 +33,7 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The manager packages this host runs, with their local checks.
     pub packages: Vec<PackageConfig>,
-    /// How this agent probes the managers it routes to (the light backstop of SPEC §9).
+    /// How this agent probes the managers it routes to (the light backstop of the performance targets (BENCHMARKS.md)).
     pub health: HealthConfig,
     /// Local TCP ports that always lead to the chosen manager of a type.
     pub forward: Vec<ForwardConfig>,
@@ -172,7 +172,7 @@ struct RawCheck {
     #[serde(default, alias = "grpc-health")]
     grpc_health: Option<Spanned<String>>,
     // `interval`, `fall` and `rise` are accepted inside `check` too (`check: { tcp: ADDR,
-    // interval: 100ms }`), as the SPEC example's comment places them there.
+    // interval: 100ms }`), as the documented example places them there.
     #[serde(default)]
     interval: Option<Spanned<String>>,
     #[serde(default)]

@@ -1,8 +1,8 @@
-//! Transparent forwarding (SPEC §6 `forward`): a local TCP port that always leads to the
+//! Transparent forwarding (the command-line contract (docs/manager.md, docs/agent.md) `forward`): a local TCP port that always leads to the
 //! chosen manager of its type.
 //!
 //! Each accepted client connection is connected to the chosen manager; when that connect is
-//! refused or times out, the manager is held down at once (passive detection, SPEC §9) and the
+//! refused or times out, the manager is held down at once (passive detection, the performance targets (BENCHMARKS.md)) and the
 //! next manager of the route is tried within the same accept, so the client sees no failure
 //! while any candidate is reachable (as a last resort even the managers this agent holds down
 //! are tried). Bytes are then copied both ways with back-pressure (a

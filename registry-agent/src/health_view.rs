@@ -1,4 +1,4 @@
-//! The agent's own health view of the managers it routes to (SPEC §5 "eligible ... and `h`'s
+//! The agent's own health view of the managers it routes to (the routing rule (docs/routing.md) "eligible ... and `h`'s
 //! own health checks do not currently hold `m` down"), fed by active probes and by the
 //! forwarder's passive detection, read by the routing engine.
 //!

@@ -1,6 +1,6 @@
-//! `registry-agent`: the daemon every host runs (SPEC §6). It keeps a persisted copy of the
+//! `registry-agent`: the daemon every host runs (the command-line contract (docs/manager.md, docs/agent.md)). It keeps a persisted copy of the
 //! registry, computes for every manager type the nearest healthy manager of its own host
-//! (SPEC §5, with a revert hold-down), answers local programs on a gRPC API and forwards TCP
+//! (the routing rule (docs/routing.md), with a revert hold-down), answers local programs on a gRPC API and forwards TCP
 //! connections to the chosen manager, failing over within the same accept.
 //!
 //! Module map (pure modules first):

@@ -1,4 +1,4 @@
-//! The status a host's agent reports for one of its packages (SPEC §4: `starting`, `running`,
+//! The status a host's agent reports for one of its packages (the registry snapshot format (docs/topology.md): `starting`, `running`,
 //! `failing`, `stopped`), derived from consecutive local check results. Pure value.
 //!
 //! A package starts `starting`. `rise` consecutive successes make it `running`; `fall`

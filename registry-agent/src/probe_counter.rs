@@ -1,4 +1,4 @@
-//! Fall/rise hysteresis of the agent's probes of a manager (SPEC §6 `health`), as a pure value.
+//! Fall/rise hysteresis of the agent's probes of a manager (the command-line contract (docs/manager.md, docs/agent.md) `health`), as a pure value.
 //!
 //! `fall` consecutive failures hold a manager down; `rise` consecutive successes bring it back.
 //! A refused or reset connection seen by the forwarder holds it down at once

@@ -1,4 +1,4 @@
-//! Active probes of the managers this agent routes to (SPEC §6 `health`): every `interval`, a
+//! Active probes of the managers this agent routes to (the command-line contract (docs/manager.md, docs/agent.md) `health`): every `interval`, a
 //! TCP connect (or, with `probe: grpc-health`, a gRPC health `Check` over a reused channel)
 //! bounded by `timeout`, to the chosen manager of every type and to the next ones in line, so the next hop is known healthy before it is needed, plus every held-down manager,
 //! so it can rise again. Results go to the [`HealthView`].

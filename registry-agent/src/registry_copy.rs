@@ -242,7 +242,7 @@ pub fn status_to_wire(s: PackageStatus) -> pb::PackageStatus {
     }
 }
 
-/// A wire host entry as a domain host. Entries with names breaking SPEC §2 are dropped (logged).
+/// A wire host entry as a domain host. Entries with names breaking the name rules (docs/topology.md) are dropped (logged).
 pub fn host_from_wire(e: &pb::HostEntry) -> Option<(HostName, HostState)> {
     let name = match HostName::new(e.host.clone()) {
         Ok(n) => n,

@@ -54,7 +54,7 @@ pub struct TypeRoute {
     pub chosen: Option<HostName>,
     /// The chosen manager's endpoint.
     pub endpoint: Option<String>,
-    /// Eligible hosts, nearest first (SPEC §5).
+    /// Eligible hosts, nearest first (the routing rule (docs/routing.md)).
     pub route: Vec<HostName>,
     /// Where to connect, in order: the chosen manager, then the rest of the route.
     pub order: Vec<Target>,

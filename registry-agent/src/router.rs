@@ -1,4 +1,4 @@
-//! The routing decision of a live agent (SPEC §5 "Revert"), as a pure function of values.
+//! The routing decision of a live agent (the routing rule (docs/routing.md) "Revert"), as a pure function of values.
 //!
 //! The route (eligible hosts, nearest first) comes from `topology::explain` with the agent's
 //! health view already applied. What this module adds is time: a chosen manager that becomes
@@ -106,7 +106,7 @@ fn wakeup_before(
 
 /// Decides which manager a live agent uses now.
 ///
-/// - `route`: eligible hosts, nearest first (SPEC §5, health view applied).
+/// - `route`: eligible hosts, nearest first (the routing rule (docs/routing.md), health view applied).
 /// - `current`: the manager in use, if any.
 /// - `eligible_since`: see [`track_eligibility`]; a host missing from it counts as eligible
 ///   since `now`.

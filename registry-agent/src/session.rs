@@ -3,7 +3,7 @@
 //! of this host (opened with the packages and their local status, kept alive with heartbeats
 //! every third of the TTL) and status reports from the local checks.
 //!
-//! Which manager: first the `registry-manager` route of the copy (nearest first, SPEC §7), then
+//! Which manager: first the `registry-manager` route of the copy (nearest first, the group contract (docs/ha.md)), then
 //! the bootstrap `managers` list. A manager that cannot be reached is skipped at once for the
 //! next; a full round that reaches none waits an exponential backoff with jitter, capped at
 //! one second, before the next round.
@@ -44,7 +44,7 @@ use crate::health_view::HealthView;
 use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
 use crate::route_book::RouteBook;
 
-/// The package type of registry managers (SPEC §7).
+/// The package type of registry managers (the group contract (docs/ha.md)).
 pub const REGISTRY_MANAGER_TYPE: &str = "registry-manager";
 
 /// Timing of the session client.

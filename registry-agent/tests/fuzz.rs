@@ -1,10 +1,10 @@
-//! Fuzz-style property tests of the agent's parsers (SPEC §8): the configuration file
+//! Fuzz-style property tests of the agent's parsers (the security rules): the configuration file
 //! (`AgentConfig::from_yaml`) and the wire messages of the watch stream (`RegistryState`,
 //! `Delta`, `WatchEvent`) as they enter the registry copy.
 //!
 //! Contract checked on every input: no panic, no hang (inputs are bounded), configuration
 //! errors located as `FILE:LINE:COL` inside the text, a generated valid configuration parses to
-//! exactly what was generated, wire entries with names breaking SPEC §2 never reach the copy,
+//! exactly what was generated, wire entries with names breaking the name rules (docs/topology.md) never reach the copy,
 //! and an event that is refused leaves the copy as it was.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -116,7 +116,7 @@ pub struct Registration {
     pub status: AgentStatus,
 }
 
-/// The statuses an agent may report (SPEC §4); `draining` and `withdrawn` belong to operators.
+/// The statuses an agent may report (the registry snapshot format (docs/topology.md)); `draining` and `withdrawn` belong to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
@@ -131,7 +131,7 @@ pub enum AgentStatus {
 }
 
 impl AgentStatus {
-    /// The SPEC §4 status this stands for.
+    /// The registry snapshot format (docs/topology.md) status this stands for.
     pub fn to_status(self) -> PackageStatus {
         match self {
             AgentStatus::Starting => PackageStatus::Starting,
@@ -176,7 +176,7 @@ pub enum Override {
 }
 
 impl Override {
-    /// The SPEC §4 status this override shows.
+    /// The registry snapshot format (docs/topology.md) status this override shows.
     pub fn to_status(self) -> PackageStatus {
         match self {
             Override::Drain => PackageStatus::Draining,

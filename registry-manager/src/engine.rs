@@ -464,7 +464,7 @@ impl Engine {
     }
 
     /// Waits until this member's copy is at least as new as every write acknowledged before
-    /// the call (SPEC: reads current unless `stale`).
+    /// the call (the contract: reads current unless `stale`).
     pub async fn read_barrier(&self, stale: bool) -> Result<(), RegistryError> {
         if stale {
             return Ok(());

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 /// Why a request was refused. Each variant says what was wrong, where, and how to mend it.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// A name breaks SPEC §2.
+    /// A name breaks the name rules (docs/topology.md).
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// A request field is missing or malformed.

@@ -28,7 +28,7 @@ use crate::state::State;
 use crate::store::RaftDb;
 use crate::watch::WatchHub;
 
-/// What a manager needs to run (SPEC §6 `serve`).
+/// What a manager needs to run (the command-line contract (docs/manager.md, docs/agent.md) `serve`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// gRPC address; port 0 picks a free port ([`RunningManager::local_addr`] tells which).

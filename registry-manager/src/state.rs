@@ -36,7 +36,7 @@ pub struct State {
     /// the first leader names it. Watchers resume with deltas only within the same history.
     history: String,
     /// Hosts that opened a session at least once (and are still in the topology). Hosts of the
-    /// topology missing here are alive with no packages (SPEC §4).
+    /// topology missing here are alive with no packages (the registry snapshot format (docs/topology.md)).
     hosts: BTreeMap<HostName, HostRecord>,
 }
 
@@ -74,7 +74,7 @@ impl PackageRecord {
     }
 }
 
-/// SPEC §4: an operator's drain or withdraw overrides whatever the agent reports.
+/// the registry snapshot format (docs/topology.md): an operator's drain or withdraw overrides whatever the agent reports.
 pub fn effective_status(reported: AgentStatus, operator: Option<Override>) -> PackageStatus {
     match operator {
         Some(o) => o.to_status(),
@@ -369,7 +369,7 @@ impl State {
         self.hosts.iter().map(|(h, rec)| view(h, rec))
     }
 
-    /// The SPEC §4 snapshot of this state.
+    /// The registry snapshot format (docs/topology.md) snapshot of this state.
     pub fn to_snapshot(&self) -> RegistrySnapshot {
         let hosts = self
             .hosts
@@ -433,7 +433,7 @@ impl State {
     }
 }
 
-/// SPEC §4: a host runs at most one package of a type; endpoints are `host:port` text.
+/// the registry snapshot format (docs/topology.md): a host runs at most one package of a type; endpoints are `host:port` text.
 pub fn check_registrations(packages: &[Registration]) -> Result<(), RegistryError> {
     let mut seen = std::collections::BTreeSet::new();
     for p in packages {

@@ -148,7 +148,7 @@ pub fn packages_to_proto(
         .collect()
 }
 
-/// A route explanation (SPEC §6) on the wire, computed at `revision`.
+/// A route explanation (the command-line contract (docs/manager.md, docs/agent.md)) on the wire, computed at `revision`.
 pub fn explanation_to_proto(
     e: &topology::Explanation,
     revision: topology::Revision,

@@ -1,10 +1,10 @@
-//! Fuzz-style property tests of what a registry manager reads (SPEC §8): agent and admin
+//! Fuzz-style property tests of what a registry manager reads (the security rules): agent and admin
 //! requests decoded from arbitrary bytes and built from hostile fields, handled by the real
 //! services of a real manager (in-memory store, 127.0.0.1:0); the wire conversions of
 //! `registry_manager::wire`; and the manager's own stored forms (log records, checkpoints).
 //!
 //! Contract checked on every input: no panic, no hang (inputs are bounded), a name breaking
-//! SPEC §2 or a malformed field is refused with INVALID_ARGUMENT, a topology with errors is
+//! the name rules (docs/topology.md) or a malformed field is refused with INVALID_ARGUMENT, a topology with errors is
 //! refused with located `FILE:LINE:COL` messages, and a refused request changes nothing.
 
 use std::time::Duration;

@@ -267,7 +267,7 @@ impl FleetBuilder {
         self
     }
 
-    /// Agents use their DEFAULT `health` block and package `check` settings (SPEC §6) instead of
+    /// Agents use their DEFAULT `health` block and package `check` settings (the command-line contract (docs/manager.md, docs/agent.md)) instead of
     /// the test-fast ones this builder sets otherwise (for benchmarks "with default settings").
     pub fn default_checks(mut self) -> Self {
         self.health = String::new();

@@ -6,7 +6,7 @@
 //! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
 //! - [`wait`]: waiting on conditions with deadlines.
-//! - [`worked_example`]: the SPEC §5 worked example's topology and fleet.
+//! - [`worked_example`]: the routing-rule worked example's topology and fleet.
 
 pub mod bench;
 pub mod fleet;

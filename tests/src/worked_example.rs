@@ -1,4 +1,4 @@
-//! The SPEC §5 worked example, shared by the end-to-end tests and `fleet-demo`.
+//! The routing rule (docs/routing.md) worked example, shared by the end-to-end tests and `fleet-demo`.
 
 use crate::fleet::{Fleet, FleetBuilder};
 

@@ -1,4 +1,4 @@
-//! The benchmark command starts and its quick mode produces every figure of SPEC §9 with a
+//! The benchmark command starts and its quick mode produces every figure of the performance targets (BENCHMARKS.md) with a
 //! number. Speed is never checked here: benchmarks are for `bench/run.sh`, not the test suite.
 
 use std::process::{Command, Stdio};

@@ -347,3 +347,131 @@ async fn a_killed_member_catches_up_after_restart() -> anyhow::Result<()> {
     assert_eq!(spare_status(&mut fleet, follower).await?, "draining");
     Ok(())
 }
+
+/// One operation of the linearizability history: the spare package's status as a register.
+fn status_of_action(action: proto::PackageAction) -> &'static str {
+    match action {
+        proto::PackageAction::Drain => "draining",
+        proto::PackageAction::Withdraw => "withdrawn",
+        _ => "running",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_and_current_reads_through_leader_kills_are_linearizable(
+) -> anyhow::Result<()> {
+    use consistency_model::{
+        ConsistencyTester, LinearizabilityTester, Register, RegisterOp, RegisterRet,
+    };
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    // Start from a known value.
+    fleet.operator(&["package", "restore", "--host", "fm", "--type", SPARE])?;
+    let addrs: Vec<_> = fleet.members().iter().map(|m| m.addr).collect();
+    type Tester = LinearizabilityTester<u64, Register<&'static str>>;
+    let tester: std::sync::Arc<std::sync::Mutex<Tester>> = std::sync::Arc::new(
+        std::sync::Mutex::new(LinearizabilityTester::new(Register::new("running"))),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    // Two writers and two readers; a client whose operation has an unknown outcome leaves it
+    // pending for ever (it may or may not have happened) and goes on under a new id.
+    for client in 0..4u64 {
+        let (tester, stop, addrs) = (tester.clone(), stop.clone(), addrs.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut id = client * 1_000_000;
+            let mut k = 0usize;
+            let mut ops = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && ops < 60 {
+                k += 1;
+                let addr = addrs[(k + client as usize) % addrs.len()];
+                let Ok(mut c) = admin(addr).await else {
+                    continue;
+                };
+                if client < 2 {
+                    let action = [
+                        proto::PackageAction::Drain,
+                        proto::PackageAction::Withdraw,
+                        proto::PackageAction::Restore,
+                    ][(k + client as usize) % 3];
+                    let value = status_of_action(action);
+                    tester
+                        .lock()
+                        .unwrap()
+                        .on_invoke(id, RegisterOp::Write(value))
+                        .map_err(anyhow::Error::msg)?;
+                    let r = c
+                        .package_action(proto::PackageActionRequest {
+                            host: "fm".into(),
+                            r#type: SPARE.into(),
+                            action: action as i32,
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => {
+                            tester
+                                .lock()
+                                .unwrap()
+                                .on_return(id, RegisterRet::WriteOk)
+                                .map_err(anyhow::Error::msg)?;
+                        }
+                        Err(_) => id += 1,
+                    }
+                } else {
+                    tester
+                        .lock()
+                        .unwrap()
+                        .on_invoke(id, RegisterOp::Read)
+                        .map_err(anyhow::Error::msg)?;
+                    let r = c
+                        .export_registry(proto::ExportRegistryRequest { stale: false })
+                        .await;
+                    let value = r.ok().and_then(|e| {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&e.into_inner().snapshot_json).ok()?;
+                        let s = v["hosts"]["fm"]["packages"][SPARE]["status"].as_str()?;
+                        ["draining", "withdrawn", "running"]
+                            .into_iter()
+                            .find(|x| *x == s)
+                    });
+                    match value {
+                        Some(v) => {
+                            tester
+                                .lock()
+                                .unwrap()
+                                .on_return(id, RegisterRet::ReadOk(v))
+                                .map_err(anyhow::Error::msg)?;
+                        }
+                        None => id += 1,
+                    }
+                }
+                ops += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Two leader kills while the clients run.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let leader = fleet.wait_leader(None, SETTLE).await?;
+        fleet.members()[leader].proc.kill();
+        fleet.wait_leader(Some(leader), SETTLE).await?;
+        fleet.restart_member(leader).await?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        t.await??;
+    }
+    let tester = tester.lock().unwrap();
+    assert!(
+        tester.len() >= 40,
+        "too short a history to mean anything: {} operations",
+        tester.len()
+    );
+    assert!(
+        tester.is_consistent(),
+        "the history of {} operations is not linearizable",
+        tester.len()
+    );
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! The SPEC §5 worked example, every step, on real processes: one registry manager, one agent
+//! The routing rule (docs/routing.md) worked example, every step, on real processes: one registry manager, one agent
 //! per host, stand-in `command-control-manager` packages on fm, agent-1 and agent-3. Each step is
 //! driven by operator commands or killed processes, and checked both by each agent's `resolve`
 //! and by what a connection through its forwarding port reaches.

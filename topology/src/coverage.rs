@@ -57,7 +57,7 @@ impl Coverage {
 /// Builds the [`RouteTable`] of `(topology, snapshot)` and calls [`coverage_from_table`]; use
 /// that one directly when a table of the revision is at hand.
 ///
-/// Cost: the table build (SPEC §9: under 20 ms for 100,000 hosts in 5,000 domains), then
+/// Cost: the table build (the performance targets (BENCHMARKS.md): under 20 ms for 100,000 hosts in 5,000 domains), then
 /// `O(T·H)` for `T` types and `H` hosts (one row read per host and type, no hashing), plus
 /// `O(M log M)` per type to sort the `M` chosen managers; memory `O(H)`. About 9 ms in all
 /// for 100,000 hosts, 5,000 domains and 4 types (`cargo bench -p topology --bench routing`).
@@ -136,7 +136,7 @@ mod tests {
 
     const CCM: &str = "command-control-manager";
 
-    /// The SPEC §5 worked example's tree.
+    /// The routing rule (docs/routing.md) worked example's tree.
     const TREE: &str = "\
 version: 1
 domain: framework

@@ -1,4 +1,4 @@
-//! The serde types of the topology file, version 1 (SPEC §3). They carry the JSON Schema
+//! The serde types of the topology file, version 1 (the topology file format (docs/topology.md)). They carry the JSON Schema
 //! ([`crate::json_schema`]) and the canonical output ([`crate::Topology::to_yaml`]); parsing
 //! goes through a located node tree instead (see `parse.rs`) so that every error of a file,
 //! not only the first, gets its line and column.

@@ -28,7 +28,7 @@ pub struct FleetSpec {
 }
 
 impl FleetSpec {
-    /// The SPEC §9 benchmark fleet: 100,000 hosts in 5,000 domains, 4 manager types.
+    /// The performance targets (BENCHMARKS.md) benchmark fleet: 100,000 hosts in 5,000 domains, 4 manager types.
     pub fn large(seed: u64) -> Self {
         FleetSpec {
             seed,

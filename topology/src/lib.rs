@@ -2,12 +2,12 @@
 //! fleet-registry. Pure: no I/O, no async.
 //!
 //! Module map:
-//! - [`names`]: SPEC §2 names (`HostName`, `DomainName`, `PackageType`) and `Revision`.
+//! - [`names`]: the name rules (docs/topology.md) names (`HostName`, `DomainName`, `PackageType`) and `Revision`.
 //! - [`policy`]: the `routing:` section and the duration syntax.
 //! - [`tree`]: the validated tree ([`Topology`]) and [`TopologyBuilder`].
-//! - `parse` / `file_format`: the YAML file, version 1 (SPEC §3), located errors ([`error`]).
-//! - [`snapshot`]: the registry snapshot (SPEC §4).
-//! - [`route`]: the routing rule (SPEC §5) and `explain`.
+//! - `parse` / `file_format`: the YAML file, version 1 (the topology file format (docs/topology.md)), located errors ([`error`]).
+//! - [`snapshot`]: the registry snapshot (the registry snapshot format (docs/topology.md)).
+//! - [`route`]: the routing rule (the routing rule (docs/routing.md)) and `explain`.
 //! - [`route_table`]: every route of a revision, precomputed.
 //! - [`mod@coverage`]: route coverage: hosts with no or a single eligible manager, and the
 //!   load of each chosen manager ([`coverage()`]).

@@ -1,4 +1,4 @@
-//! Names of SPEC §2: host names, domain names and package types, plus the registry revision.
+//! Names of the name rules (docs/topology.md): host names, domain names and package types, plus the registry revision.
 //!
 //! A name is 1 to 63 characters of `a-z 0-9 . _ -`, starting with a letter or digit. The
 //! newtypes can only be built through [`HostName::new`] (or `FromStr`, serde), so every name
@@ -44,7 +44,7 @@ impl fmt::Display for NameKind {
     }
 }
 
-/// A name that breaks SPEC §2. Its message quotes the name and the rule.
+/// A name that breaks the name rules (docs/topology.md). Its message quotes the name and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name:?} is invalid: {NAME_RULE}")]
 pub struct NameError {
@@ -54,7 +54,7 @@ pub struct NameError {
     pub name: String,
 }
 
-/// True when `s` obeys SPEC §2.
+/// True when `s` obeys the name rules (docs/topology.md).
 pub fn is_valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     if b.is_empty() || b.len() > MAX_NAME_LEN {
@@ -87,7 +87,7 @@ macro_rules! name_type {
         pub struct $name(Arc<str>);
 
         impl $name {
-            /// Checks `s` against SPEC §2.
+            /// Checks `s` against the name rules (docs/topology.md).
             pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
                 let s: String = s.into();
                 check($kind, &s)?;
@@ -173,17 +173,17 @@ macro_rules! name_type {
 }
 
 name_type!(
-    /// A host name (SPEC §2); unique in the tree.
+    /// A host name (the name rules (docs/topology.md)); unique in the tree.
     HostName,
     NameKind::Host
 );
 name_type!(
-    /// A domain name (SPEC §2); unique in the tree.
+    /// A domain name (the name rules (docs/topology.md)); unique in the tree.
     DomainName,
     NameKind::Domain
 );
 name_type!(
-    /// A manager package type, such as `command-control-manager` (SPEC §2).
+    /// A manager package type, such as `command-control-manager` (the name rules (docs/topology.md)).
     PackageType,
     NameKind::PackageType
 );

@@ -1,4 +1,4 @@
-//! Validation of the topology file, version 1 (SPEC §3). The YAML is read into a located node
+//! Validation of the topology file, version 1 (the topology file format (docs/topology.md)). The YAML is read into a located node
 //! tree (`node.rs`, depth-limited, no recursion), then walked once; every problem found is kept, so
 //! one run reports all the semantic errors of a file. Only a file without any error becomes a
 //! [`Topology`].
@@ -200,7 +200,7 @@ impl Checker<'_> {
         found
     }
 
-    /// A name from a scalar node, checked against SPEC §2.
+    /// A name from a scalar node, checked against the name rules (docs/topology.md).
     fn name(&mut self, node: &Node, kind: NameKind, what: &str) -> Option<String> {
         let Some(text) = node.text().map(str::to_owned) else {
             self.err(

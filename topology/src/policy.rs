@@ -1,4 +1,4 @@
-//! The `routing:` section of the topology file (SPEC §3) and the duration syntax it uses.
+//! The `routing:` section of the topology file (the topology file format (docs/topology.md)) and the duration syntax it uses.
 
 use std::fmt;
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl fmt::Display for RevertAfter {
 /// The routing policy of a topology. Defaults: `cross_branch: true`, `revert_after: 5s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RoutingPolicy {
-    /// After the chain of ancestors, try other branches of the tree (SPEC §5 tier 4).
+    /// After the chain of ancestors, try other branches of the tree (the routing rule (docs/routing.md) tier 4).
     pub cross_branch: bool,
     /// Hold-down before moving back to a nearer manager that recovered.
     pub revert_after: RevertAfter,

@@ -1,4 +1,4 @@
-//! The routing rule of SPEC §5, written for clarity: `explain` ranks every host running a
+//! The routing rule of the routing rule (docs/routing.md), written for clarity: `explain` ranks every host running a
 //! type and says why each skipped one was skipped. [`crate::RouteTable`] computes the same
 //! answer fast for every host at once, and the tests hold the two together.
 
@@ -78,7 +78,7 @@ impl fmt::Display for Tier {
     }
 }
 
-/// Rendezvous score of SPEC §5: `xxh3_64` (seed 0) of `requester + "\0" + candidate`.
+/// Rendezvous score of the routing rule (docs/routing.md): `xxh3_64` (seed 0) of `requester + "\0" + candidate`.
 /// Higher is preferred.
 pub fn rendezvous_score(requester: &str, candidate: &str) -> u64 {
     let mut buf = [0u8; 128];
@@ -133,7 +133,7 @@ pub struct Explanation {
 }
 
 impl Explanation {
-    /// The JSON answer of SPEC §6:
+    /// The JSON answer of the command-line contract (docs/manager.md, docs/agent.md):
     /// `{"host","type","chosen","endpoint","route","candidates":[{"host","domain","tier","eligible","reason","endpoint"}]}`.
     pub fn to_json(&self) -> Value {
         json!({
@@ -160,7 +160,7 @@ pub enum RouteError {
     /// The requester is not a host of the topology.
     #[error("host {0:?} is not in the topology; add it to a domain of the topology file or check the spelling")]
     UnknownHost(String),
-    /// A name breaks SPEC §2.
+    /// A name breaks the name rules (docs/topology.md).
     #[error(transparent)]
     BadName(#[from] NameError),
 }
@@ -175,7 +175,7 @@ pub const REASON_HELD_DOWN: &str = "held down by this agent's health checks";
 pub const REASON_CROSS_BRANCH: &str =
     "cross-branch routing is disabled (routing.cross_branch: false)";
 
-/// Explains the route of `requester` for `package_type` (SPEC §5). `held_down` is the live
+/// Explains the route of `requester` for `package_type` (the routing rule (docs/routing.md)). `held_down` is the live
 /// agent's health view of candidate hosts; pass `&|_| false` offline.
 pub fn explain(
     topology: &Topology,

@@ -1,7 +1,7 @@
 //! The route table: every host's route prefix for every manager type, built once per
 //! registry revision so that a lookup is a map access.
 //!
-//! How it stays fast (SPEC §9: 100,000 hosts in 5,000 domains under 20 ms):
+//! How it stays fast (the performance targets (BENCHMARKS.md): 100,000 hosts in 5,000 domains under 20 ms):
 //! - one pass over the snapshot (split across cores by name range) finds the types and the
 //!   eligible managers of each; host ids come mostly from a cursor over the topology's sorted
 //!   names rather than from hashing.
@@ -32,7 +32,7 @@ const NONE: u32 = u32::MAX;
 const NAME_CHUNK: usize = 64;
 /// Hosts per unit of parallel work.
 const HOST_CHUNK: usize = 1024;
-/// Longest host name (SPEC §2), so that a rendezvous input fits the scorer's buffer.
+/// Longest host name (the name rules (docs/topology.md)), so that a rendezvous input fits the scorer's buffer.
 const MAX_NAME: usize = crate::names::MAX_NAME_LEN;
 
 /// Routes of one type, by host slot (see `tree::HostIndex`).
@@ -55,7 +55,7 @@ impl TypeRoutes {
     }
 }
 
-/// Chosen manager and the next few in line, per (host, type): a prefix of the route of SPEC §5
+/// Chosen manager and the next few in line, per (host, type): a prefix of the route of the routing rule (docs/routing.md)
 /// (without any agent's hold-downs).
 #[derive(Debug, Clone)]
 pub struct RouteTable {

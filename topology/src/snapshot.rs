@@ -1,4 +1,4 @@
-//! The registry snapshot of SPEC §4: which host is alive and which packages run where, at
+//! The registry snapshot of the registry snapshot format (docs/topology.md): which host is alive and which packages run where, at
 //! one revision. YAML or JSON with the same shape; the format is detected by content.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use crate::names::{HostName, PackageType, Revision};
 /// Largest snapshot accepted, in bytes.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
-/// The status of one package on one host (SPEC §4).
+/// The status of one package on one host (the registry snapshot format (docs/topology.md)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PackageStatus {
@@ -260,12 +260,12 @@ impl RegistrySnapshot {
         }
     }
 
-    /// YAML in the shape of SPEC §4.
+    /// YAML in the shape of the registry snapshot format (docs/topology.md).
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).expect("a snapshot always serializes")
     }
 
-    /// JSON in the shape of SPEC §4.
+    /// JSON in the shape of the registry snapshot format (docs/topology.md).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a snapshot always serializes")
     }

@@ -1,4 +1,4 @@
-//! The domain tree (SPEC §3): an arena of domains, every host in exactly one of them, and the
+//! The domain tree (the topology file format (docs/topology.md)): an arena of domains, every host in exactly one of them, and the
 //! routing policy. Built only from a validated file ([`Topology::from_yaml`]) or through
 //! [`TopologyBuilder`], which keeps the same invariants.
 
@@ -35,7 +35,7 @@ pub struct Domain {
     pub name: DomainName,
     /// `None` for the root only.
     pub parent: Option<DomainId>,
-    /// Distance from the root (root = 0); the tier keys of SPEC §5 are built from it.
+    /// Distance from the root (root = 0); the tier keys of the routing rule (docs/routing.md) are built from it.
     pub depth: u32,
     /// Subdomains, in file order.
     pub children: Vec<DomainId>,
@@ -168,7 +168,7 @@ impl HostIndex {
 }
 
 impl Topology {
-    /// Parses and validates a topology file (SPEC §3). All errors of the file are returned,
+    /// Parses and validates a topology file (the topology file format (docs/topology.md)). All errors of the file are returned,
     /// each as `FILE:LINE:COL: message`; a file with any error yields no topology.
     pub fn from_yaml(file_name: &str, text: &str) -> Result<Topology, TopologyErrors> {
         crate::parse::parse_topology(file_name, text)

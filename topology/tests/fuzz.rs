@@ -1,4 +1,4 @@
-//! Fuzz-style property tests of the two parsers of this crate (SPEC §8): the topology file
+//! Fuzz-style property tests of the two parsers of this crate (the security rules): the topology file
 //! (`Topology::from_yaml`) and the registry snapshot (`RegistrySnapshot::parse`).
 //!
 //! Every input, however broken, must give either a value or located errors — never a panic and

@@ -1,4 +1,4 @@
-//! Property tests of the routing rule (SPEC §5) and of the YAML round trip.
+//! Property tests of the routing rule (the routing rule (docs/routing.md)) and of the YAML round trip.
 
 use std::collections::BTreeSet;
 

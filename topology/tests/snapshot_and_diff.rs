@@ -1,4 +1,4 @@
-//! The registry snapshot (SPEC §4) in YAML and JSON, its errors, and `diff`.
+//! The registry snapshot (the registry snapshot format (docs/topology.md)) in YAML and JSON, its errors, and `diff`.
 
 use topology::{diff, HostName, PackageStatus, RegistrySnapshot, Revision, Topology};
 

@@ -1,4 +1,4 @@
-//! SPEC §5 worked example, step by step: each step builds its registry snapshot and checks
+//! the routing rule (docs/routing.md) worked example, step by step: each step builds its registry snapshot and checks
 //! the chosen manager of every requester, through `explain` and through the route table.
 
 use topology::{

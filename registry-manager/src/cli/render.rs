@@ -1,4 +1,4 @@
-//! How answers look: the SPEC §6 JSON of `route explain`, and readable text.
+//! How answers look: the contract JSON of `route explain`, and readable text.
 
 use serde_json::{json, Value};
 
@@ -82,7 +82,7 @@ impl Explained {
         }
     }
 
-    /// The SPEC §6 JSON, key for key.
+    /// The command-line contract (docs/manager.md, docs/agent.md) JSON, key for key.
     pub fn to_json(&self) -> Value {
         json!({
             "host": self.host,

@@ -14,7 +14,7 @@ use registry_manager::{RunningManager, ServeConfig, Tuning};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// The worked example of SPEC §5, plus subdomain-2.
+/// The worked example of the routing rule (docs/routing.md), plus subdomain-2.
 pub const TREE: &str = "\
 version: 1
 domain: framework
@@ -321,7 +321,7 @@ pub fn heartbeat(
     rx
 }
 
-/// SPEC §4: `alive` defaults to true when absent.
+/// the registry snapshot format (docs/topology.md): `alive` defaults to true when absent.
 pub fn alive(export: &serde_json::Value, host: &str) -> bool {
     export["hosts"][host]
         .get("alive")

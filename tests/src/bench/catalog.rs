@@ -1,4 +1,4 @@
-//! Every figure of SPEC §9 the command measures: its name, unit, target and the group (one
+//! Every figure of the performance targets (BENCHMARKS.md) the command measures: its name, unit, target and the group (one
 //! setup of processes) that measures it.
 
 use super::figure::Target;
@@ -71,7 +71,7 @@ pub struct FigureDef {
     pub name: &'static str,
     /// Unit of its value.
     pub unit: &'static str,
-    /// The SPEC §9 target.
+    /// The performance targets (BENCHMARKS.md) target.
     pub target: Target,
     /// The setup that measures it.
     pub group: Group,

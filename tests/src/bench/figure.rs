@@ -1,13 +1,13 @@
-//! One measured figure: its samples (one per run), its unit and the SPEC §9 target it is held to.
+//! One measured figure: its samples (one per run), its unit and the target it is held to.
 
 use std::fmt;
 
 use super::stats;
 
-/// What a figure must reach to meet SPEC §9.
+/// What a figure must reach to meet the performance targets (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
-    /// Reported for information; SPEC §9 sets no number.
+    /// Reported for information; the performance targets (BENCHMARKS.md) sets no number.
     None,
     /// Strictly below the value (latencies, memory).
     Below(f64),
@@ -81,7 +81,7 @@ pub struct Figure {
     pub name: &'static str,
     /// Unit of every sample.
     pub unit: &'static str,
-    /// What SPEC §9 asks for.
+    /// What the performance targets (BENCHMARKS.md) asks for.
     pub target: Target,
     /// One value per run.
     pub samples: Vec<f64>,

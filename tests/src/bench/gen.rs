@@ -91,7 +91,7 @@ impl GeneratedFleet {
         Ok(b.build())
     }
 
-    /// The topology file (SPEC §3), for the manager's `--topology`.
+    /// The topology file (the topology file format (docs/topology.md)), for the manager's `--topology`.
     pub fn to_yaml(&self) -> String {
         let mut children = vec![Vec::new(); self.domains.len()];
         for (i, p) in self.parents.iter().enumerate() {
@@ -159,7 +159,7 @@ impl GeneratedFleet {
     }
 }
 
-/// The fleet of the failover benchmarks: the worked example of SPEC §5 with more requesters.
+/// The fleet of the failover benchmarks: the worked example of the routing rule (docs/routing.md) with more requesters.
 /// `command-control-manager` runs on `agent-1` (subdomain-1) and `agent-3` (subdomain-1a);
 /// `agent-3`..`agent-6` choose `agent-3`, and `agent-1` is next in line.
 pub fn failover_topology(revert_after: Option<&str>) -> String {

@@ -1,4 +1,4 @@
-//! The benchmark suite behind `fleet-bench` (and `bench/run.sh`): every figure of SPEC §9,
+//! The benchmark suite behind `fleet-bench` (and `bench/run.sh`): every figure of the performance targets (BENCHMARKS.md),
 //! measured the same way every time, on loopback, with the real release binaries.
 //!
 //! - [`catalog`]: every figure (name, unit, target) and the [`Group`] (one setup) measuring it.
@@ -39,10 +39,10 @@ pub use catalog::{FigureDef, Group, FIGURES};
 pub use figure::{Figure, Target};
 pub use report::Report;
 
-/// Full sizes (SPEC §9) or the quick smoke run of the test suite.
+/// Full sizes (the performance targets (BENCHMARKS.md)) or the quick smoke run of the test suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// SPEC §9 sizes and default settings; about five minutes for everything on 2 cores.
+    /// the performance targets (BENCHMARKS.md) sizes and default settings; about five minutes for everything on 2 cores.
     Full,
     /// Tiny sizes and test-fast settings: every figure in seconds, values meaningless.
     Quick,

@@ -1,5 +1,5 @@
 //! Manager write throughput: operator `drain` and `restore` in turn from 8 concurrent clients,
-//! each on its own package; every answer is an acknowledged, durable write (SPEC §7).
+//! each on its own package; every answer is an acknowledged, durable write (the group contract (docs/ha.md)).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! `fleet-bench [all|GROUP|FIGURE...] [--quick] [--json|--markdown] [--list]`: measures every
-//! figure of SPEC §9 on loopback with the real binaries built next to it (use `bench/run.sh`,
+//! figure of the performance targets (BENCHMARKS.md) on loopback with the real binaries built next to it (use `bench/run.sh`,
 //! which builds them in release mode first) and prints figure, value, target, met.
 
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tests::bench::{self, Mode, Selection};
 
-/// Measures the figures of SPEC §9 and compares them with their targets.
+/// Measures the figures of the performance targets (BENCHMARKS.md) and compares them with their targets.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-bench", version, about)]
 struct Args {
