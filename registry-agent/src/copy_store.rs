@@ -3,10 +3,13 @@
 //! revision.
 //!
 //! Layout (one tree, `copy`): `meta/revision` (u64 big-endian), `meta/topology` (YAML text),
-//! `host/<name>` (an encoded `HostEntry`). Every watch event is written as one atomic batch, so
+//! `host/<name>` (an encoded `HostEntry`), `meta/history` (the registry's history id),
+//! `meta/session` (the session id) with `meta/session_ttl` (the TTL the manager granted it, in
+//! milliseconds, u64 big-endian; absent in stores written before it was kept). Every watch event is written as one atomic batch, so
 //! the stored copy is always the copy at some revision, never a mix of two.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use prost::Message;
 use proto::v1 as pb;
@@ -16,6 +19,7 @@ use crate::registry_copy::RegistryCopy;
 const KEY_REVISION: &[u8] = b"meta/revision";
 const KEY_TOPOLOGY: &[u8] = b"meta/topology";
 const KEY_SESSION: &[u8] = b"meta/session";
+const KEY_SESSION_TTL: &[u8] = b"meta/session_ttl";
 const KEY_HISTORY: &[u8] = b"meta/history";
 const HOST_PREFIX: &[u8] = b"host/";
 /// sled's page cache; the copy itself is small and lives in memory anyway.
@@ -140,14 +144,34 @@ impl CopyStore {
     }
 }
 
+/// The last session this agent held, as persisted (to resume it after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSession {
+    /// The session id.
+    pub id: String,
+    /// The TTL the manager granted it; `None` in a store written before it was kept.
+    pub ttl: Option<Duration>,
+}
+
 impl CopyStore {
-    /// The session id of the last session this agent held (to resume it after a restart).
-    pub fn load_session(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
+    /// The last session this agent held (to resume it after a restart).
+    pub fn load_session(&self) -> Result<Option<SavedSession>, StoreError> {
+        let Some(id) = self
             .tree
             .get(KEY_SESSION)?
             .and_then(|v| String::from_utf8(v.to_vec()).ok())
-            .filter(|s| !s.is_empty()))
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        let ttl = self
+            .tree
+            .get(KEY_SESSION_TTL)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        Ok(Some(SavedSession { id, ttl }))
     }
 
     /// Remembers the registry's history id of the copy.
@@ -157,12 +181,22 @@ impl CopyStore {
         Ok(())
     }
 
-    /// Remembers the current session id (`None`: forget it).
-    pub async fn save_session(&self, id: Option<&str>) -> Result<(), StoreError> {
-        match id {
-            Some(id) => self.tree.insert(KEY_SESSION, id.as_bytes())?,
-            None => self.tree.remove(KEY_SESSION)?,
-        };
+    /// Remembers the current session id and the TTL the manager granted it, in one atomic
+    /// batch (`None`: forget them).
+    pub async fn save_session(&self, session: Option<(&str, Duration)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        match session {
+            Some((id, ttl)) => {
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                batch.insert(KEY_SESSION, id.as_bytes());
+                batch.insert(KEY_SESSION_TTL, &ms.to_be_bytes());
+            }
+            None => {
+                batch.remove(KEY_SESSION);
+                batch.remove(KEY_SESSION_TTL);
+            }
+        }
+        self.tree.apply_batch(batch)?;
         self.db.flush_async().await?;
         Ok(())
     }
@@ -237,9 +271,46 @@ mod tests {
             ["z"]
         );
         assert_eq!(s.load_session().unwrap(), None);
-        s.save_session(Some("abc")).await.unwrap();
-        assert_eq!(s.load_session().unwrap().as_deref(), Some("abc"));
+        s.save_session(Some(("abc", Duration::from_millis(300))))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.load_session().unwrap(),
+            Some(SavedSession {
+                id: "abc".into(),
+                ttl: Some(Duration::from_millis(300))
+            })
+        );
         s.save_session(None).await.unwrap();
         assert_eq!(s.load_session().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_session_ttl_survives_a_reopen_and_an_old_store_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = CopyStore::open(dir.path()).unwrap();
+            s.save_session(Some(("s-1", Duration::from_secs(7))))
+                .await
+                .unwrap();
+        }
+        let s = CopyStore::open(dir.path()).unwrap();
+        let saved = s.load_session().unwrap().unwrap();
+        assert_eq!(
+            (saved.id.as_str(), saved.ttl),
+            ("s-1", Some(Duration::from_secs(7)))
+        );
+        // A store written before the TTL was kept holds the id alone.
+        s.tree.remove(KEY_SESSION_TTL).unwrap();
+        assert_eq!(
+            s.load_session().unwrap(),
+            Some(SavedSession {
+                id: "s-1".into(),
+                ttl: None
+            })
+        );
+        // A damaged TTL is ignored, not fatal.
+        s.tree.insert(KEY_SESSION_TTL, &b"xx"[..]).unwrap();
+        assert_eq!(s.load_session().unwrap().unwrap().ttl, None);
     }
 }

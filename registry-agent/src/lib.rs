@@ -11,7 +11,9 @@
 //! - [`route_book`], [`route_engine`]: every route of the host, recomputed on every change.
 //! - [`health_view`], [`prober`]: active probes and passive marks of managers.
 //! - [`copy_store`]: the copy persisted in sled.
-//! - [`session`], [`bootstrap`]: the session with a registry manager and the watch stream.
+//! - [`session`], [`bootstrap`]: the session with a registry manager and the watch stream;
+//!   [`report_plan`]: which status reports to send (changes, and statuses the registry holds
+//!   wrongly). Pure.
 //! - [`checks`]: local checks of this host's packages.
 //! - [`forwarder`]: forward ports.
 //! - [`api`]: the local `Agent` gRPC service.
@@ -33,6 +35,7 @@ pub mod package_check;
 pub mod probe_counter;
 pub mod prober;
 pub mod registry_copy;
+pub mod report_plan;
 pub mod route_book;
 pub mod route_engine;
 pub mod router;

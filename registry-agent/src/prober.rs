@@ -76,7 +76,9 @@ pub async fn run_prober(
                     .clone(),
             };
             async move {
-                let ok = check_once(&check, channel.as_ref(), cfg.timeout).await;
+                let ok = check_once(&check, channel.as_ref(), cfg.timeout)
+                    .await
+                    .passed();
                 health.record(&t, &h, &endpoint, ok);
             }
         });

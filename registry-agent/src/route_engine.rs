@@ -1,9 +1,12 @@
 //! Computes the [`RouteBook`] from (registry copy, health view, time): `topology::explain` for
-//! the agent's own host and every manager type, then [`router::decide`] for the hold-down. The
+//! the agent's own host and every manager type, then [`router::decide`] for the hold-down.
+//! A live agent always counts its own host alive (the routing rule), whatever its copy says
+//! (the copy shows it not alive while its session lapsed or is being re-opened). The
 //! engine itself is a plain value (tested without sockets); [`run_engine`] is the task that
 //! recomputes whenever the copy, the health view or the session state changes, or a hold-down
 //! ends, and publishes the result.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
@@ -11,7 +14,7 @@ use proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use topology::{explain, Explanation, HostName, PackageType, RouteError};
+use topology::{explain, Explanation, HostName, PackageType, RegistrySnapshot, RouteError};
 
 use crate::health_view::HealthView;
 use crate::registry_copy::RegistryCopy;
@@ -123,6 +126,7 @@ impl RouteEngine {
             types.extend(h.packages.keys().cloned());
         }
         self.types.retain(|t, _| types.contains(t));
+        let snapshot = own_host_alive(&copy.snapshot, &self.own_host);
 
         let mut events = Vec::new();
         let mut next_wakeup: Option<Instant> = None;
@@ -130,7 +134,7 @@ impl RouteEngine {
             let held = |h: &str| held_down(h, t.as_str());
             let ex = match explain(
                 topology,
-                &copy.snapshot,
+                &snapshot,
                 self.own_host.as_str(),
                 t.as_str(),
                 &held,
@@ -176,6 +180,24 @@ impl RouteEngine {
             events,
             next_wakeup,
         }
+    }
+}
+
+/// The snapshot with `own_host` counted alive: a live agent always counts its own host alive.
+/// Borrowed unchanged in the usual case; copied only while the copy says otherwise.
+pub fn own_host_alive<'a>(
+    snapshot: &'a RegistrySnapshot,
+    own_host: &HostName,
+) -> Cow<'a, RegistrySnapshot> {
+    match snapshot.hosts.get(own_host.as_str()) {
+        Some(h) if !h.alive => {
+            let mut s = snapshot.clone();
+            if let Some(h) = s.hosts.get_mut(own_host.as_str()) {
+                h.alive = true;
+            }
+            Cow::Owned(s)
+        }
+        _ => Cow::Borrowed(snapshot),
     }
 }
 
@@ -527,6 +549,78 @@ mod tests {
             r.book.problem,
             Some(BookProblem::UnknownHost("stranger".into()))
         );
+    }
+
+    #[test]
+    fn a_live_agent_counts_its_own_host_alive_whatever_the_copy_says() {
+        let t0 = Instant::now();
+        let no = |_: &str, _: &str| false;
+        let mut e = RouteEngine::new(HostName::new("agent-3").unwrap(), []);
+        // The copy says agent-3 (this host) is not alive, e.g. while its session is re-opened.
+        let own_dead = [
+            ("agent-3", Running, false),
+            ("agent-1", Running, true),
+            ("fm", Running, true),
+        ];
+        let c = copy(1, &own_dead);
+        let r = e.recompute(&c, &no, true, t0);
+        assert_eq!(chosen(&r), Some("agent-3"));
+        let route = r.book.get(CCM).unwrap();
+        let me = &route.full.candidates[0];
+        assert_eq!(
+            (
+                me.host.as_str(),
+                me.tier.as_str(),
+                me.eligible,
+                me.reason.as_str()
+            ),
+            ("agent-3", "self", true, "")
+        );
+        let order: Vec<&str> = route.order.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(order, ["agent-3", "agent-1", "fm"]);
+        // The copy itself is untouched.
+        assert!(!c.snapshot.hosts["agent-3"].alive);
+
+        // Other hosts not alive are still skipped; its own package's status still counts.
+        let r = e.recompute(
+            &copy(
+                2,
+                &[("agent-3", Running, false), ("agent-1", Running, false)],
+            ),
+            &no,
+            false,
+            t0,
+        );
+        assert_eq!(r.book.get(CCM).unwrap().route, ["agent-3"]);
+        let r = e.recompute(
+            &copy(
+                3,
+                &[("agent-3", Draining, false), ("agent-1", Running, true)],
+            ),
+            &no,
+            false,
+            t0,
+        );
+        assert_eq!(chosen(&r), Some("agent-1"));
+    }
+
+    #[test]
+    fn own_host_alive_copies_only_when_needed() {
+        let me = HostName::new("agent-3").unwrap();
+        let alive = copy(1, &[("agent-3", Running, true), ("fm", Running, false)]);
+        assert!(matches!(
+            own_host_alive(&alive.snapshot, &me),
+            Cow::Borrowed(_)
+        ));
+        let absent = copy(1, &[("fm", Running, false)]);
+        assert!(matches!(
+            own_host_alive(&absent.snapshot, &me),
+            Cow::Borrowed(_)
+        ));
+        let dead = copy(1, &[("agent-3", Running, false), ("fm", Running, false)]);
+        let s = own_host_alive(&dead.snapshot, &me);
+        assert!(matches!(s, Cow::Owned(_)));
+        assert!(s.hosts["agent-3"].alive && !s.hosts["fm"].alive);
     }
 
     #[test]

@@ -13,15 +13,23 @@
 //!   knows it), and opened anew when the manager answers `ok = false`;
 //! - `OpenSession` refused with `ALREADY_EXISTS` (the previous session of this host has not
 //!   lapsed yet, for example after an agent restart) is retried every ~150 ms until it works;
+//!   refused for longer than [`HELD_ELSEWHERE_WARN_TTLS`] TTLs, it is most likely another agent
+//!   running with the same `host`: warned about once per episode;
+//! - the session id and the TTL the manager granted are persisted; a restarted agent resumes
+//!   with both (1 s when an old store has no TTL);
 //! - no heartbeat ack for a whole TTL means the manager is gone: move to the next one;
 //! - `starting` is only ever sent in `OpenSession`; reports carry `running`, `failing`,
-//!   `stopped` changes.
+//!   `stopped` changes, and again, at most once a second, a status the registry copy holds
+//!   wrongly for one of this host's packages (see [`crate::report_plan`]).
+//!
+//! A whole round of candidates without reaching any manager is warned about once per episode
+//! (the episode ends when a manager is reached again, logged at `info`).
 //!
 //! Watch events may carry a payload in parts (`WatchEvent.more`); they are reassembled (at most
 //! 256 MiB) before being applied. A part sequence broken by another revision or kind restarts
 //! the watch from the copy's revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,10 +50,20 @@ use crate::config::PackageConfig;
 use crate::copy_store::CopyStore;
 use crate::health_view::HealthView;
 use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
+use crate::report_plan::{plan_reports, LastReport, ReportReason, REREPORT_EVERY};
 use crate::route_book::RouteBook;
 
 /// The package type of registry managers (the group contract (docs/ha.md)).
 pub const REGISTRY_MANAGER_TYPE: &str = "registry-manager";
+
+/// The TTL assumed for a session whose granted TTL is not known (a store written before the
+/// TTL was kept, or a manager answering `ttl_ms = 0`).
+pub const FALLBACK_TTL: Duration = Duration::from_secs(1);
+
+/// `OpenSession` refused with `ALREADY_EXISTS` for this many TTLs is warned about: the previous
+/// session of a restarted agent lapses within one TTL, so this is most likely another agent
+/// holding the host.
+pub const HELD_ELSEWHERE_WARN_TTLS: u32 = 3;
 
 /// Timing of the session client.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +92,40 @@ impl Default for SessionTiming {
             already_exists_retry: Duration::from_millis(150),
             unknown_host_retry: Duration::from_secs(1),
         }
+    }
+}
+
+/// One episode of a trouble that is worth a single warning, not one per retry. Pure value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Episode {
+    since: Option<Instant>,
+    warned: bool,
+}
+
+impl Episode {
+    /// The trouble is seen at `now` (an episode starts if none is under way). True once per
+    /// episode: the first time it is seen after lasting at least `warn_after`.
+    pub fn seen(&mut self, now: Instant, warn_after: Duration) -> bool {
+        let since = *self.since.get_or_insert(now);
+        if self.warned || now.saturating_duration_since(since) < warn_after {
+            return false;
+        }
+        self.warned = true;
+        true
+    }
+
+    /// How long the episode under way has lasted at `now` (zero when none is).
+    pub fn lasted(&self, now: Instant) -> Duration {
+        self.since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+
+    /// The trouble is over. Returns how long it lasted when it was warned about (so its end
+    /// can be logged too), else `None`.
+    pub fn end(&mut self, now: Instant) -> Option<Duration> {
+        let warned = self.warned.then(|| self.lasted(now));
+        *self = Episode::default();
+        warned
     }
 }
 
@@ -163,26 +215,44 @@ pub struct SessionClient {
 }
 
 /// Per-process session state, kept across connections.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
     session: Option<Session>,
-    /// What the registry was last told (or, after a restart, what it is believed to hold).
-    reported: BTreeMap<PackageType, PackageStatus>,
+    /// What the registry was last told and when (or, after a restart, what it is believed to
+    /// hold).
+    reported: BTreeMap<PackageType, LastReport>,
+    /// Packages whose contradicted status was reported again (warned once per episode).
+    contradicted: BTreeSet<PackageType>,
+    /// When to plan the reports again even if nothing changes.
+    report_recheck: Option<Instant>,
+    /// The TTL the manager last granted (or the persisted one).
+    granted_ttl: Option<Duration>,
     /// Before the first `OpenSession`, wait this long for the checks to settle so the
     /// registration carries real statuses rather than `starting`.
     settle_until: Option<Instant>,
+    /// No manager reached in a whole round of candidates.
+    unreachable: Episode,
+    /// `OpenSession` refused with `ALREADY_EXISTS`.
+    held_elsewhere: Episode,
+}
+
+impl State {
+    /// The session's TTL as best known.
+    fn ttl(&self) -> Duration {
+        self.session
+            .as_ref()
+            .map(|s| s.ttl)
+            .or(self.granted_ttl)
+            .unwrap_or(FALLBACK_TTL)
+    }
 }
 
 impl SessionClient {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut state = State {
-            session: None,
-            reported: BTreeMap::new(),
-            settle_until: None,
-        };
+        let mut state = State::default();
         match self.store.load_session() {
-            Ok(Some(id)) => {
+            Ok(Some(saved)) => {
                 // A restarted agent resumes its previous session if the registry still has it;
                 // the registry then still holds its last reports.
                 let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
@@ -190,12 +260,25 @@ impl SessionClient {
                     state.reported = me
                         .packages
                         .iter()
-                        .map(|(t, p)| (t.clone(), p.status))
+                        .map(|(t, p)| {
+                            let last = LastReport {
+                                status: p.status,
+                                at: None,
+                            };
+                            (t.clone(), last)
+                        })
                         .collect();
                 }
+                if saved.ttl.is_none() {
+                    tracing::info!(
+                        ttl = ?FALLBACK_TTL,
+                        "the persisted session has no TTL (older store); resuming with the fallback"
+                    );
+                }
+                state.granted_ttl = saved.ttl;
                 state.session = Some(Session {
-                    id,
-                    ttl: Duration::from_secs(1),
+                    id: saved.id,
+                    ttl: saved.ttl.unwrap_or(FALLBACK_TTL),
                     confirmed: false,
                 });
             }
@@ -214,11 +297,14 @@ impl SessionClient {
         let mut backoff = Backoff::new(self.timing.backoff_base, self.timing.backoff_cap);
         loop {
             let candidates = self.candidates().await;
-            if candidates.is_empty() {
+            if candidates.is_empty() && state.unreachable.seen(Instant::now(), Duration::ZERO) {
                 tracing::warn!(
-                    "no registry manager address to try (empty route and bootstrap list)"
+                    "no registry manager address to try (empty route and bootstrap list); answering from the registry copy (stale: true). List the registry managers in `managers` of the agent configuration"
                 );
             }
+            let mut reached = false;
+            let mut tried: Vec<String> = Vec::new();
+            let mut last_reason = String::new();
             for (addr, routed_host) in candidates {
                 if shutdown.is_cancelled() {
                     return;
@@ -229,6 +315,8 @@ impl SessionClient {
                     Ok(()) => return,
                     Err(ConnEnd::Unreachable(why)) => {
                         tracing::debug!(manager = %addr, reason = %why, "registry manager unreachable; trying the next");
+                        tried.push(addr.clone());
+                        last_reason = why;
                         if let Some(h) = routed_host {
                             if let Ok(t) = PackageType::new(REGISTRY_MANAGER_TYPE) {
                                 self.health.mark_down(&t, &h, &addr);
@@ -237,8 +325,19 @@ impl SessionClient {
                     }
                     Err(ConnEnd::Lost(why)) => {
                         tracing::warn!(manager = %addr, reason = %why, "lost the registry manager; trying the next");
+                        reached = true;
                         backoff.reset();
                     }
+                }
+            }
+            if !reached && !tried.is_empty() {
+                let now = Instant::now();
+                if state.unreachable.seen(now, Duration::ZERO) {
+                    tracing::warn!(
+                        tried = ?tried,
+                        last_error = %last_reason,
+                        "no registry manager reachable in a whole round of candidates; answering from the registry copy (stale: true) and retrying. Check that the registry managers run and that this host reaches them (`managers` in the agent configuration, addresses, firewalls)"
+                    );
                 }
             }
             let delay = backoff.next_delay();
@@ -421,6 +520,9 @@ impl SessionClient {
             .await
             .map_err(ConnEnd::Unreachable)?;
         tracing::info!(manager = %addr, from_revision = from, "connected to registry manager; watching");
+        if let Some(lasted) = state.unreachable.end(Instant::now()) {
+            tracing::info!(manager = %addr, after = ?lasted, "reached a registry manager again");
+        }
         // Large payloads arrive in parts (`WatchEvent.more`); one reassembler per watch stream.
         let mut parts = Reassembler::default();
 
@@ -440,6 +542,7 @@ impl SessionClient {
         let mut statuses = self.statuses.clone();
         // A host without packages has no check task: its status channel is closed at once.
         let mut statuses_open = true;
+        state.report_recheck = None;
         loop {
             let live = state.session.as_ref().is_some_and(|s| s.confirmed);
             let stale = !live;
@@ -454,6 +557,13 @@ impl SessionClient {
             let ka_next = async {
                 match ka_events.as_mut() {
                     Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let recheck = state.report_recheck;
+            let recheck_sleep = async {
+                match recheck {
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -478,6 +588,10 @@ impl SessionClient {
                             parts = Reassembler::default();
                         } else if unknown_host && state.session.is_none() {
                             open_at = Some(Instant::now());
+                        } else if state.session.as_ref().is_some_and(|s| s.confirmed) {
+                            // The copy may now hold a status of this host's packages that its
+                            // checks contradict.
+                            self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
                         }
                     }
                     Ok(None) => return Err(ConnEnd::Lost("watch stream ended".into())),
@@ -488,9 +602,10 @@ impl SessionClient {
                         if let Some(s) = &mut state.session {
                             if !s.confirmed {
                                 s.confirmed = true;
-                                tracing::info!(manager = %addr, "session resumed");
+                                tracing::info!(manager = %addr, ttl = ?s.ttl, "session resumed");
                             }
                         }
+                        state.held_elsewhere = Episode::default();
                         self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
                     }
                     Some(KaEvent::Rejected(reason)) => {
@@ -518,13 +633,29 @@ impl SessionClient {
                     match self.open_session(&mut client, state).await {
                         Ok(()) => {
                             unknown_host = false;
+                            if let Some(lasted) = state.held_elsewhere.end(Instant::now()) {
+                                tracing::info!(manager = %addr, after = ?lasted, "session of this host opened after being held by another");
+                            }
                             let s = state.session.as_ref().expect("just opened");
                             tracing::info!(manager = %addr, ttl = ?s.ttl, "session opened");
                             ka_events = Some(self.spawn_keepalive(&client, s, conn_guard.child_token()));
                             self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
                         }
                         Err(s) if s.code() == Code::AlreadyExists => {
-                            tracing::debug!(manager = %addr, "previous session of this host not lapsed yet; retrying");
+                            let now = Instant::now();
+                            let warn_after = state.ttl().saturating_mul(HELD_ELSEWHERE_WARN_TTLS);
+                            if state.held_elsewhere.seen(now, warn_after) {
+                                tracing::warn!(
+                                    manager = %addr,
+                                    host = %self.host,
+                                    refused_for = ?state.held_elsewhere.lasted(now),
+                                    message = %s.message(),
+                                    "the registry keeps refusing this host's session (ALREADY_EXISTS): another live session holds host {:?}, most likely another agent running with the same `host` (on this machine or another). Stop it or correct `host` in one of the configurations; meanwhile this agent retries and answers from its copy (stale: true)",
+                                    self.host.as_str()
+                                );
+                            } else {
+                                tracing::debug!(manager = %addr, "previous session of this host not lapsed yet; retrying");
+                            }
                             let j = rand::rng().random_range(0..=self.timing.already_exists_retry.as_millis() as u64 / 2);
                             open_at = Some(Instant::now() + self.timing.already_exists_retry + Duration::from_millis(j));
                         }
@@ -536,6 +667,12 @@ impl SessionClient {
                             open_at = Some(Instant::now() + self.timing.unknown_host_retry);
                         }
                         Err(s) => return Err(ConnEnd::Lost(format!("open session: {} {}", s.code(), s.message()))),
+                    }
+                }
+                _ = recheck_sleep => {
+                    state.report_recheck = None;
+                    if state.session.as_ref().is_some_and(|s| s.confirmed) {
+                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
                     }
                 }
                 r = statuses.changed(), if statuses_open => {
@@ -586,12 +723,24 @@ impl SessionClient {
             .map_err(|_| tonic::Status::deadline_exceeded("open session: no answer"))??
             .into_inner();
         let ttl = if resp.ttl_ms == 0 {
-            Duration::from_secs(1)
+            FALLBACK_TTL
         } else {
             Duration::from_millis(resp.ttl_ms)
         };
-        state.reported = current;
-        if let Err(e) = self.store.save_session(Some(&resp.session_id)).await {
+        let now = Instant::now();
+        state.reported = current
+            .into_iter()
+            .map(|(t, status)| {
+                let last = LastReport {
+                    status,
+                    at: Some(now),
+                };
+                (t, last)
+            })
+            .collect();
+        state.contradicted.clear();
+        state.granted_ttl = Some(ttl);
+        if let Err(e) = self.store.save_session(Some((&resp.session_id, ttl))).await {
             tracing::warn!(error = %e, "cannot persist the session id");
         }
         state.session = Some(Session {
@@ -602,7 +751,24 @@ impl SessionClient {
         Ok(())
     }
 
-    /// Reports every status that differs from what the registry was told.
+    /// The statuses the registry copy holds for this host's packages.
+    fn registry_statuses(&self) -> BTreeMap<PackageType, PackageStatus> {
+        let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
+        copy.snapshot
+            .hosts
+            .get(self.host.as_str())
+            .map(|h| {
+                h.packages
+                    .iter()
+                    .map(|(t, p)| (t.clone(), p.status))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Reports every status that differs from what the registry was told, and again (at most
+    /// once per [`REREPORT_EVERY`]) every status the registry copy contradicts (see
+    /// [`plan_reports`]).
     async fn report_changes(
         &self,
         client: &mut AgentRegistryClient<Channel>,
@@ -610,11 +776,23 @@ impl SessionClient {
         open_at: &mut Option<Instant>,
         ka_events: &mut Option<mpsc::Receiver<KaEvent>>,
     ) -> Result<(), ConnEnd> {
+        state.report_recheck = None;
+        if !state.session.as_ref().is_some_and(|s| s.confirmed) {
+            return Ok(());
+        }
         let current = self.statuses.borrow().clone();
-        for (t, s) in current {
-            if s == PackageStatus::Starting || state.reported.get(&t) == Some(&s) {
-                continue;
-            }
+        let registry = self.registry_statuses();
+        let plan = plan_reports(
+            &current,
+            &registry,
+            &state.reported,
+            Instant::now(),
+            REREPORT_EVERY,
+        );
+        state.contradicted.retain(|t| plan.contradicted.contains(t));
+        let mut recheck = plan.recheck_at;
+        for report in plan.reports {
+            let (t, s) = (report.package_type, report.status);
             let Some(session) = state.session.as_ref().filter(|s| s.confirmed) else {
                 return Ok(());
             };
@@ -626,8 +804,31 @@ impl SessionClient {
             };
             match tokio::time::timeout(self.timing.call_timeout, client.report_status(req)).await {
                 Ok(Ok(r)) => {
-                    tracing::info!(package_type = %t, status = %s, revision = r.into_inner().revision, "status reported");
-                    state.reported.insert(t, s);
+                    let revision = r.into_inner().revision;
+                    match report.reason {
+                        ReportReason::Changed => {
+                            state.contradicted.remove(&t);
+                            tracing::info!(package_type = %t, status = %s, revision, "status reported");
+                        }
+                        ReportReason::Contradicted { registry } => {
+                            if state.contradicted.insert(t.clone()) {
+                                tracing::warn!(package_type = %t, registry = %registry, local = %s, revision, "the registry holds a status of this host's package that its local check contradicts; reported the local status again (at most once a second until the registry agrees)");
+                            } else {
+                                tracing::debug!(package_type = %t, registry = %registry, local = %s, revision, "status reported again");
+                            }
+                        }
+                    }
+                    let at = Instant::now();
+                    state.reported.insert(
+                        t,
+                        LastReport {
+                            status: s,
+                            at: Some(at),
+                        },
+                    );
+                    // Look again once the registry had time to agree.
+                    let due = at + REREPORT_EVERY;
+                    recheck = Some(recheck.map_or(due, |r| r.min(due)));
                 }
                 Ok(Err(e)) if matches!(e.code(), Code::NotFound | Code::FailedPrecondition) => {
                     tracing::info!(code = %e.code(), message = %e.message(), "session no longer valid; opening a new one");
@@ -646,6 +847,7 @@ impl SessionClient {
                 Err(_) => return Err(ConnEnd::Lost("report status: no answer".into())),
             }
         }
+        state.report_recheck = recheck;
         Ok(())
     }
 }
@@ -679,5 +881,51 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn an_episode_warns_once_after_lasting_long_enough() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = Episode::default();
+        assert_eq!(e.lasted(t0), Duration::ZERO);
+        // ALREADY_EXISTS every 150 ms: warned once it lasted 3 TTLs (TTL 1 s), never again.
+        let warn_after = FALLBACK_TTL * HELD_ELSEWHERE_WARN_TTLS;
+        let warned: Vec<u64> = (0..40)
+            .map(|i| i * 150)
+            .filter(|&at| e.seen(t0 + ms(at), warn_after))
+            .collect();
+        assert_eq!(warned, [3000]);
+        assert_eq!(e.lasted(t0 + ms(6000)), ms(6000));
+        // Its end is reported with how long it lasted, then a new episode warns again.
+        assert_eq!(e.end(t0 + ms(6000)), Some(ms(6000)));
+        assert_eq!(e.end(t0 + ms(6100)), None);
+        assert!(!e.seen(t0 + ms(7000), warn_after));
+        assert!(e.seen(t0 + ms(10_000), warn_after));
+    }
+
+    #[test]
+    fn an_episode_that_ends_before_its_warning_is_not_reported() {
+        let t0 = Instant::now();
+        let mut e = Episode::default();
+        assert!(!e.seen(t0, Duration::from_secs(3)));
+        assert_eq!(e.end(t0 + Duration::from_secs(1)), None);
+        // A zero threshold (a whole round of managers unreachable) warns at the first one.
+        assert!(e.seen(t0 + Duration::from_secs(2), Duration::ZERO));
+        assert!(!e.seen(t0 + Duration::from_secs(3), Duration::ZERO));
+    }
+
+    #[test]
+    fn the_ttl_is_the_session_s_else_the_granted_one_else_the_fallback() {
+        let mut st = State::default();
+        assert_eq!(st.ttl(), FALLBACK_TTL);
+        st.granted_ttl = Some(Duration::from_millis(300));
+        assert_eq!(st.ttl(), Duration::from_millis(300));
+        st.session = Some(Session {
+            id: "s".into(),
+            ttl: Duration::from_secs(5),
+            confirmed: false,
+        });
+        assert_eq!(st.ttl(), Duration::from_secs(5));
     }
 }

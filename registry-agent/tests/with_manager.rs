@@ -34,11 +34,19 @@ subdomains:
 ";
 
 async fn start_manager(data_dir: &Path, listen: SocketAddr) -> Result<RunningManager> {
+    start_manager_ttl(data_dir, listen, TTL).await
+}
+
+async fn start_manager_ttl(
+    data_dir: &Path,
+    listen: SocketAddr,
+    session_ttl: Duration,
+) -> Result<RunningManager> {
     let config = ServeConfig {
         listen,
         data_dir: data_dir.to_path_buf(),
         topology: Some(("tree.yaml".into(), TREE.into())),
-        session_ttl: TTL,
+        session_ttl,
         group: None,
     };
     // A restarted manager may find its port briefly busy; retry within the deadline.
@@ -906,6 +914,195 @@ async fn a_snapshot_sent_in_parts_gives_the_agent_a_copy_equal_to_the_registry()
     assert_eq!(have, want, "the agent's copy equals the manager's registry");
     assert!(copy.topology.is_some_and(|t| t.host("host-2999").is_some()));
 
+    backend.kill().await;
+    manager.shutdown().await?;
+    Ok(())
+}
+
+/// Every status the registry gives `host`'s package of type `ty`, in order (repeats merged), as
+/// a watcher from revision 0 sees them, published as they come.
+async fn watch_statuses(
+    maddr: SocketAddr,
+    host: &'static str,
+    ty: &'static str,
+) -> Result<(
+    tokio::sync::watch::Receiver<Vec<pb::PackageStatus>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use prost::Message;
+    let mut client =
+        proto::v1::agent_registry_client::AgentRegistryClient::connect(format!("http://{maddr}"))
+            .await?;
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            host: String::new(),
+            history: String::new(),
+        })
+        .await?
+        .into_inner();
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let task = tokio::spawn(async move {
+        let mut parts = proto::watch_parts::Reassembler::default();
+        while let Ok(Some(ev)) = stream.message().await {
+            let Ok(Some(ev)) = parts.push(ev) else {
+                continue;
+            };
+            let entries = match ev.payload {
+                Some(pb::watch_event::Payload::Snapshot(b)) => pb::RegistryState::decode(b)
+                    .map(|s| s.hosts)
+                    .unwrap_or_default(),
+                Some(pb::watch_event::Payload::Delta(b)) => {
+                    pb::Delta::decode(b).map(|d| d.upserts).unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            for e in entries.iter().filter(|e| e.host == host) {
+                for p in e.packages.iter().filter(|p| p.r#type == ty) {
+                    let status = pb::PackageStatus::try_from(p.status)
+                        .unwrap_or(pb::PackageStatus::Unspecified);
+                    tx.send_if_modified(|seen| {
+                        if seen.last() == Some(&status) {
+                            return false;
+                        }
+                        seen.push(status);
+                        true
+                    });
+                }
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+async fn wait_statuses(
+    rx: &tokio::sync::watch::Receiver<Vec<pb::PackageStatus>>,
+    what: &str,
+    pred: impl Fn(&[pb::PackageStatus]) -> bool,
+) -> Result<Vec<pb::PackageStatus>> {
+    let mut waiter = rx.clone();
+    let got = timeout(WAIT, async move {
+        waiter.wait_for(|s| pred(s)).await.map(|s| s.clone())
+    })
+    .await;
+    match got {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(_)) => Err(anyhow!("registry watch ended waiting for: {what}")),
+        Err(_) => Err(anyhow!(
+            "timed out waiting for: {what}; registry statuses so far {:?}",
+            *rx.borrow()
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_that_stops_listening_is_reported_failing_at_the_first_refusal() -> Result<()> {
+    use pb::PackageStatus::{Failing, Running, Starting, Stopped};
+    let dir = tempfile::tempdir()?;
+    let manager = start_manager(&dir.path().join("m"), "127.0.0.1:0".parse()?).await?;
+    let maddr = manager.local_addr();
+    let (statuses, watcher) = watch_statuses(maddr, "agent-1", CCM).await?;
+    let backend = Echo::start().await?;
+    // `fall: 1000` checks 50 ms apart would take 50 s: far beyond every wait here. Only the
+    // refusal by this host's kernel can make the package failing in time.
+    let y = format!(
+        "host: agent-1\nmanagers: [\"{maddr}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\npackages:\n  - type: {CCM}\n    endpoint: \"{a}\"\n    check: {{ tcp: \"{a}\" }}\n    interval: 50ms\n    fall: 1000\n    rise: 1\n",
+        dir.path().join("a1").display(),
+        a = backend.addr,
+    );
+    let a1 = start(AgentConfig::from_yaml("agent-1.yaml", &y).map_err(|e| anyhow!("{e}"))?).await?;
+    wait_statuses(&statuses, "agent-1's package registered running", |s| {
+        s.last() == Some(&Running)
+    })
+    .await?;
+
+    backend.kill().await;
+    let seen = wait_statuses(&statuses, "agent-1's package reported failing", |s| {
+        s.last() == Some(&Failing)
+    })
+    .await?;
+    // In order: (starting,) running, failing; never stopped, nothing in between.
+    let after_start: Vec<_> = seen
+        .iter()
+        .copied()
+        .skip_while(|s| *s == Starting)
+        .collect();
+    assert_eq!(after_start, [Running, Failing], "registry saw {seen:?}");
+    assert!(!seen.contains(&Stopped));
+
+    a1.shutdown().await;
+    watcher.abort();
+    manager.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_the_registry_holds_wrongly_is_reported_again_by_the_host_s_agent() -> Result<()> {
+    use pb::PackageStatus::{Failing, Running};
+    let dir = tempfile::tempdir()?;
+    // A long TTL: the false report and the agent's restart happen within its session.
+    let session_ttl = Duration::from_secs(5);
+    let manager =
+        start_manager_ttl(&dir.path().join("m"), "127.0.0.1:0".parse()?, session_ttl).await?;
+    let maddr = manager.local_addr();
+    let (statuses, watcher) = watch_statuses(maddr, "agent-1", CCM).await?;
+    let backend = Echo::start().await?;
+    let a1_dir = dir.path().join("a1");
+    let a1 = start(agent_config("agent-1", maddr, &a1_dir, &[&backend], false)?).await?;
+    wait_book(&a1, "agent-1 live", |b| !b.stale).await?;
+    wait_statuses(&statuses, "agent-1 registered running", |s| {
+        s.last() == Some(&Running)
+    })
+    .await?;
+
+    // The agent stops; its session stays live for a TTL. It kept the TTL the manager granted.
+    a1.shutdown().await;
+    let saved = registry_agent::copy_store::CopyStore::open(&a1_dir)?
+        .load_session()?
+        .context("a persisted session")?;
+    assert_eq!(saved.ttl, Some(session_ttl));
+
+    // Someone reports a false status with the host's live session.
+    let mut reg =
+        proto::v1::agent_registry_client::AgentRegistryClient::connect(format!("http://{maddr}"))
+            .await?;
+    reg.report_status(pb::ReportStatusRequest {
+        session_id: saved.id,
+        host: "agent-1".into(),
+        r#type: CCM.into(),
+        status: Failing as i32,
+    })
+    .await?;
+    wait_statuses(&statuses, "the registry holds the false status", |s| {
+        s.last() == Some(&Failing)
+    })
+    .await?;
+
+    // The agent comes back and resumes its session. Its persisted copy says `running`, like
+    // its check: no change to report; but the registry contradicts its check, so it reports
+    // `running` again until the registry agrees.
+    let a1 = start(agent_config("agent-1", maddr, &a1_dir, &[&backend], false)?).await?;
+    let seen = wait_statuses(&statuses, "the registry agrees with the check again", |s| {
+        s.ends_with(&[Failing, Running])
+    })
+    .await?;
+    let after_start: Vec<_> = seen
+        .iter()
+        .copied()
+        .skip_while(|s| *s == pb::PackageStatus::Starting)
+        .collect();
+    assert_eq!(
+        after_start,
+        [Running, Failing, Running],
+        "registry saw {seen:?}"
+    );
+    wait_book(&a1, "agent-1 resumed, routing to itself", |b| {
+        !b.stale && chosen_is(b, Some("agent-1"))
+    })
+    .await?;
+
+    a1.shutdown().await;
+    watcher.abort();
     backend.kill().await;
     manager.shutdown().await?;
     Ok(())

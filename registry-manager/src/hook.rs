@@ -123,3 +123,50 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_script_gets_the_event_and_members_as_arguments_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$1 $2 $3|$FLEET_REGISTRY_EVENT|$FLEET_REGISTRY_MEMBERS\" >> {}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let cancel = CancellationToken::new();
+        let hooks = Hooks::start(Some(script), cancel.clone());
+        hooks.emit(GroupEvent::ManualSwitch, vec!["m1".into(), "m3".into()]);
+        hooks.emit(GroupEvent::MemberOffline, vec!["m2".into()]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.lines().count() >= 2 || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cancel.cancel();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "manual-switch m1 m3|manual-switch|m1,m3",
+                "member-offline m2 |member-offline|m2"
+            ],
+            "one at a time, in order"
+        );
+    }
+}

@@ -505,6 +505,41 @@ impl Fleet {
         Ok(())
     }
 
+    /// Starts one more manager process, configured as a learner of the group (not yet added:
+    /// `ha add-learner` does that). Returns its index.
+    pub async fn start_learner(&mut self, name: &str) -> anyhow::Result<usize> {
+        let addr = loopback(free_port()?);
+        let members_yaml: String = self
+            .members
+            .iter()
+            .map(|m| format!("    {}: \"{}\"\n", m.name, m.addr))
+            .collect();
+        let config = format!(
+            "listen: \"{addr}\"\ndata_dir: \"{}\"\nsession_ttl: {}\ngroup:\n  name: {name}\n  members:\n{members_yaml}  learners:\n    {name}: \"{addr}\"\n",
+            self.dir().join(format!("{name}-data")).display(),
+            self.spec.session_ttl,
+        );
+        let path = self.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, config)?;
+        let mut proc = Proc::new(
+            &format!("registry-manager {name}"),
+            bin_path("registry-manager")?,
+            vec![
+                "serve".into(),
+                "--config".into(),
+                path.display().to_string(),
+            ],
+            self.dir().join(format!("{name}.log")),
+        );
+        proc.spawn()?;
+        self.members.push(Member {
+            name: name.to_owned(),
+            proc,
+            addr,
+        });
+        Ok(self.members.len() - 1)
+    }
+
     /// Waits until member `i` answers a current read (the group has a leader it follows).
     pub async fn wait_member(&self, i: usize) -> anyhow::Result<()> {
         let addr = self.members[i].addr;

@@ -250,6 +250,8 @@ async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals(
     let leader = fleet.wait_leader(None, SETTLE).await?;
     let cut = (leader + 1) % 3;
     let cut_addr = fleet.members()[cut].addr;
+    let lapses_before = lapses(&fleet);
+    let forwards = ForwardLoad::start(*fleet.agent("agent-4")?.forwards.get(CCM).unwrap());
     fleet.cut_member(cut);
     // The majority elects or keeps a leader and takes writes.
     let majority = fleet
@@ -282,6 +284,17 @@ async fn a_member_cut_off_refuses_writes_naming_whom_it_cannot_reach_and_heals(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Its agents moved to the majority: after a few session TTLs, no session lapsed and no
+    // forwarded connection failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(lapses(&fleet), lapses_before, "{}", fleet.logs());
+    let (ok, failed) = forwards.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} forwarded connections failed",
+        ok + failed
     );
     fleet.heal_member(cut);
     fleet.wait_member(cut).await?;
@@ -472,6 +485,52 @@ async fn concurrent_writes_and_current_reads_through_leader_kills_are_linearizab
         tester.is_consistent(),
         "the history of {} operations is not linearizable",
         tester.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_is_promoted_and_removed() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    fleet.wait_leader(None, SETTLE).await?;
+    for action in ["drain", "withdraw"] {
+        fleet.operator(&["package", action, "--host", "fm", "--type", SPARE])?;
+    }
+    let m4 = fleet.start_learner("m4").await?;
+    let m4_addr = fleet.member_addr(m4).to_string();
+    let out = fleet.operator(&["ha", "add-learner", "m4", &m4_addr, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let entry = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "m4")
+        .cloned()
+        .expect("m4 listed");
+    assert_eq!(entry["voter"], false, "{v}");
+    assert_eq!(entry["role"], "learner", "{v}");
+    // The learner serves the registry it caught up with.
+    fleet.wait_member(m4).await?;
+    assert_eq!(spare_status(&mut fleet, m4).await?, "withdrawn");
+    let out = fleet.operator(&["ha", "promote", "m4", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let voters = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 4, "{v}");
+    let out = fleet.operator(&["ha", "remove", "m4", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "m4"),
+        "{v}"
     );
     Ok(())
 }

@@ -53,7 +53,8 @@ pub struct MemberArgs {
     /// The member's name (its host name, by convention).
     name: String,
     /// Its gRPC address, HOST:PORT.
-    addr: String,
+    #[arg(value_name = "ADDR")]
+    address: String,
     #[command(flatten)]
     manager: ManagerAddr,
     #[command(flatten)]
@@ -106,7 +107,7 @@ pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
             let resp = client
                 .ha_add_learner(proto::HaMemberRequest {
                     name: a.name,
-                    address: a.addr,
+                    address: a.address,
                 })
                 .await
                 .map_err(|s| refused("ha add-learner", &a.manager.addr, s))?

@@ -326,3 +326,32 @@ pub async fn package(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `route coverage` against the live registry (its current topology and registry).
+pub async fn coverage(
+    addr: &str,
+    package_type: Option<&str>,
+    stale: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let export = client
+        .export_registry(proto::ExportRegistryRequest { stale })
+        .await
+        .map_err(|s| status_error("route coverage", addr, s))?
+        .into_inner();
+    let shown = client
+        .show_topology(proto::ShowTopologyRequest { stale })
+        .await
+        .map_err(|s| status_error("route coverage", addr, s))?
+        .into_inner();
+    anyhow::ensure!(
+        !shown.yaml.is_empty(),
+        "the registry at {addr} has no topology yet; apply one with `registry-manager topology apply FILE`"
+    );
+    let topology = topology::Topology::from_yaml("<manager>", &shown.yaml)
+        .map_err(|e| anyhow::anyhow!("the manager sent an unreadable topology: {e}"))?;
+    let snapshot = topology::RegistrySnapshot::parse("<manager>", &export.snapshot_json)
+        .map_err(|e| anyhow::anyhow!("the manager sent an unreadable snapshot: {e}"))?;
+    super::offline::coverage(&topology, &snapshot, package_type, json)
+}

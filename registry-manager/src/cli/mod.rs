@@ -90,6 +90,27 @@ enum TopologyCommand {
 enum RouteCommand {
     /// The route of HOST to the managers of TYPE: offline with --topology and --registry, else from the live manager.
     Explain(ExplainArgs),
+    /// Single points of failure before they fail: per type, hosts with no eligible manager, hosts with only one, and the manager whose loss would move the most hosts.
+    Coverage(CoverageArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoverageArgs {
+    /// Only this manager type (default: every type the registry knows).
+    #[arg(long = "type")]
+    package_type: Option<String>,
+    /// Topology file, for an offline answer (needs --registry too).
+    #[arg(long, requires = "registry")]
+    topology: Option<PathBuf>,
+    /// Registry snapshot file (YAML or JSON, as `registry export` writes), for an offline answer.
+    #[arg(long, requires = "topology")]
+    registry: Option<PathBuf>,
+    #[command(flatten)]
+    manager: ManagerAddr,
+    #[command(flatten)]
+    read: ReadOpts,
+    #[command(flatten)]
+    out: Output,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +232,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.out.json,
             )),
         },
+        Command::Route(RouteCommand::Coverage(args)) => match (&args.topology, &args.registry) {
+            (Some(topology), Some(registry)) => offline::coverage_files(
+                topology,
+                registry,
+                args.package_type.as_deref(),
+                args.out.json,
+            ),
+            _ => live::block_on(live::coverage(
+                &args.manager.addr,
+                args.package_type.as_deref(),
+                args.read.stale,
+                args.out.json,
+            )),
+        },
         Command::Registry(RegistryCommand::Export { manager, read, out }) => {
             live::block_on(live::export(&manager.addr, read.stale, out.json))
         }
@@ -232,5 +267,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.out.json,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

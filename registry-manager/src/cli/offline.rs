@@ -96,3 +96,81 @@ pub fn explain(
     render::print_explained(&answer, json);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `route coverage`: for every type (or one), the hosts with no eligible manager, the hosts
+/// with exactly one (a single point of failure), and the managers whose loss would move the
+/// most hosts.
+pub fn coverage(
+    topology: &Topology,
+    snapshot: &RegistrySnapshot,
+    package_type: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ty = package_type
+        .map(topology::PackageType::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--type: {e}"))?;
+    let c = topology::coverage(topology, snapshot, ty.as_ref());
+    if json {
+        let types: Vec<_> = c
+            .types
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "type": t.package_type.as_str(),
+                    "hosts": t.hosts_total,
+                    "no_manager": t.no_manager.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                    "single": t.single.iter().map(|(h, m)| serde_json::json!({"host": h.as_str(), "manager": m.as_str()})).collect::<Vec<_>>(),
+                    "by_manager": t.by_manager.iter().map(|(m, n)| serde_json::json!({"manager": m.as_str(), "hosts": n})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "revision": snapshot.revision.0, "types": types })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &c.types {
+        println!("{} ({} hosts)", t.package_type, t.hosts_total);
+        let names =
+            |v: &[topology::HostName]| v.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
+        println!(
+            "  no manager:        {}",
+            if t.no_manager.is_empty() {
+                "-".to_string()
+            } else {
+                names(&t.no_manager)
+            }
+        );
+        if t.single.is_empty() {
+            println!("  only one manager:  -");
+        } else {
+            let list: Vec<String> = t
+                .single
+                .iter()
+                .map(|(h, m)| format!("{h} (on {m})"))
+                .collect();
+            println!("  only one manager:  {}", list.join(", "));
+        }
+        match &t.worst {
+            Some((m, n)) => println!("  most moved by a loss: {m} ({n} hosts would move)"),
+            None => println!("  most moved by a loss: -"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `route coverage --topology F --registry F`.
+pub fn coverage_files(
+    topology_path: &Path,
+    registry_path: &Path,
+    package_type: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let topology = Topology::from_yaml(&file_name(topology_path), &read_text(topology_path)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = RegistrySnapshot::parse(&file_name(registry_path), &read_text(registry_path)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    coverage(&topology, &snapshot, package_type, json)
+}

@@ -28,11 +28,13 @@ pub enum Group {
     Leader,
     /// Acknowledged durable writes per second on one and on three members.
     GroupWrites,
+    /// One change fanned out to 1,000 watch streams spread over three members.
+    PropagationGroup,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 11] = [
+    pub const ALL: [Group; 12] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -44,6 +46,7 @@ impl Group {
         Group::Writes,
         Group::Leader,
         Group::GroupWrites,
+        Group::PropagationGroup,
     ];
 
     /// The name accepted on the command line.
@@ -60,6 +63,7 @@ impl Group {
             Group::Writes => "writes",
             Group::Leader => "leader",
             Group::GroupWrites => "group_writes",
+            Group::PropagationGroup => "propagation_group",
         }
     }
 }
@@ -299,6 +303,20 @@ pub const FIGURES: &[FigureDef] = &[
         Target::AtLeast(5000.0),
         Group::GroupWrites,
         "acknowledged durable writes per second, a group of three, 64 clients over all members",
+    ),
+    entry(
+        "propagation_group_1k_p50",
+        "ms",
+        Target::None,
+        Group::PropagationGroup,
+        "one change to 1,000 watch streams spread over 3 members: p50 over streams",
+    ),
+    entry(
+        "propagation_group_1k_p99",
+        "ms",
+        Target::Below(25.0),
+        Group::PropagationGroup,
+        "one change to 1,000 watch streams spread over 3 members: p99 over streams",
     ),
 ];
 

@@ -151,6 +151,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::Writes => writes::run(mode).await,
         Group::Leader => leader::run(mode).await,
         Group::GroupWrites => leader::throughput(mode).await,
+        Group::PropagationGroup => propagation::run_group(mode).await,
     }
 }
 

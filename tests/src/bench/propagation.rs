@@ -145,3 +145,74 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
     drop(fleet);
     Ok(figs)
 }
+
+/// Measures `propagation_group_1k_{p50,p99}`: 1,000 watch streams spread over the three
+/// members of a group (each member serves its own streams from its own copy); one change
+/// through the leader's member list, timed to each stream's event.
+pub async fn run_group(mode: Mode) -> anyhow::Result<Vec<Figure>> {
+    let plan = Plan::of(mode, false);
+    let fleet = Fleet::from_topology(&failover_topology(None))
+        .managers(3)
+        .session_ttl("5m")
+        .start()
+        .await?;
+    let members: Vec<_> = (0..3).map(|i| fleet.member_addr(i)).collect();
+    let _session = SessionSet::open(
+        members[0],
+        vec![("agent-3".to_string(), vec![running(CCM, "127.0.0.1:7001")])],
+        1,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let per = plan.streams.div_ceil(3);
+    let mut fanouts = Vec::new();
+    for m in &members {
+        fanouts.push(WatchFanout::open(*m, per, 0, 1_000, Duration::from_secs(90)).await?);
+    }
+    let mut admin = AdminClient::new(channel(members[0]).await?);
+    let mut p50 = Figure::new("propagation_group_1k_p50");
+    let mut p99 = Figure::new("propagation_group_1k_p99");
+    for f in [&mut p50, &mut p99] {
+        f.note(format!(
+            "3 managers, {} watch streams spread evenly over them; timed from sending a \
+             drain/restore (to m1, forwarded to the leader when m1 follows) to each stream's \
+             event of the new revision",
+            per * 3
+        ));
+    }
+    for run in 0..plan.runs {
+        for f in &mut fanouts {
+            f.drain();
+        }
+        let action = if run % 2 == 0 {
+            proto::PackageAction::Drain
+        } else {
+            proto::PackageAction::Restore
+        };
+        let t0 = Instant::now();
+        let resp = admin
+            .package_action(proto::PackageActionRequest {
+                host: "agent-3".into(),
+                r#type: CCM.into(),
+                action: action as i32,
+            })
+            .await?
+            .into_inner();
+        let mut ms = Vec::new();
+        for f in &mut fanouts {
+            let p = f.collect(resp.revision, t0, Duration::from_secs(30)).await;
+            ms.extend(p.latencies.iter().map(|d| d.as_secs_f64() * 1e3));
+        }
+        anyhow::ensure!(
+            !ms.is_empty(),
+            "no stream received revision {}",
+            resp.revision
+        );
+        ms.sort_by(f64::total_cmp);
+        p50.push(stats::percentile_sorted(&ms, 50.0));
+        p99.push(stats::percentile_sorted(&ms, 99.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(fleet);
+    Ok(vec![p50, p99])
+}
