@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::command::Command;
 use crate::engine::Engine;
-use crate::sessions::{tick_decision, tick_period, TickDecision};
+use crate::sessions::{mass_expiry, tick_decision, tick_period, TickDecision};
 
 /// Runs until the manager is cancelled.
 pub(crate) async fn run(engine: Engine) {
@@ -19,6 +19,8 @@ pub(crate) async fn run(engine: Engine) {
     let mut interval = tokio::time::interval(tick_period(ttl));
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut deciding = false;
+    // When the manager last suspected itself rather than the fleet.
+    let mut suspected: Option<Instant> = None;
     loop {
         let due = tokio::select! {
             biased;
@@ -37,9 +39,26 @@ pub(crate) async fn run(engine: Engine) {
             continue;
         }
         if tick_decision(due, Instant::now(), ttl) == TickDecision::Defer {
+            // Paused or starved: the silence was ours, not the agents'. Everyone gets a fresh
+            // TTL to be heard again; a host that really went silent lapses after it.
+            let late = Instant::now().saturating_duration_since(due);
             tracing::warn!(
-                "session expiry tick ran late (process starved); deferring expiry decisions"
+                late_ms = late.as_millis() as u64,
+                "this manager was paused or starved; every session gets a fresh TTL before any lapses"
             );
+            sessions.refresh_all();
+            continue;
+        }
+        let (due_now, live) = sessions.count_expired(sessions.now_ms(), ttl);
+        if mass_expiry(due_now, live) && suspected.is_none_or(|t| t.elapsed() > ttl * 3) {
+            tracing::warn!(
+                lapsing = due_now,
+                live,
+                "more than half of the sessions would lapse at once: suspecting this manager first \
+                 (pause, starvation, network); they get one more TTL, and lapse then if still silent"
+            );
+            sessions.refresh_all();
+            suspected = Some(Instant::now());
             continue;
         }
         for session in sessions.take_expired(sessions.now_ms(), ttl) {

@@ -192,6 +192,20 @@ impl SessionTable {
         }
     }
 
+    /// How many live sessions would lapse at `now_ms`, and how many are live (nothing marked).
+    pub fn count_expired(&self, now_ms: u64, ttl: Duration) -> (usize, usize) {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let inner = self.lock();
+        let live = inner.by_host.values().filter(|s| !s.is_ended()).count();
+        let due = inner
+            .by_host
+            .values()
+            .filter(|s| !s.is_ended() && is_expired(s.last_seen_ms(), now_ms, ttl_ms))
+            .filter(|s| !s.expiring.load(Ordering::Acquire))
+            .count();
+        (due, live)
+    }
+
     /// Sessions silent for longer than `ttl` at `now_ms` whose expiry was not proposed yet
     /// (each is returned once). They stay live until the expiry is applied.
     pub fn take_expired(&self, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
@@ -232,6 +246,13 @@ pub fn is_expired(last_seen_ms: u64, now_ms: u64, ttl_ms: u64) -> bool {
     now_ms.saturating_sub(last_seen_ms) > ttl_ms
 }
 
+/// Whether lapsing `due` of `live` sessions at once is unusual enough that the manager should
+/// suspect itself (a pause, starvation, a broken network card) before the fleet: more than half
+/// of them, and at least three.
+pub fn mass_expiry(due: usize, live: usize) -> bool {
+    due >= 3 && due * 2 > live
+}
+
 /// What an expiry tick may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TickDecision {
@@ -263,6 +284,17 @@ mod tests {
 
     fn host(s: &str) -> HostName {
         HostName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_mass_expiry_is_more_than_half_and_at_least_three() {
+        assert!(
+            !mass_expiry(2, 2),
+            "two hosts may really go silent together"
+        );
+        assert!(mass_expiry(3, 5));
+        assert!(!mass_expiry(3, 6));
+        assert!(!mass_expiry(0, 0));
     }
 
     #[test]

@@ -298,3 +298,49 @@ async fn silent_manager_process_is_routed_around_by_grpc_health() -> anyhow::Res
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_paused_for_five_seconds_lapses_no_session_and_moves_no_route(
+) -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    fleet.manager().expect("a manager").pause();
+    let paused = tokio::time::Instant::now();
+    while paused.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            fleet.chosen("agent-4", CCM).await?.as_deref(),
+            Some("agent-3"),
+            "agents keep routing from their copies while the manager is paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.manager().expect("a manager").resume();
+    // Several TTLs after the wake: nobody lapsed, nobody moved.
+    let woke = tokio::time::Instant::now();
+    while woke.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            fleet.chosen("agent-4", CCM).await?.as_deref(),
+            Some("agent-3"),
+            "no route moved after the manager woke\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = fleet.logs_all();
+    assert!(
+        !logs.contains("session lapsed"),
+        "a paused manager lapsed healthy sessions\n{}",
+        fleet.logs()
+    );
+    Ok(())
+}
