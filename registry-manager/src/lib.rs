@@ -1,6 +1,7 @@
 //! The registry manager: the fleet's durable registry, agent sessions and push to every agent.
 //!
 //! Module map:
+//! - [`backup`]: the backup file and restoring a store from it (a new history).
 //! - [`command`]: the commands of the state machine (pure data, logged).
 //! - [`state`]: the registry as a deterministic state machine (`check`, then pure `apply`).
 //! - [`delta`]: what one revision changed.
@@ -21,6 +22,7 @@
 //! `State::apply` is pure; every watcher receives every revision in order, or a snapshot that
 //! covers the ones it missed.
 
+pub mod backup;
 pub mod command;
 pub mod delta;
 mod engine;

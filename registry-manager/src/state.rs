@@ -123,6 +123,13 @@ impl State {
         &self.topology_yaml
     }
 
+    /// The same registry as the start of a new history (a restored backup): agents whose
+    /// copies belong to the old one get a full snapshot, never its deltas.
+    pub fn into_new_history(mut self, history: String) -> State {
+        self.history = history;
+        self
+    }
+
     /// The history id; empty until named.
     pub fn history(&self) -> &str {
         &self.history

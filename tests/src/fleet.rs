@@ -693,6 +693,11 @@ impl Fleet {
         self.wait_member(i).await
     }
 
+    /// The single manager's data directory.
+    pub fn manager_data_dir(&self) -> PathBuf {
+        self.dir().join("manager-data")
+    }
+
     /// SIGKILLs the manager.
     pub fn kill_manager(&mut self) {
         if let Some(m) = self.manager.as_mut() {

@@ -344,3 +344,80 @@ async fn a_manager_paused_for_five_seconds_lapses_no_session_and_moves_no_route(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_is_a_new_history_and_agents_resync_with_a_full_snapshot(
+) -> anyhow::Result<()> {
+    let mut fleet = Fleet::from_topology(&topology("200ms"))
+        .manager()
+        .agent("agent-1")
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-1", CCM)
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("registry.backup.json");
+    let file_arg = file.display().to_string();
+    let out = fleet.operator(&["backup", &file_arg, "--json"])?;
+    let backed: serde_json::Value = serde_json::from_str(&out)?;
+    let revision = backed["revision"].as_u64().expect("a revision");
+    // Changes after the backup are lost with the old store: agent-3 drained.
+    fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    fleet.kill_manager();
+    let data = fleet.manager_data_dir();
+    std::fs::remove_dir_all(&data)?;
+    let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
+        .args([
+            "restore",
+            &file_arg,
+            "--data-dir",
+            &data.display().to_string(),
+            "--json",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(restored["revision"].as_u64(), Some(revision));
+    assert_ne!(
+        restored["history"], backed["history"],
+        "a restored store is a new history"
+    );
+    fleet.start_manager().await?;
+    // The agents' copies belong to the old history: they get a full snapshot of the restored
+    // registry (agent-3 not drained), never deltas of another history.
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    assert!(
+        fleet
+            .agent_logs()
+            .contains("registry copy replaced by a full snapshot"),
+        "{}",
+        fleet.logs()
+    );
+    // A restore refuses a directory that holds a registry.
+    fleet.kill_manager();
+    let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
+        .args([
+            "restore",
+            &file_arg,
+            "--data-dir",
+            &data.display().to_string(),
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a registry"));
+    Ok(())
+}

@@ -355,3 +355,29 @@ pub async fn coverage(
         .map_err(|e| anyhow::anyhow!("the manager sent an unreadable snapshot: {e}"))?;
     super::offline::coverage(&topology, &snapshot, package_type, json)
 }
+
+/// `backup FILE`: a consistent copy of the live registry.
+pub async fn backup(addr: &str, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr).await?;
+    let resp = client
+        .backup(proto::BackupRequest {})
+        .await
+        .map_err(|s| status_error("backup", addr, s))?
+        .into_inner();
+    let b = registry_manager::backup::BackupFile::new(resp.revision, resp.history, &resp.state)
+        .map_err(|e| anyhow::anyhow!("the manager sent an unreadable state: {e}"))?;
+    let text = serde_json::to_string(&b)?;
+    // Written next to the target, then renamed: a crash never leaves half a backup.
+    let tmp = file.with_extension("partial");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    if json {
+        println!(
+            "{}",
+            json!({ "file": file.display().to_string(), "revision": b.revision, "history": b.history })
+        );
+    } else {
+        println!("backed up revision {} to {}", b.revision, file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

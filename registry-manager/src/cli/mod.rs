@@ -46,6 +46,25 @@ enum Command {
     /// The registry manager group: status, leadership moves, membership changes.
     #[command(subcommand)]
     Ha(ha::HaCommand),
+    /// Write a consistent copy of the whole live registry to FILE (JSON, with a checksum).
+    Backup {
+        /// The backup file to write.
+        file: PathBuf,
+        #[command(flatten)]
+        manager: ManagerAddr,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Make a new store in DIR from a backup FILE (offline; a new history: agents get a full snapshot). Restore every member of a group from the same file.
+    Restore {
+        /// The backup file (written by `registry-manager backup`).
+        file: PathBuf,
+        /// The data directory to create; it must hold no registry yet.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +272,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             live::block_on(live::hosts(&manager.addr, read.stale, out.json))
         }
         Command::Ha(cmd) => live::block_on(ha::run(cmd)),
+        Command::Backup { file, manager, out } => {
+            live::block_on(live::backup(&manager.addr, &file, out.json))
+        }
+        Command::Restore {
+            file,
+            data_dir,
+            out,
+        } => offline::restore(&file, &data_dir, out.json),
         Command::Package(cmd) => {
             let (action, args) = match cmd {
                 PackageCommand::Drain(a) => (live::Action::Drain, a),

@@ -174,3 +174,22 @@ pub fn coverage_files(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     coverage(&topology, &snapshot, package_type, json)
 }
+
+/// `restore FILE --data-dir DIR`.
+pub fn restore(file: &Path, data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let backup = registry_manager::backup::BackupFile::read(file).map_err(anyhow::Error::msg)?;
+    let (revision, history) =
+        registry_manager::backup::restore(&backup, data_dir).map_err(anyhow::Error::msg)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "data_dir": data_dir.display().to_string(), "revision": revision, "history": history })
+        );
+    } else {
+        println!(
+            "restored revision {revision} into {} as a new history ({history}); start the manager(s) on it",
+            data_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -227,6 +227,19 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.engine.read_barrier(false).await?;
+        let state = self.engine.state().await;
+        Ok(Response::new(pb::BackupResponse {
+            revision: state.revision().0,
+            history: state.history().to_owned(),
+            state: state.to_bytes(),
+        }))
+    }
+
     async fn ha_status(
         &self,
         request: Request<pb::HaStatusRequest>,

@@ -145,6 +145,20 @@ impl RaftDb {
             .map_err(|e| StoreError::Corrupt(self.damage_text("raft_meta", BASE_STATE, &e)))
     }
 
+    /// True when the store holds no registry (no raft log, no vote, no base state).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.log.is_empty() && self.meta.is_empty())
+    }
+
+    /// Makes `state` the state the raft log starts from (a restored backup), durably.
+    pub fn set_base_state(&self, state: &State) -> Result<(), StoreError> {
+        self.meta
+            .insert(BASE_STATE, seal(&state.to_bytes()))
+            .map_err(engine)?;
+        self.db.flush().map_err(engine)?;
+        Ok(())
+    }
+
     /// Converts trees `log` + `meta` of the single-manager format into the base state.
     fn convert_legacy(&self) -> Result<(), StoreError> {
         let names = self.db.tree_names();
