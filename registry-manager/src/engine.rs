@@ -39,7 +39,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a read waits to be confirmed current.
 const READ_DEADLINE: Duration = Duration::from_secs(3);
 /// Batches in flight at once from one member.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 8;
 
 /// A command waiting for the proposer, with where to send its outcome.
 #[derive(Debug)]

@@ -219,3 +219,56 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(registry_manager::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: &str) -> ServeArgs {
+        ServeArgs {
+            config: Some(PathBuf::from(config)),
+            listen: None,
+            data_dir: None,
+            topology: None,
+            session_ttl: None,
+        }
+    }
+
+    #[test]
+    fn the_shipped_member_configuration_resolves_to_a_group_of_three() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/manager-m1.yaml"
+        );
+        // Its topology path is absolute (/etc/...): read the rest without it.
+        let text = std::fs::read_to_string(dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("m1.yaml");
+        std::fs::write(
+            &file,
+            text.replace("topology: /etc/fleet-registry/topology.yaml", ""),
+        )
+        .unwrap();
+        let config = resolve(args(file.to_str().unwrap())).unwrap();
+        let group = config.group.expect("a group");
+        assert_eq!(group.name.as_str(), "m1");
+        assert_eq!(group.members.len(), 3);
+        assert_eq!(config.listen.to_string(), "10.0.0.1:7400");
+    }
+
+    #[test]
+    fn a_group_of_two_is_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("m1.yaml");
+        std::fs::write(
+            &file,
+            "group:\n  name: m1\n  members: { m1: \"127.0.0.1:7400\", m2: \"127.0.0.1:7410\" }\n",
+        )
+        .unwrap();
+        let err = resolve(args(file.to_str().unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two voters"), "{err}");
+        assert!(err.contains("m1.yaml"), "names the file: {err}");
+    }
+}

@@ -233,3 +233,56 @@ impl RaftDb {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+
+    #[test]
+    fn a_single_manager_data_directory_opens_as_the_base_of_a_group_with_its_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let topo = "version: 1\ndomain: root\nhosts: [a, b]\n".to_string();
+        let cmds = [
+            Command::ApplyTopology { yaml: topo.clone() },
+            Command::ApplyTopology {
+                yaml: "version: 1\ndomain: root\nhosts: [a]\n".into(),
+            },
+            Command::ApplyTopology { yaml: topo },
+        ];
+        // The old format: a checkpoint at revision 1, the log from revision 1 to 3.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree(LEGACY_LOG).unwrap();
+            let meta = db.open_tree(LEGACY_META).unwrap();
+            let mut s = State::new();
+            for (i, c) in cmds.iter().enumerate() {
+                let delta = s.apply(c);
+                let rec = LogRecord {
+                    command: c.clone(),
+                    delta: crate::wire::encode_delta(&delta),
+                };
+                log.insert((i as u64 + 1).to_be_bytes(), rec.encode())
+                    .unwrap();
+                if i == 0 {
+                    let mut cp = 1u64.to_be_bytes().to_vec();
+                    cp.extend_from_slice(&s.to_bytes());
+                    meta.insert(b"checkpoint", cp).unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+        let db = RaftDb::open(dir.path()).unwrap();
+        let base = db.base_state().unwrap().expect("converted");
+        assert_eq!(base.revision(), Revision(3), "revisions intact");
+        assert!(base.topology().unwrap().host("b").is_some());
+        assert!(
+            !db.db.tree_names().iter().any(|n| n.as_ref() == LEGACY_LOG),
+            "the old trees are gone"
+        );
+        drop(db);
+        // Opening again changes nothing.
+        let db = RaftDb::open(dir.path()).unwrap();
+        assert_eq!(db.base_state().unwrap().unwrap().revision(), Revision(3));
+    }
+}
