@@ -442,6 +442,15 @@ impl State {
 
 /// the registry snapshot format (docs/topology.md): a host runs at most one package of a type; endpoints are `host:port` text.
 pub fn check_registrations(packages: &[Registration]) -> Result<(), RegistryError> {
+    if packages.len() > MAX_PACKAGES_PER_HOST {
+        return Err(RegistryError::InvalidArgument {
+            field: "packages",
+            reason: format!(
+                "{} packages registered for one host; a host runs at most {MAX_PACKAGES_PER_HOST} manager packages",
+                packages.len()
+            ),
+        });
+    }
     let mut seen = std::collections::BTreeSet::new();
     for p in packages {
         if !seen.insert(&p.package_type) {
@@ -457,6 +466,9 @@ pub fn check_registrations(packages: &[Registration]) -> Result<(), RegistryErro
     }
     Ok(())
 }
+
+/// Most manager packages one host may register (each is routed and pushed to every agent).
+pub const MAX_PACKAGES_PER_HOST: usize = 64;
 
 /// Longest endpoint text accepted.
 pub const MAX_ENDPOINT_LEN: usize = 255;
@@ -771,6 +783,17 @@ mod tests {
             s.host("agent-1").unwrap().packages["event-manager"].operator,
             None
         );
+    }
+
+    #[test]
+    fn too_many_packages_for_one_host_are_refused_and_change_nothing() {
+        let mut s = with_topology();
+        let many: Vec<Registration> = (0..=MAX_PACKAGES_PER_HOST)
+            .map(|i| reg(&format!("type-{i}"), AgentStatus::Running))
+            .collect();
+        let err = run(&mut s, open("agent-1", "s1", many)).unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
+        assert_eq!(s.revision(), Revision(1));
     }
 
     #[test]

@@ -69,7 +69,12 @@ pub fn resume_plan(from: u64, head: u64, window: Option<(u64, u64)>) -> ResumePl
 struct DeltaWindow {
     capacity: usize,
     deltas: VecDeque<(u64, Bytes)>,
+    /// Bytes of the deltas kept, bounded by [`WINDOW_BYTES`] as well as by count.
+    bytes: usize,
 }
+
+/// Most bytes of deltas kept for resumption (a few huge topology changes cannot hold memory).
+pub const WINDOW_BYTES: usize = 64 << 20;
 
 impl DeltaWindow {
     fn bounds(&self) -> Option<(u64, u64)> {
@@ -79,12 +84,22 @@ impl DeltaWindow {
     fn push(&mut self, revision: u64, delta: Bytes) {
         if self.deltas.back().is_some_and(|(r, _)| *r + 1 != revision) {
             // Never expected: keep the window contiguous rather than serve a gap.
-            self.deltas.clear();
+            self.clear();
         }
+        self.bytes += delta.len();
         self.deltas.push_back((revision, delta));
-        while self.deltas.len() > self.capacity {
-            self.deltas.pop_front();
+        while self.deltas.len() > self.capacity
+            || (self.bytes > WINDOW_BYTES && self.deltas.len() > 1)
+        {
+            if let Some((_, d)) = self.deltas.pop_front() {
+                self.bytes -= d.len();
+            }
         }
+    }
+
+    fn clear(&mut self) {
+        self.deltas.clear();
+        self.bytes = 0;
     }
 
     fn after(&self, from: u64) -> Vec<pb::WatchEvent> {
@@ -124,6 +139,7 @@ impl WatchHub {
             window: Mutex::new(DeltaWindow {
                 capacity: window.max(1),
                 deltas: VecDeque::new(),
+                bytes: 0,
             }),
             snapshot: tokio::sync::Mutex::new(None),
             watchers: Arc::new(AtomicUsize::new(0)),
@@ -150,7 +166,7 @@ impl WatchHub {
     /// open stream resyncs with a snapshot at its next event.
     pub fn reset(&self, history: &str) {
         self.set_history(history);
-        self.window().deltas.clear();
+        self.window().clear();
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -465,6 +481,23 @@ mod tests {
     }
 
     #[test]
+    fn the_window_is_bounded_in_bytes_as_well_as_in_count() {
+        let mut w = DeltaWindow {
+            capacity: 1_000,
+            deltas: VecDeque::new(),
+            bytes: 0,
+        };
+        let big = Bytes::from(vec![0u8; WINDOW_BYTES / 3]);
+        for r in 1..=5 {
+            w.push(r, big.clone());
+        }
+        assert!(w.bytes <= WINDOW_BYTES, "{}", w.bytes);
+        assert_eq!(w.bounds(), Some((3, 5)), "the oldest go first");
+        w.push(6, Bytes::from(vec![0u8; WINDOW_BYTES * 2]));
+        assert_eq!(w.bounds(), Some((6, 6)), "one oversized delta is still kept alone");
+    }
+
+    #[test]
     fn resume_decisions() {
         assert_eq!(resume_plan(0, 0, None), ResumePlan::Snapshot);
         assert_eq!(resume_plan(0, 10, Some((1, 10))), ResumePlan::Snapshot);
@@ -495,6 +528,7 @@ mod tests {
         let mut w = DeltaWindow {
             capacity: 3,
             deltas: VecDeque::new(),
+            bytes: 0,
         };
         for r in 1..=5 {
             w.push(r, Bytes::from(vec![r as u8]));

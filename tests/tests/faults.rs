@@ -13,9 +13,10 @@ fn topology(revert_after: &str) -> String {
     worked_example::topology(revert_after, false)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manager_restart_midway_agents_keep_routing_and_lose_no_change() -> anyhow::Result<()> {
-    let mut fleet = Fleet::from_topology(&topology("200ms"))
+/// A manager, the agents of agent-1, agent-3 and agent-4, and command-control-managers on
+/// agent-1 and agent-3 (agent-4 chooses agent-3).
+async fn three_agents() -> anyhow::Result<Fleet> {
+    Fleet::from_topology(&topology("200ms"))
         .manager()
         .agent("agent-1")
         .agent("agent-3")
@@ -23,7 +24,12 @@ async fn manager_restart_midway_agents_keep_routing_and_lose_no_change() -> anyh
         .package("agent-1", CCM)
         .package("agent-3", CCM)
         .start()
-        .await?;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_restart_midway_agents_keep_routing_and_lose_no_change() -> anyhow::Result<()> {
+    let mut fleet = three_agents().await?;
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
@@ -302,15 +308,7 @@ async fn silent_manager_process_is_routed_around_by_grpc_health() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_paused_for_five_seconds_lapses_no_session_and_moves_no_route(
 ) -> anyhow::Result<()> {
-    let mut fleet = Fleet::from_topology(&topology("200ms"))
-        .manager()
-        .agent("agent-1")
-        .agent("agent-3")
-        .agent("agent-4")
-        .package("agent-1", CCM)
-        .package("agent-3", CCM)
-        .start()
-        .await?;
+    let mut fleet = three_agents().await?;
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
@@ -348,15 +346,7 @@ async fn a_manager_paused_for_five_seconds_lapses_no_session_and_moves_no_route(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_is_a_new_history_and_agents_resync_with_a_full_snapshot(
 ) -> anyhow::Result<()> {
-    let mut fleet = Fleet::from_topology(&topology("200ms"))
-        .manager()
-        .agent("agent-1")
-        .agent("agent-3")
-        .agent("agent-4")
-        .package("agent-1", CCM)
-        .package("agent-3", CCM)
-        .start()
-        .await?;
+    let mut fleet = three_agents().await?;
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use proto::admin_client::AdminClient;
 use tokio::time::Instant;
 
 use super::figure::Figure;
@@ -160,42 +159,8 @@ pub async fn throughput(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         let mut errors = 0usize;
         for _ in 0..runs {
             let start = Instant::now();
-            let end = start + run_for;
-            let mut tasks = Vec::new();
-            for (i, host) in hosts.iter().enumerate() {
-                let mut admin = AdminClient::new(chans[i % chans.len()].clone());
-                let host = host.clone();
-                tasks.push(tokio::spawn(async move {
-                    let (mut ok, mut bad, mut drain) = (0usize, 0usize, true);
-                    while Instant::now() < end {
-                        let action = if drain {
-                            proto::PackageAction::Drain
-                        } else {
-                            proto::PackageAction::Restore
-                        };
-                        let r = admin
-                            .package_action(proto::PackageActionRequest {
-                                host: host.clone(),
-                                r#type: SPARE.into(),
-                                action: action as i32,
-                            })
-                            .await;
-                        if r.is_ok() {
-                            ok += 1;
-                        } else {
-                            bad += 1;
-                        }
-                        drain = !drain;
-                    }
-                    (ok, bad)
-                }));
-            }
-            let mut ok = 0;
-            for t in tasks {
-                let (o, b) = t.await?;
-                ok += o;
-                errors += b;
-            }
+            let (ok, bad) = super::writes::drain_restore(&chans, &hosts, SPARE, run_for).await?;
+            errors += bad;
             anyhow::ensure!(ok > 0, "no write was acknowledged ({errors} refused)");
             fig.push(ok as f64 / start.elapsed().as_secs_f64());
         }

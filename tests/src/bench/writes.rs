@@ -66,41 +66,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     let mut errors = 0usize;
     for _ in 0..plan.runs {
         let start = Instant::now();
-        let end = start + plan.run_for;
-        let mut tasks = Vec::new();
-        for (i, host) in hosts.iter().enumerate() {
-            let mut admin = AdminClient::new(chans[i % chans.len()].clone());
-            let host = host.clone();
-            tasks.push(tokio::spawn(async move {
-                let (mut ok, mut failed, mut drain) = (0usize, 0usize, true);
-                while Instant::now() < end {
-                    let action = if drain {
-                        proto::PackageAction::Drain
-                    } else {
-                        proto::PackageAction::Restore
-                    };
-                    let r = admin
-                        .package_action(proto::PackageActionRequest {
-                            host: host.clone(),
-                            r#type: CCM.into(),
-                            action: action as i32,
-                        })
-                        .await;
-                    match r {
-                        Ok(_) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
-                    drain = !drain;
-                }
-                (ok, failed)
-            }));
-        }
-        let mut ok = 0;
-        for t in tasks {
-            let (o, f) = t.await?;
-            ok += o;
-            errors += f;
-        }
+        let (ok, failed) = drain_restore(&chans, &hosts, CCM, plan.run_for).await?;
+        errors += failed;
         anyhow::ensure!(ok > 0, "no write was acknowledged ({errors} refused)");
         fig.push(ok as f64 / start.elapsed().as_secs_f64());
     }
@@ -109,4 +76,50 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     }
     drop(fleet);
     Ok(vec![fig])
+}
+
+/// One client per host, each alternating `drain` and `restore` of its own package of
+/// `package_type` for `run_for`, spread over `chans`: (acknowledged, refused).
+pub async fn drain_restore(
+    chans: &[tonic::transport::Channel],
+    hosts: &[String],
+    package_type: &str,
+    run_for: Duration,
+) -> anyhow::Result<(usize, usize)> {
+    let end = Instant::now() + run_for;
+    let mut tasks = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let mut admin = AdminClient::new(chans[i % chans.len()].clone());
+        let (host, package_type) = (host.clone(), package_type.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut drain) = (0usize, 0usize, true);
+            while Instant::now() < end {
+                let action = if drain {
+                    proto::PackageAction::Drain
+                } else {
+                    proto::PackageAction::Restore
+                };
+                let r = admin
+                    .package_action(proto::PackageActionRequest {
+                        host: host.clone(),
+                        r#type: package_type.clone(),
+                        action: action as i32,
+                    })
+                    .await;
+                match r {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                drain = !drain;
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await?;
+        ok += o;
+        failed += f;
+    }
+    Ok((ok, failed))
 }
