@@ -680,3 +680,53 @@ async fn run_stops_when_its_shutdown_future_resolves() -> Result<()> {
     tokio::time::timeout(WAIT, task).await???;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_diffs_of_a_large_fleet_stall_no_heartbeat() -> Result<()> {
+    let ttl = Duration::from_millis(800);
+    let mut h = Harness::start(ttl).await?;
+    let s = h.open("agent-1", &[CCM]).await?;
+    let before = h.revision().await;
+    let mut acks = heartbeat(h.agent.clone(), "agent-1", &s.session_id, ttl / 4);
+    // A fleet of 20,000 hosts in 200 domains, the test hosts kept.
+    let mut big = String::from(
+        "version: 1\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2]\n",
+    );
+    for d in 0..200 {
+        big.push_str(&format!("  - domain: d{d}\n    hosts: ["));
+        let hosts: Vec<String> = (0..100).map(|i| format!("h{d}-{i}")).collect();
+        big.push_str(&hosts.join(", "));
+        big.push_str("]\n");
+    }
+    let mut diffs = Vec::new();
+    for _ in 0..6 {
+        let mut admin = h.admin.clone();
+        let yaml = big.clone();
+        diffs.push(tokio::spawn(async move {
+            admin
+                .diff_topology(pb::TopologyRequest {
+                    yaml,
+                    file_name: "big.yaml".into(),
+                })
+                .await
+                .map(|r| r.into_inner().hosts_added.len())
+        }));
+    }
+    // While the diffs run, every heartbeat is answered and the session never lapses.
+    let mut answered = 0usize;
+    while !diffs.iter().all(|d| d.is_finished()) {
+        let ack = tokio::time::timeout(WAIT, acks.recv())
+            .await?
+            .expect("the keep-alive stream stays open");
+        assert!(ack.ok, "{ack:?}");
+        answered += 1;
+    }
+    for d in diffs {
+        assert!(d.await?? >= 20_000, "each diff saw the new hosts");
+    }
+    assert!(answered > 0);
+    let export = h.export().await?;
+    assert!(alive(&export, "agent-1"), "the session held: {export}");
+    assert_eq!(h.revision().await, before, "diffs write nothing, nothing lapsed");
+    h.shutdown().await
+}

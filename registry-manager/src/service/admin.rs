@@ -37,6 +37,23 @@ pub fn parse_topology(file_name: &str, yaml: &str) -> Result<Topology, RegistryE
     Topology::from_yaml(file_name, yaml).map_err(RegistryError::InvalidTopology)
 }
 
+/// Work that grows with the registry (diff, explain, export) runs on the blocking pool, at
+/// most this many at a time, never on the threads that serve heartbeats and watches.
+const HEAVY_AT_ONCE: usize = 2;
+
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HEAVY_AT_ONCE);
+
+/// Runs `f` off the async threads, bounded by [`HEAVY_AT_ONCE`].
+async fn offload<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    let _permit = HEAVY
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the manager is shutting down"))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("a registry computation failed: {e}")))
+}
+
 fn name_list<T: ToString>(items: &[T]) -> Vec<String> {
     items.iter().map(ToString::to_string).collect()
 }
@@ -77,7 +94,7 @@ impl pb::admin_server::Admin for AdminService {
                 ..Default::default()
             }));
         };
-        let d = topology::diff(&old, &new, &snapshot);
+        let d = offload(move || topology::diff(&old, &new, &snapshot)).await?;
         Ok(Response::new(pb::DiffTopologyResponse {
             domains_added: name_list(&d.domains_added),
             domains_removed: name_list(&d.domains_removed),
@@ -151,9 +168,11 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ExportRegistryResponse>, Status> {
         self.engine.read_barrier(request.get_ref().stale).await?;
         let snapshot = self.engine.state().await.to_snapshot();
+        let (revision, snapshot_json) =
+            offload(move || (snapshot.revision.0, snapshot.to_json())).await?;
         Ok(Response::new(pb::ExportRegistryResponse {
-            revision: snapshot.revision.0,
-            snapshot_json: snapshot.to_json(),
+            revision,
+            snapshot_json,
         }))
     }
 
@@ -170,12 +189,13 @@ impl pb::admin_server::Admin for AdminService {
             (state.topology().cloned(), state.to_snapshot())
         };
         let topology = topology.ok_or(RegistryError::NoTopology)?;
-        let e = topology::explain(&topology, &snapshot, &req.host, &req.r#type, &|_| false)
-            .map_err(RegistryError::from)?;
-        Ok(Response::new(wire::explanation_to_proto(
-            &e,
-            snapshot.revision,
-        )))
+        let answer = offload(move || {
+            topology::explain(&topology, &snapshot, &req.host, &req.r#type, &|_| false)
+                .map(|e| wire::explanation_to_proto(&e, snapshot.revision))
+        })
+        .await?
+        .map_err(RegistryError::from)?;
+        Ok(Response::new(answer))
     }
 
     async fn list_hosts(
