@@ -24,6 +24,7 @@ use crate::copy_store::CopyStore;
 use crate::error::AgentError;
 use crate::forwarder::Forwarder;
 use crate::health_view::HealthView;
+use crate::metrics::AgentMetrics;
 use crate::prober::run_prober;
 use crate::registry_copy::RegistryCopy;
 use crate::route_book::RouteBook;
@@ -39,6 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct RunningAgent {
     local_addr: SocketAddr,
     forwards: BTreeMap<PackageType, SocketAddr>,
+    http_addr: Option<SocketAddr>,
     book: watch::Receiver<Arc<RouteBook>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -53,6 +55,11 @@ impl RunningAgent {
     /// The bound address of the forward port of a type.
     pub fn forward_addr(&self, package_type: &str) -> Option<SocketAddr> {
         self.forwards.get(package_type).copied()
+    }
+
+    /// The bound address of the HTTP port (`/metrics`, `/healthz`), if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The routes as the agent sees them now.
@@ -146,6 +153,21 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         forwards.insert(f.package_type.clone(), addr);
         forward_listeners.push((f.package_type.clone(), l));
     }
+    let http_listener = match config.http_listen {
+        Some(addr) => {
+            let what = "the HTTP port (http_listen; `none` turns it off)".to_owned();
+            let l = bind(what.clone(), addr).await?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| AgentError::Bind { what, addr, source })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|(_, a)| *a);
+    let metrics = Arc::new(AgentMetrics::new(
+        config.forward.iter().map(|f| &f.package_type),
+    ));
 
     let shutdown = CancellationToken::new();
     let health = Arc::new(HealthView::new(&config.health));
@@ -168,6 +190,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         copy_changed: copy_changed_rx,
         stale: stale_rx,
         health: health.clone(),
+        metrics: metrics.clone(),
     };
     tasks.push(tokio::spawn(run_engine(
         engine,
@@ -198,6 +221,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         config.health,
         book_rx.clone(),
         health.clone(),
+        metrics.clone(),
         shutdown.clone(),
     )));
 
@@ -207,6 +231,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             book: book_rx.clone(),
             health: health.clone(),
             connect_timeout: config.health.timeout,
+            metrics: metrics.clone(),
         };
         tasks.push(tokio::spawn(f.run(l, shutdown.clone())));
     }
@@ -216,6 +241,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         shutdown: shutdown.clone(),
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (reflection_v1, reflection_v1alpha) = crate::api::reflection_services()
+        .map_err(|e| tracing::error!(error = %e, "gRPC reflection is not served"))
+        .ok()
+        .unzip();
     reporter.set_serving::<AgentServer<AgentApi>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(api_listener).map(|s| {
         if let Ok(s) = &s {
@@ -227,6 +256,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     tasks.push(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(AgentServer::new(api))
             .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
             .await;
@@ -235,10 +266,21 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         }
     }));
 
+    if let Some((listener, addr)) = http_listener {
+        tasks.push(crate::http::spawn(
+            listener,
+            book_rx.clone(),
+            metrics,
+            shutdown.clone(),
+        ));
+        tracing::info!(%addr, "HTTP port serving /metrics and /healthz");
+    }
+
     tracing::info!(host = %config.host, listen = %local_addr, "registry agent started");
     Ok(RunningAgent {
         local_addr,
         forwards,
+        http_addr,
         book: book_rx,
         shutdown,
         tasks,

@@ -60,6 +60,44 @@ fn update_of(book: &RouteBook, t: &str, route: Option<&Arc<TypeRoute>>) -> pb::R
     }
 }
 
+/// The services an agent serves on its local API, as gRPC reflection lists them. The
+/// descriptor set of `proto` also holds the managers' services: they are not listed.
+pub const SERVED_SERVICES: [&str; 4] = [
+    pb::agent_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// gRPC server reflection of the local API, v1 and v1alpha, listing [`SERVED_SERVICES`];
+/// both can describe every listed service.
+#[allow(clippy::type_complexity)]
+pub fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        SERVED_SERVICES.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::RouteUpdate, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]

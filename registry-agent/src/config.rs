@@ -14,6 +14,8 @@ use crate::config_error::{ConfigError, ConfigErrors};
 
 /// Default local API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7401";
+/// Default address of the HTTP port (`/metrics`, `/healthz`).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7481";
 /// Default directory of the persisted registry copy.
 pub const DEFAULT_DATA_DIR: &str = "./agent-data";
 /// Largest configuration file accepted.
@@ -37,6 +39,9 @@ pub struct AgentConfig {
     pub health: HealthConfig,
     /// Local TCP ports that always lead to the chosen manager of a type.
     pub forward: Vec<ForwardConfig>,
+    /// HTTP port (`/metrics`, `/healthz`); none (`http_listen: none`): no HTTP port. Port 0
+    /// picks a free port.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// A bootstrap address of a registry manager.
@@ -147,6 +152,8 @@ struct RawConfig {
     health: Option<RawHealth>,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    http_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +428,24 @@ impl AgentConfig {
             None => Some(DEFAULT_LISTEN.parse().expect("default listen address")),
         };
 
+        let http_listen = match &raw.http_listen {
+            Some(h) if h.value.trim() == "none" => None,
+            Some(h) => match h.value.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.at(
+                        h,
+                        format!(
+                            "http_listen: {:?} is neither an IP address and port (like {DEFAULT_HTTP_LISTEN}; port 0 picks a free port) nor `none`",
+                            h.value
+                        ),
+                    );
+                    None
+                }
+            },
+            None => Some(DEFAULT_HTTP_LISTEN.parse().expect("default HTTP address")),
+        };
+
         let mut packages: Vec<PackageConfig> = Vec::new();
         for p in &raw.packages {
             let pv = &p.value;
@@ -537,6 +562,7 @@ impl AgentConfig {
             packages,
             health,
             forward,
+            http_listen,
         })
     }
 
@@ -582,7 +608,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let msg = msg.lines().next().unwrap_or("").trim().to_owned();
     if msg.contains("unknown field") && !msg.contains("expected") {
         format!(
-            "{msg}; the keys are host, managers, data_dir, listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (probe, interval, timeout, fall, rise), forward (type, listen)"
+            "{msg}; the keys are host, managers, data_dir, listen, http_listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (probe, interval, timeout, fall, rise), forward (type, listen)"
         )
     } else if msg.starts_with("invalid u32") || msg.starts_with("invalid u64") {
         format!("{msg}: fall and rise are whole numbers of checks, from 1 to 1000")
@@ -636,6 +662,24 @@ forward:
         assert_eq!(c.packages[1].interval, Duration::from_millis(100));
         assert_eq!(c.health, HealthConfig::default());
         assert_eq!(c.forward[0].listen, "127.0.0.1:7500".parse().unwrap());
+    }
+
+    #[test]
+    fn http_listen_is_an_address_or_none() {
+        let base = "host: a\nmanagers: [\"127.0.0.1:7400\"]\n";
+        let c = AgentConfig::from_yaml("agent.yaml", base).unwrap();
+        assert_eq!(c.http_listen, Some(DEFAULT_HTTP_LISTEN.parse().unwrap()));
+        let c =
+            AgentConfig::from_yaml("agent.yaml", &format!("{base}http_listen: none\n")).unwrap();
+        assert_eq!(c.http_listen, None);
+        let c = AgentConfig::from_yaml("agent.yaml", &format!("{base}http_listen: 0.0.0.0:9100\n"))
+            .unwrap();
+        assert_eq!(c.http_listen, Some("0.0.0.0:9100".parse().unwrap()));
+        let e = err(&format!("{base}http_listen: metrics.local:80\n"));
+        assert!(
+            e.starts_with("agent.yaml:3:14: http_listen: \"metrics.local:80\" is neither"),
+            "{e}"
+        );
     }
 
     #[test]

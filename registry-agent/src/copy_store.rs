@@ -224,6 +224,22 @@ mod tests {
         }
     }
 
+    /// Opens the store again; sled's background flush may hold the directory a moment after
+    /// the previous store was dropped.
+    async fn reopen(dir: &std::path::Path) -> CopyStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match CopyStore::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn persists_snapshot_and_deltas_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -245,7 +261,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let s = CopyStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let c = s.load().unwrap();
         assert_eq!(c.revision(), 5);
         assert!(c.topology.is_some());
@@ -294,7 +310,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let s = CopyStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let saved = s.load_session().unwrap().unwrap();
         assert_eq!(
             (saved.id.as_str(), saved.ttl),

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use topology::{HostName, PackageType};
 
 use crate::health_view::HealthView;
+use crate::metrics::{self, AgentMetrics};
 use crate::route_book::{RouteBook, Target};
 
 const BUFFER_BYTES: usize = 32 * 1024;
@@ -39,6 +40,8 @@ pub struct Forwarder {
     pub health: Arc<HealthView>,
     /// Connect timeout per manager tried.
     pub connect_timeout: Duration,
+    /// Where accepted connections are counted, by result.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 #[derive(Debug)]
@@ -154,10 +157,23 @@ impl Forwarder {
     /// Serves one client connection to its end.
     pub async fn serve_client(&self, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
+        let chosen = self
+            .book
+            .borrow()
+            .chosen(self.package_type.as_str())
+            .cloned();
         let Some((upstream, target)) = self.connect_live(&client).await else {
             tracing::warn!(package_type = %self.package_type, %peer, "forward: no reachable manager; closing the client connection");
+            self.metrics
+                .forwarded(&self.package_type, metrics::FORWARD_NO_MANAGER);
             return;
         };
+        let result = if chosen.as_ref() == Some(&target.host) {
+            metrics::FORWARD_OK
+        } else {
+            metrics::FORWARD_FAILOVER
+        };
+        self.metrics.forwarded(&self.package_type, result);
         tracing::debug!(package_type = %self.package_type, %peer, host = %target.host, "forward: connected");
         let (cr, cw) = client.into_split();
         let (ur, uw) = upstream.into_split();
@@ -285,6 +301,7 @@ mod tests {
             book: rx,
             health: health.clone(),
             connect_timeout: Duration::from_millis(500),
+            metrics: Arc::new(AgentMetrics::new([])),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

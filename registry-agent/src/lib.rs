@@ -11,12 +11,15 @@
 //! - [`route_book`], [`route_engine`]: every route of the host, recomputed on every change.
 //! - [`health_view`], [`prober`]: active probes and passive marks of managers.
 //! - [`copy_store`]: the copy persisted in sled.
-//! - [`session`], [`bootstrap`]: the session with a registry manager and the watch stream;
+//! - [`session`], [`bootstrap`]: the session with a registry manager and the watch stream
+//!   ([`session_machine`]: its protocol decisions, events in, actions out. Pure);
 //!   [`report_plan`]: which status reports to send (changes, and statuses the registry holds
 //!   wrongly). Pure.
 //! - [`checks`]: local checks of this host's packages.
 //! - [`forwarder`]: forward ports.
 //! - [`api`]: the local `Agent` gRPC service.
+//! - [`http`] / [`metrics`]: the HTTP side port (`/metrics` in the Prometheus text format,
+//!   `/healthz`), one metrics registry per agent.
 //! - [`agent`]: [`start`] / [`run`] / [`RunningAgent`].
 //! - [`cli`]: the command line (`main.rs` only calls [`cli::main`]).
 
@@ -31,6 +34,8 @@ pub mod copy_store;
 pub mod error;
 pub mod forwarder;
 pub mod health_view;
+pub mod http;
+pub mod metrics;
 pub mod package_check;
 pub mod probe_counter;
 pub mod prober;
@@ -40,6 +45,7 @@ pub mod route_book;
 pub mod route_engine;
 pub mod router;
 pub mod session;
+pub mod session_machine;
 
 pub use agent::{run, start, RunningAgent};
 pub use config::{AgentConfig, Check, ForwardConfig, HealthConfig, ManagerAddress, PackageConfig};

@@ -15,6 +15,7 @@ use topology::{HostName, PackageType};
 use crate::checks::check_once;
 use crate::config::{Check, HealthConfig, ProbeKind};
 use crate::health_view::HealthView;
+use crate::metrics::AgentMetrics;
 use crate::route_book::RouteBook;
 
 /// How many managers of each type are probed, the chosen one included.
@@ -47,6 +48,7 @@ pub async fn run_prober(
     cfg: HealthConfig,
     book: watch::Receiver<Arc<RouteBook>>,
     health: Arc<HealthView>,
+    metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut channels: HashMap<String, Option<Channel>> = HashMap::new();
@@ -63,7 +65,7 @@ pub async fn run_prober(
             channels.retain(|ep, _| targets.iter().any(|(_, _, e)| e == ep));
         }
         let probes = targets.into_iter().map(|(t, h, endpoint)| {
-            let health = health.clone();
+            let (health, metrics) = (health.clone(), metrics.clone());
             let check = match cfg.probe {
                 ProbeKind::Tcp => Check::Tcp(endpoint.clone()),
                 ProbeKind::GrpcHealth => Check::GrpcHealth(endpoint.clone()),
@@ -79,6 +81,9 @@ pub async fn run_prober(
                 let ok = check_once(&check, channel.as_ref(), cfg.timeout)
                     .await
                     .passed();
+                if !ok {
+                    metrics.probe_failed();
+                }
                 health.record(&t, &h, &endpoint, ok);
             }
         });

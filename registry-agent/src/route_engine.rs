@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use topology::{explain, Explanation, HostName, PackageType, RegistrySnapshot, RouteError};
 
 use crate::health_view::HealthView;
+use crate::metrics::AgentMetrics;
 use crate::registry_copy::RegistryCopy;
 use crate::route_book::{BookProblem, RouteBook, Target, TypeRoute};
 use crate::router::{self, EligibleSince, Reason};
@@ -356,6 +357,8 @@ pub struct EngineInputs {
     pub stale: watch::Receiver<bool>,
     /// The health view.
     pub health: Arc<HealthView>,
+    /// Where route changes and failover times are counted.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// Recomputes and publishes the book until `shutdown`.
@@ -383,6 +386,7 @@ pub async fn run_engine(
             let to = e.to.as_ref().map_or("none", |h| h.as_str());
             tracing::info!(package_type = %e.package_type, from, to, reason = %e.reason, "route changed");
         }
+        inputs.metrics.route_events(&r.book, &r.events, now);
         // Forget health entries of managers that are no longer candidates at all.
         {
             let book = &r.book;

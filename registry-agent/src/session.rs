@@ -25,11 +25,16 @@
 //! A whole round of candidates without reaching any manager is warned about once per episode
 //! (the episode ends when a manager is reached again, logged at `info`).
 //!
+//! The protocol decisions of these rules (and their once-per-episode warnings) are taken by the
+//! pure [`crate::session_machine::SessionMachine`]; this module is its driver: it turns socket,
+//! timer and channel results into events, and carries out the machine's actions (the gRPC calls,
+//! the keep-alive task, persistence, the `stale` flag, the log lines).
+//!
 //! Watch events may carry a payload in parts (`WatchEvent.more`); they are reassembled (at most
 //! 256 MiB) before being applied. A part sequence broken by another revision or kind restarts
 //! the watch from the copy's revision.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -41,7 +46,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic::Code;
 use topology::{HostName, PackageStatus, PackageType};
 
 use crate::bootstrap::Bootstrap;
@@ -50,20 +54,14 @@ use crate::config::PackageConfig;
 use crate::copy_store::CopyStore;
 use crate::health_view::HealthView;
 use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
-use crate::report_plan::{plan_reports, LastReport, ReportReason, REREPORT_EVERY};
 use crate::route_book::RouteBook;
+use crate::session_machine::{
+    Action, Event, Note, OpenResult, OpenRetry, ReportResult, SessionMachine,
+};
+pub use crate::session_machine::{Episode, FALLBACK_TTL, HELD_ELSEWHERE_WARN_TTLS};
 
 /// The package type of registry managers (the group contract (docs/ha.md)).
 pub const REGISTRY_MANAGER_TYPE: &str = "registry-manager";
-
-/// The TTL assumed for a session whose granted TTL is not known (a store written before the
-/// TTL was kept, or a manager answering `ttl_ms = 0`).
-pub const FALLBACK_TTL: Duration = Duration::from_secs(1);
-
-/// `OpenSession` refused with `ALREADY_EXISTS` for this many TTLs is warned about: the previous
-/// session of a restarted agent lapses within one TTL, so this is most likely another agent
-/// holding the host.
-pub const HELD_ELSEWHERE_WARN_TTLS: u32 = 3;
 
 /// Timing of the session client.
 #[derive(Debug, Clone, Copy)]
@@ -92,40 +90,6 @@ impl Default for SessionTiming {
             already_exists_retry: Duration::from_millis(150),
             unknown_host_retry: Duration::from_secs(1),
         }
-    }
-}
-
-/// One episode of a trouble that is worth a single warning, not one per retry. Pure value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Episode {
-    since: Option<Instant>,
-    warned: bool,
-}
-
-impl Episode {
-    /// The trouble is seen at `now` (an episode starts if none is under way). True once per
-    /// episode: the first time it is seen after lasting at least `warn_after`.
-    pub fn seen(&mut self, now: Instant, warn_after: Duration) -> bool {
-        let since = *self.since.get_or_insert(now);
-        if self.warned || now.saturating_duration_since(since) < warn_after {
-            return false;
-        }
-        self.warned = true;
-        true
-    }
-
-    /// How long the episode under way has lasted at `now` (zero when none is).
-    pub fn lasted(&self, now: Instant) -> Duration {
-        self.since
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
-    }
-
-    /// The trouble is over. Returns how long it lasted when it was warned about (so its end
-    /// can be logged too), else `None`.
-    pub fn end(&mut self, now: Instant) -> Option<Duration> {
-        let warned = self.warned.then(|| self.lasted(now));
-        *self = Episode::default();
-        warned
     }
 }
 
@@ -162,13 +126,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
-}
-
-#[derive(Debug)]
-struct Session {
-    id: String,
-    ttl: Duration,
-    confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -214,77 +171,25 @@ pub struct SessionClient {
     pub timing: SessionTiming,
 }
 
-/// Per-process session state, kept across connections.
-#[derive(Debug, Default)]
-struct State {
-    session: Option<Session>,
-    /// What the registry was last told and when (or, after a restart, what it is believed to
-    /// hold).
-    reported: BTreeMap<PackageType, LastReport>,
-    /// Packages whose contradicted status was reported again (warned once per episode).
-    contradicted: BTreeSet<PackageType>,
-    /// When to plan the reports again even if nothing changes.
-    report_recheck: Option<Instant>,
-    /// The TTL the manager last granted (or the persisted one).
-    granted_ttl: Option<Duration>,
-    /// Before the first `OpenSession`, wait this long for the checks to settle so the
-    /// registration carries real statuses rather than `starting`.
-    settle_until: Option<Instant>,
-    /// No manager reached in a whole round of candidates.
-    unreachable: Episode,
-    /// `OpenSession` refused with `ALREADY_EXISTS`.
-    held_elsewhere: Episode,
-}
-
-impl State {
-    /// The session's TTL as best known.
-    fn ttl(&self) -> Duration {
-        self.session
-            .as_ref()
-            .map(|s| s.ttl)
-            .or(self.granted_ttl)
-            .unwrap_or(FALLBACK_TTL)
-    }
-}
-
 impl SessionClient {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut state = State::default();
-        match self.store.load_session() {
+        let restored = match self.store.load_session() {
             Ok(Some(saved)) => {
                 // A restarted agent resumes its previous session if the registry still has it;
                 // the registry then still holds its last reports.
-                let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
-                if let Some(me) = copy.snapshot.hosts.get(self.host.as_str()) {
-                    state.reported = me
-                        .packages
-                        .iter()
-                        .map(|(t, p)| {
-                            let last = LastReport {
-                                status: p.status,
-                                at: None,
-                            };
-                            (t.clone(), last)
-                        })
-                        .collect();
-                }
-                if saved.ttl.is_none() {
-                    tracing::info!(
-                        ttl = ?FALLBACK_TTL,
-                        "the persisted session has no TTL (older store); resuming with the fallback"
-                    );
-                }
-                state.granted_ttl = saved.ttl;
-                state.session = Some(Session {
+                Some(Event::Restored {
                     id: saved.id,
-                    ttl: saved.ttl.unwrap_or(FALLBACK_TTL),
-                    confirmed: false,
-                });
+                    ttl: saved.ttl,
+                    registry: self.registry_statuses(),
+                })
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the previous session id"),
-        }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the previous session id");
+                None
+            }
+        };
         let settle = self
             .packages
             .iter()
@@ -292,16 +197,19 @@ impl SessionClient {
             .max()
             .unwrap_or_default()
             .min(Duration::from_secs(2));
-        state.settle_until = Some(Instant::now() + settle);
+        let retry = OpenRetry {
+            already_exists: self.timing.already_exists_retry,
+            unknown_host: self.timing.unknown_host_retry,
+        };
+        let mut machine = SessionMachine::new(retry, Instant::now() + settle);
+        if let Some(ev) = restored {
+            self.log_all(None, machine.handle(ev));
+        }
 
         let mut backoff = Backoff::new(self.timing.backoff_base, self.timing.backoff_cap);
         loop {
             let candidates = self.candidates().await;
-            if candidates.is_empty() && state.unreachable.seen(Instant::now(), Duration::ZERO) {
-                tracing::warn!(
-                    "no registry manager address to try (empty route and bootstrap list); answering from the registry copy (stale: true). List the registry managers in `managers` of the agent configuration"
-                );
-            }
+            let count = candidates.len();
             let mut reached = false;
             let mut tried: Vec<String> = Vec::new();
             let mut last_reason = String::new();
@@ -309,7 +217,7 @@ impl SessionClient {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let end = self.serve(&addr, &mut state, &shutdown).await;
+                let end = self.serve(&addr, &mut machine, &shutdown).await;
                 self.stale.send_if_modified(|s| !std::mem::replace(s, true));
                 match end {
                     Ok(()) => return,
@@ -330,21 +238,129 @@ impl SessionClient {
                     }
                 }
             }
-            if !reached && !tried.is_empty() {
-                let now = Instant::now();
-                if state.unreachable.seen(now, Duration::ZERO) {
-                    tracing::warn!(
-                        tried = ?tried,
-                        last_error = %last_reason,
-                        "no registry manager reachable in a whole round of candidates; answering from the registry copy (stale: true) and retrying. Check that the registry managers run and that this host reaches them (`managers` in the agent configuration, addresses, firewalls)"
-                    );
-                }
-            }
+            let round = Event::RoundEnded {
+                now: Instant::now(),
+                candidates: count,
+                reached,
+                tried,
+                last_error: last_reason,
+            };
+            self.log_all(None, machine.handle(round));
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// Logs the notes among `actions` (events outside a connection only give notes).
+    fn log_all(&self, manager: Option<&str>, actions: Vec<Action>) {
+        for a in actions {
+            debug_assert!(matches!(a, Action::Log(_)), "outside a connection: {a:?}");
+            if let Action::Log(note) = a {
+                self.log(manager, &note);
+            }
+        }
+    }
+
+    /// Logs what the machine noted, at its level, with the manager of the connection.
+    fn log(&self, manager: Option<&str>, note: &Note) {
+        let manager = manager.unwrap_or_default();
+        match note {
+            Note::RestoredWithoutTtl => tracing::info!(
+                ttl = ?FALLBACK_TTL,
+                "the persisted session has no TTL (older store); resuming with the fallback"
+            ),
+            Note::NoManagerAddress => tracing::warn!(
+                "no registry manager address to try (empty route and bootstrap list); answering from the registry copy (stale: true). List the registry managers in `managers` of the agent configuration"
+            ),
+            Note::NoneReachable { tried, last_error } => tracing::warn!(
+                tried = ?tried,
+                last_error = %last_error,
+                "no registry manager reachable in a whole round of candidates; answering from the registry copy (stale: true) and retrying. Check that the registry managers run and that this host reaches them (`managers` in the agent configuration, addresses, firewalls)"
+            ),
+            Note::ReachedAgain { after } => {
+                tracing::info!(manager = %manager, after = ?after, "reached a registry manager again")
+            }
+            Note::SessionResumed { ttl } => {
+                tracing::info!(manager = %manager, ttl = ?ttl, "session resumed")
+            }
+            Note::SessionUnknown { reason } => tracing::info!(
+                manager = %manager,
+                %reason,
+                "session not known to the manager; opening a new one"
+            ),
+            Note::SessionInvalid { code, message } => tracing::info!(
+                code = %code,
+                message = %message,
+                "session no longer valid; opening a new one"
+            ),
+            Note::OpenedAfterHeld { after } => tracing::info!(
+                manager = %manager,
+                after = ?after,
+                "session of this host opened after being held by another"
+            ),
+            Note::SessionOpened { ttl } => {
+                tracing::info!(manager = %manager, ttl = ?ttl, "session opened")
+            }
+            Note::HeldElsewhere {
+                refused_for,
+                message,
+            } => tracing::warn!(
+                manager = %manager,
+                host = %self.host,
+                refused_for = ?refused_for,
+                message = %message,
+                "the registry keeps refusing this host's session (ALREADY_EXISTS): another live session holds host {:?}, most likely another agent running with the same `host` (on this machine or another). Stop it or correct `host` in one of the configurations; meanwhile this agent retries and answers from its copy (stale: true)",
+                self.host.as_str()
+            ),
+            Note::NotLapsedYet => tracing::debug!(
+                manager = %manager,
+                "previous session of this host not lapsed yet; retrying"
+            ),
+            Note::SessionRefused { code, message } => tracing::warn!(
+                manager = %manager,
+                code = %code,
+                message = %message,
+                "session refused; retrying while watching"
+            ),
+            Note::StatusReported {
+                package_type,
+                status,
+                revision,
+            } => tracing::info!(
+                package_type = %package_type,
+                status = %status,
+                revision,
+                "status reported"
+            ),
+            Note::ContradictionReported {
+                package_type,
+                registry,
+                local,
+                revision,
+                first: true,
+            } => tracing::warn!(
+                package_type = %package_type,
+                registry = %registry,
+                local = %local,
+                revision,
+                "the registry holds a status of this host's package that its local check contradicts; reported the local status again (at most once a second until the registry agrees)"
+            ),
+            Note::ContradictionReported {
+                package_type,
+                registry,
+                local,
+                revision,
+                first: false,
+            } => tracing::debug!(
+                package_type = %package_type,
+                registry = %registry,
+                local = %local,
+                revision,
+                "status reported again"
+            ),
         }
     }
 
@@ -441,16 +457,16 @@ impl SessionClient {
     fn spawn_keepalive(
         &self,
         client: &AgentRegistryClient<Channel>,
-        session: &Session,
+        id: String,
+        ttl: Duration,
         cancel: CancellationToken,
     ) -> mpsc::Receiver<KaEvent> {
         let (ev_tx, ev_rx) = mpsc::channel(4);
         let mut client = client.clone();
         let hb = pb::Heartbeat {
-            session_id: session.id.clone(),
+            session_id: id,
             host: self.host.as_str().to_owned(),
         };
-        let ttl = session.ttl;
         tokio::spawn(async move {
             let send = |e: KaEvent| {
                 let ev_tx = ev_tx.clone();
@@ -501,53 +517,52 @@ impl SessionClient {
         ev_rx
     }
 
-    /// One connection to one manager, until it fails or `shutdown`.
+    /// One connection to one manager, until it fails or `shutdown`. The protocol decisions
+    /// are the machine's; this turns what happens into its events and carries out its actions.
     async fn serve(
         &self,
         addr: &str,
-        state: &mut State,
+        machine: &mut SessionMachine,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnEnd> {
         let channel = self.connect(addr).await.map_err(ConnEnd::Unreachable)?;
-        let mut client = AgentRegistryClient::new(channel);
+        let client = AgentRegistryClient::new(channel);
+        let mut conn = Conn {
+            addr,
+            client,
+            guard: CancellationToken::new(),
+            ka_events: None,
+            open_at: None,
+            recheck_at: None,
+        };
         let from = self
             .copy
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .revision();
         let mut watch = self
-            .open_watch(&mut client, from)
+            .open_watch(&mut conn.client, from)
             .await
             .map_err(ConnEnd::Unreachable)?;
         tracing::info!(manager = %addr, from_revision = from, "connected to registry manager; watching");
-        if let Some(lasted) = state.unreachable.end(Instant::now()) {
-            tracing::info!(manager = %addr, after = ?lasted, "reached a registry manager again");
-        }
         // Large payloads arrive in parts (`WatchEvent.more`); one reassembler per watch stream.
         let mut parts = Reassembler::default();
 
-        // Cancels this connection's keep-alive task when the connection ends.
-        let conn_guard = CancellationToken::new();
-        let _drop_guard = conn_guard.clone().drop_guard();
-        let mut ka_events: Option<mpsc::Receiver<KaEvent>> = None;
-        let mut open_at: Option<Instant> = None;
-        let mut unknown_host = false;
-        match &mut state.session {
-            Some(s) => {
-                s.confirmed = false;
-                ka_events = Some(self.spawn_keepalive(&client, s, conn_guard.child_token()));
-            }
-            None => open_at = Some(state.settle_until.unwrap_or_else(Instant::now)),
-        }
+        // Cancels this connection's keep-alive tasks when the connection ends.
+        let _drop_guard = conn.guard.clone().drop_guard();
+        self.step(
+            machine,
+            &mut conn,
+            Event::Connected {
+                now: Instant::now(),
+            },
+        )
+        .await?;
         let mut statuses = self.statuses.clone();
         // A host without packages has no check task: its status channel is closed at once.
         let mut statuses_open = true;
-        state.report_recheck = None;
         loop {
-            let live = state.session.as_ref().is_some_and(|s| s.confirmed);
-            let stale = !live;
-            self.stale
-                .send_if_modified(|s| std::mem::replace(s, stale) != stale);
+            let open_at = conn.open_at;
             let open_sleep = async {
                 match open_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -555,19 +570,19 @@ impl SessionClient {
                 }
             };
             let ka_next = async {
-                match ka_events.as_mut() {
+                match conn.ka_events.as_mut() {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
             };
-            let recheck = state.report_recheck;
+            let recheck = conn.recheck_at;
             let recheck_sleep = async {
                 match recheck {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let event = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 msg = watch.message() => match msg {
                     Ok(Some(ev)) => {
@@ -577,127 +592,141 @@ impl SessionClient {
                             Err(e) => {
                                 let from = self.copy.read().unwrap_or_else(|p| p.into_inner()).revision();
                                 tracing::warn!(error = %e, from_revision = from, "restarting the watch from the copy's revision");
-                                watch = self.open_watch(&mut client, from).await.map_err(ConnEnd::Lost)?;
+                                watch = self.open_watch(&mut conn.client, from).await.map_err(ConnEnd::Lost)?;
                                 parts = Reassembler::default();
                                 continue;
                             }
                         };
                         if let Err(e) = self.apply(&ev).await {
                             tracing::warn!(error = %e, "restarting the watch from a fresh snapshot");
-                            watch = self.open_watch(&mut client, 0).await.map_err(ConnEnd::Lost)?;
+                            watch = self.open_watch(&mut conn.client, 0).await.map_err(ConnEnd::Lost)?;
                             parts = Reassembler::default();
-                        } else if unknown_host && state.session.is_none() {
-                            open_at = Some(Instant::now());
-                        } else if state.session.as_ref().is_some_and(|s| s.confirmed) {
-                            // The copy may now hold a status of this host's packages that its
-                            // checks contradict.
-                            self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
+                            continue;
                         }
+                        Event::WatchApplied { now: Instant::now() }
                     }
                     Ok(None) => return Err(ConnEnd::Lost("watch stream ended".into())),
                     Err(s) => return Err(ConnEnd::Lost(format!("watch: {} {}", s.code(), s.message()))),
                 },
                 ev = ka_next => match ev {
-                    Some(KaEvent::Confirmed) => {
-                        if let Some(s) = &mut state.session {
-                            if !s.confirmed {
-                                s.confirmed = true;
-                                tracing::info!(manager = %addr, ttl = ?s.ttl, "session resumed");
-                            }
-                        }
-                        state.held_elsewhere = Episode::default();
-                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
-                    }
-                    Some(KaEvent::Rejected(reason)) => {
-                        tracing::info!(manager = %addr, %reason, "session not known to the manager; opening a new one");
-                        state.session = None;
-                        ka_events = None;
-                        open_at = Some(Instant::now());
-                        if let Err(e) = self.store.save_session(None).await {
-                            tracing::warn!(error = %e, "cannot forget the session id");
-                        }
-                    }
-                    Some(KaEvent::Lost(reason)) => return Err(ConnEnd::Lost(reason)),
-                    None => return Err(ConnEnd::Lost("keep-alive task ended".into())),
+                    Some(KaEvent::Confirmed) => Event::KeepAliveConfirmed,
+                    Some(KaEvent::Rejected(reason)) => Event::KeepAliveRejected { now: Instant::now(), reason },
+                    Some(KaEvent::Lost(reason)) => Event::KeepAliveLost { reason },
+                    None => Event::KeepAliveLost { reason: "keep-alive task ended".into() },
                 },
                 _ = open_sleep => {
-                    open_at = None;
-                    let settled = !statuses.borrow().values().any(|s| *s == PackageStatus::Starting);
-                    if let (Some(until), false) = (state.settle_until, settled) {
-                        if Instant::now() < until {
-                            open_at = Some(until);
-                            continue;
-                        }
-                    }
-                    state.settle_until = None;
-                    match self.open_session(&mut client, state).await {
-                        Ok(()) => {
-                            unknown_host = false;
-                            if let Some(lasted) = state.held_elsewhere.end(Instant::now()) {
-                                tracing::info!(manager = %addr, after = ?lasted, "session of this host opened after being held by another");
-                            }
-                            let s = state.session.as_ref().expect("just opened");
-                            tracing::info!(manager = %addr, ttl = ?s.ttl, "session opened");
-                            ka_events = Some(self.spawn_keepalive(&client, s, conn_guard.child_token()));
-                            self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
-                        }
-                        Err(s) if s.code() == Code::AlreadyExists => {
-                            let now = Instant::now();
-                            let warn_after = state.ttl().saturating_mul(HELD_ELSEWHERE_WARN_TTLS);
-                            if state.held_elsewhere.seen(now, warn_after) {
-                                tracing::warn!(
-                                    manager = %addr,
-                                    host = %self.host,
-                                    refused_for = ?state.held_elsewhere.lasted(now),
-                                    message = %s.message(),
-                                    "the registry keeps refusing this host's session (ALREADY_EXISTS): another live session holds host {:?}, most likely another agent running with the same `host` (on this machine or another). Stop it or correct `host` in one of the configurations; meanwhile this agent retries and answers from its copy (stale: true)",
-                                    self.host.as_str()
-                                );
-                            } else {
-                                tracing::debug!(manager = %addr, "previous session of this host not lapsed yet; retrying");
-                            }
-                            let j = rand::rng().random_range(0..=self.timing.already_exists_retry.as_millis() as u64 / 2);
-                            open_at = Some(Instant::now() + self.timing.already_exists_retry + Duration::from_millis(j));
-                        }
-                        Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition) => {
-                            if !unknown_host {
-                                tracing::warn!(manager = %addr, code = %s.code(), message = %s.message(), "session refused; retrying while watching");
-                            }
-                            unknown_host = true;
-                            open_at = Some(Instant::now() + self.timing.unknown_host_retry);
-                        }
-                        Err(s) => return Err(ConnEnd::Lost(format!("open session: {} {}", s.code(), s.message()))),
-                    }
+                    conn.open_at = None;
+                    Event::OpenTimerFired { now: Instant::now(), settled: settled(&statuses.borrow()) }
                 }
                 _ = recheck_sleep => {
-                    state.report_recheck = None;
-                    if state.session.as_ref().is_some_and(|s| s.confirmed) {
-                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
-                    }
+                    conn.recheck_at = None;
+                    Event::RecheckTimerFired
                 }
                 r = statuses.changed(), if statuses_open => {
                     if r.is_err() {
                         statuses_open = false;
                         continue;
                     }
-                    if state.session.as_ref().is_some_and(|s| s.confirmed) {
-                        self.report_changes(&mut client, state, &mut open_at, &mut ka_events).await?;
-                    } else if state.session.is_none()
-                        && state.settle_until.is_some()
-                        && !statuses.borrow().values().any(|s| *s == PackageStatus::Starting)
-                    {
-                        open_at = Some(Instant::now());
-                    }
+                    Event::StatusesChanged { now: Instant::now(), settled: settled(&statuses.borrow()) }
                 }
-            }
+            };
+            self.step(machine, &mut conn, event).await?;
         }
     }
 
-    async fn open_session(
+    /// Feeds `event` to the machine and carries out its actions in order; the answer of an
+    /// action that asks for one is fed back before anything else happens.
+    async fn step(
         &self,
-        client: &mut AgentRegistryClient<Channel>,
-        state: &mut State,
-    ) -> Result<(), tonic::Status> {
+        machine: &mut SessionMachine,
+        conn: &mut Conn<'_>,
+        event: Event,
+    ) -> Result<(), ConnEnd> {
+        let mut todo: VecDeque<Action> = machine.handle(event).into();
+        while let Some(action) = todo.pop_front() {
+            let answer = match action {
+                Action::StartKeepAlive { id, ttl } => {
+                    let rx = self.spawn_keepalive(&conn.client, id, ttl, conn.guard.child_token());
+                    conn.ka_events = Some(rx);
+                    None
+                }
+                Action::StopKeepAlive => {
+                    conn.ka_events = None;
+                    None
+                }
+                Action::OpenSession => Some(self.open_session(&mut conn.client).await),
+                Action::ReportChanges => Some(Event::ReportInputs {
+                    own: self.statuses.borrow().clone(),
+                    registry: self.registry_statuses(),
+                    now: Instant::now(),
+                }),
+                Action::SendReport {
+                    session_id,
+                    package_type,
+                    status,
+                } => {
+                    let req = pb::ReportStatusRequest {
+                        session_id,
+                        host: self.host.as_str().to_owned(),
+                        r#type: package_type.as_str().to_owned(),
+                        status: status_to_wire(status) as i32,
+                    };
+                    let call = conn.client.report_status(req);
+                    let result = match tokio::time::timeout(self.timing.call_timeout, call).await {
+                        Ok(Ok(r)) => ReportResult::Reported {
+                            revision: r.into_inner().revision,
+                        },
+                        Ok(Err(e)) => ReportResult::Error {
+                            code: e.code(),
+                            message: e.message().to_owned(),
+                        },
+                        Err(_) => ReportResult::NoAnswer,
+                    };
+                    Some(Event::ReportResult {
+                        now: Instant::now(),
+                        result,
+                    })
+                }
+                Action::ScheduleOpen(at) => {
+                    conn.open_at = Some(at);
+                    None
+                }
+                Action::ScheduleRecheck(at) => {
+                    conn.recheck_at = at;
+                    None
+                }
+                Action::SaveSession(Some((id, ttl))) => {
+                    if let Err(e) = self.store.save_session(Some((&id, ttl))).await {
+                        tracing::warn!(error = %e, "cannot persist the session id");
+                    }
+                    None
+                }
+                Action::SaveSession(None) => {
+                    if let Err(e) = self.store.save_session(None).await {
+                        tracing::warn!(error = %e, "cannot forget the session id");
+                    }
+                    None
+                }
+                Action::SetStale(stale) => {
+                    self.stale
+                        .send_if_modified(|s| std::mem::replace(s, stale) != stale);
+                    None
+                }
+                Action::Disconnect(reason) => return Err(ConnEnd::Lost(reason)),
+                Action::Log(note) => {
+                    self.log(Some(conn.addr), &note);
+                    None
+                }
+            };
+            if let Some(event) = answer {
+                todo.extend(machine.handle(event));
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `OpenSession` with the packages and their local status now.
+    async fn open_session(&self, client: &mut AgentRegistryClient<Channel>) -> Event {
         let current = self.statuses.borrow().clone();
         let packages = self
             .packages
@@ -718,41 +747,33 @@ impl SessionClient {
             host: self.host.as_str().to_owned(),
             packages,
         };
-        let resp = tokio::time::timeout(self.timing.call_timeout, client.open_session(req))
+        let answer = tokio::time::timeout(self.timing.call_timeout, client.open_session(req))
             .await
-            .map_err(|_| tonic::Status::deadline_exceeded("open session: no answer"))??
-            .into_inner();
-        let ttl = if resp.ttl_ms == 0 {
-            FALLBACK_TTL
-        } else {
-            Duration::from_millis(resp.ttl_ms)
+            .map_err(|_| tonic::Status::deadline_exceeded("open session: no answer"))
+            .and_then(|r| r);
+        let result = match answer {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                OpenResult::Opened {
+                    id: resp.session_id,
+                    ttl: Duration::from_millis(resp.ttl_ms),
+                    sent: current,
+                }
+            }
+            Err(s) => {
+                let j = rand::rng()
+                    .random_range(0..=self.timing.already_exists_retry.as_millis() as u64 / 2);
+                OpenResult::from_error(s.code(), s.message(), Duration::from_millis(j))
+            }
         };
-        let now = Instant::now();
-        state.reported = current
-            .into_iter()
-            .map(|(t, status)| {
-                let last = LastReport {
-                    status,
-                    at: Some(now),
-                };
-                (t, last)
-            })
-            .collect();
-        state.contradicted.clear();
-        state.granted_ttl = Some(ttl);
-        if let Err(e) = self.store.save_session(Some((&resp.session_id, ttl))).await {
-            tracing::warn!(error = %e, "cannot persist the session id");
+        Event::OpenResult {
+            now: Instant::now(),
+            result,
         }
-        state.session = Some(Session {
-            id: resp.session_id,
-            ttl,
-            confirmed: true,
-        });
-        Ok(())
     }
 
     /// The statuses the registry copy holds for this host's packages.
-    fn registry_statuses(&self) -> BTreeMap<PackageType, PackageStatus> {
+    fn registry_statuses(&self) -> Statuses {
         let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
         copy.snapshot
             .hosts
@@ -765,91 +786,25 @@ impl SessionClient {
             })
             .unwrap_or_default()
     }
+}
 
-    /// Reports every status that differs from what the registry was told, and again (at most
-    /// once per [`REREPORT_EVERY`]) every status the registry copy contradicts (see
-    /// [`plan_reports`]).
-    async fn report_changes(
-        &self,
-        client: &mut AgentRegistryClient<Channel>,
-        state: &mut State,
-        open_at: &mut Option<Instant>,
-        ka_events: &mut Option<mpsc::Receiver<KaEvent>>,
-    ) -> Result<(), ConnEnd> {
-        state.report_recheck = None;
-        if !state.session.as_ref().is_some_and(|s| s.confirmed) {
-            return Ok(());
-        }
-        let current = self.statuses.borrow().clone();
-        let registry = self.registry_statuses();
-        let plan = plan_reports(
-            &current,
-            &registry,
-            &state.reported,
-            Instant::now(),
-            REREPORT_EVERY,
-        );
-        state.contradicted.retain(|t| plan.contradicted.contains(t));
-        let mut recheck = plan.recheck_at;
-        for report in plan.reports {
-            let (t, s) = (report.package_type, report.status);
-            let Some(session) = state.session.as_ref().filter(|s| s.confirmed) else {
-                return Ok(());
-            };
-            let req = pb::ReportStatusRequest {
-                session_id: session.id.clone(),
-                host: self.host.as_str().to_owned(),
-                r#type: t.as_str().to_owned(),
-                status: status_to_wire(s) as i32,
-            };
-            match tokio::time::timeout(self.timing.call_timeout, client.report_status(req)).await {
-                Ok(Ok(r)) => {
-                    let revision = r.into_inner().revision;
-                    match report.reason {
-                        ReportReason::Changed => {
-                            state.contradicted.remove(&t);
-                            tracing::info!(package_type = %t, status = %s, revision, "status reported");
-                        }
-                        ReportReason::Contradicted { registry } => {
-                            if state.contradicted.insert(t.clone()) {
-                                tracing::warn!(package_type = %t, registry = %registry, local = %s, revision, "the registry holds a status of this host's package that its local check contradicts; reported the local status again (at most once a second until the registry agrees)");
-                            } else {
-                                tracing::debug!(package_type = %t, registry = %registry, local = %s, revision, "status reported again");
-                            }
-                        }
-                    }
-                    let at = Instant::now();
-                    state.reported.insert(
-                        t,
-                        LastReport {
-                            status: s,
-                            at: Some(at),
-                        },
-                    );
-                    // Look again once the registry had time to agree.
-                    let due = at + REREPORT_EVERY;
-                    recheck = Some(recheck.map_or(due, |r| r.min(due)));
-                }
-                Ok(Err(e)) if matches!(e.code(), Code::NotFound | Code::FailedPrecondition) => {
-                    tracing::info!(code = %e.code(), message = %e.message(), "session no longer valid; opening a new one");
-                    state.session = None;
-                    *ka_events = None;
-                    *open_at = Some(Instant::now());
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
-                    return Err(ConnEnd::Lost(format!(
-                        "report status: {} {}",
-                        e.code(),
-                        e.message()
-                    )))
-                }
-                Err(_) => return Err(ConnEnd::Lost("report status: no answer".into())),
-            }
-        }
-        state.report_recheck = recheck;
-        Ok(())
-    }
+/// No local check says `starting`.
+fn settled(statuses: &Statuses) -> bool {
+    !statuses.values().any(|s| *s == PackageStatus::Starting)
+}
+
+/// One connection: what the driver keeps for it (the machine keeps the protocol state).
+struct Conn<'a> {
+    addr: &'a str,
+    client: AgentRegistryClient<Channel>,
+    /// Cancelled when the connection ends: stops its keep-alive tasks.
+    guard: CancellationToken,
+    /// The events of the keep-alive listened to.
+    ka_events: Option<mpsc::Receiver<KaEvent>>,
+    /// [`Action::ScheduleOpen`].
+    open_at: Option<Instant>,
+    /// [`Action::ScheduleRecheck`].
+    recheck_at: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -881,51 +836,5 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(50));
-    }
-
-    #[test]
-    fn an_episode_warns_once_after_lasting_long_enough() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut e = Episode::default();
-        assert_eq!(e.lasted(t0), Duration::ZERO);
-        // ALREADY_EXISTS every 150 ms: warned once it lasted 3 TTLs (TTL 1 s), never again.
-        let warn_after = FALLBACK_TTL * HELD_ELSEWHERE_WARN_TTLS;
-        let warned: Vec<u64> = (0..40)
-            .map(|i| i * 150)
-            .filter(|&at| e.seen(t0 + ms(at), warn_after))
-            .collect();
-        assert_eq!(warned, [3000]);
-        assert_eq!(e.lasted(t0 + ms(6000)), ms(6000));
-        // Its end is reported with how long it lasted, then a new episode warns again.
-        assert_eq!(e.end(t0 + ms(6000)), Some(ms(6000)));
-        assert_eq!(e.end(t0 + ms(6100)), None);
-        assert!(!e.seen(t0 + ms(7000), warn_after));
-        assert!(e.seen(t0 + ms(10_000), warn_after));
-    }
-
-    #[test]
-    fn an_episode_that_ends_before_its_warning_is_not_reported() {
-        let t0 = Instant::now();
-        let mut e = Episode::default();
-        assert!(!e.seen(t0, Duration::from_secs(3)));
-        assert_eq!(e.end(t0 + Duration::from_secs(1)), None);
-        // A zero threshold (a whole round of managers unreachable) warns at the first one.
-        assert!(e.seen(t0 + Duration::from_secs(2), Duration::ZERO));
-        assert!(!e.seen(t0 + Duration::from_secs(3), Duration::ZERO));
-    }
-
-    #[test]
-    fn the_ttl_is_the_session_s_else_the_granted_one_else_the_fallback() {
-        let mut st = State::default();
-        assert_eq!(st.ttl(), FALLBACK_TTL);
-        st.granted_ttl = Some(Duration::from_millis(300));
-        assert_eq!(st.ttl(), Duration::from_millis(300));
-        st.session = Some(Session {
-            id: "s".into(),
-            ttl: Duration::from_secs(5),
-            confirmed: false,
-        });
-        assert_eq!(st.ttl(), Duration::from_secs(5));
     }
 }

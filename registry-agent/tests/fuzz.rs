@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use prost::Message;
 use proto::v1 as pb;
-use registry_agent::config::{ProbeKind, DEFAULT_DATA_DIR};
+use registry_agent::config::{ProbeKind, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN};
 use registry_agent::registry_copy::{Applied, CopyError, RegistryCopy};
 use registry_agent::{
     AgentConfig, Check, ForwardConfig, HealthConfig, ManagerAddress, PackageConfig,
@@ -321,6 +321,8 @@ fn agent_config() -> impl Strategy<Value = AgentConfig> {
                     },
                 },
                 forward,
+                // Not rendered: the default.
+                http_listen: Some(DEFAULT_HTTP_LISTEN.parse().unwrap()),
             }
         })
 }

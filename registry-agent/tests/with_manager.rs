@@ -48,6 +48,7 @@ async fn start_manager_ttl(
         topology: Some(("tree.yaml".into(), TREE.into())),
         session_ttl,
         group: None,
+        http_listen: None,
     };
     // A restarted manager may find its port briefly busy; retry within the deadline.
     let deadline = Instant::now() + WAIT;
@@ -118,7 +119,7 @@ fn agent_config_with(
     forward: bool,
 ) -> Result<AgentConfig> {
     let mut y = format!(
-        "host: {host}\nmanagers: [\"{manager}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\nhealth: {{ interval: 100ms, timeout: 200ms, fall: 2, rise: 2 }}\n",
+        "host: {host}\nmanagers: [\"{manager}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\nhttp_listen: 127.0.0.1:0\nhealth: {{ interval: 100ms, timeout: 200ms, fall: 2, rise: 2 }}\n",
         data_dir.display()
     );
     if !packages.is_empty() {
@@ -868,6 +869,7 @@ async fn a_snapshot_sent_in_parts_gives_the_agent_a_copy_equal_to_the_registry()
         topology: Some(("tree.yaml".into(), tree)),
         session_ttl: TTL,
         group: None,
+        http_listen: None,
     })
     .await
     .map_err(|e| anyhow!("manager did not start: {e}"))?;
@@ -1006,7 +1008,7 @@ async fn a_package_that_stops_listening_is_reported_failing_at_the_first_refusal
     // `fall: 1000` checks 50 ms apart would take 50 s: far beyond every wait here. Only the
     // refusal by this host's kernel can make the package failing in time.
     let y = format!(
-        "host: agent-1\nmanagers: [\"{maddr}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\npackages:\n  - type: {CCM}\n    endpoint: \"{a}\"\n    check: {{ tcp: \"{a}\" }}\n    interval: 50ms\n    fall: 1000\n    rise: 1\n",
+        "host: agent-1\nmanagers: [\"{maddr}\"]\ndata_dir: {}\nlisten: 127.0.0.1:0\nhttp_listen: none\npackages:\n  - type: {CCM}\n    endpoint: \"{a}\"\n    check: {{ tcp: \"{a}\" }}\n    interval: 50ms\n    fall: 1000\n    rise: 1\n",
         dir.path().join("a1").display(),
         a = backend.addr,
     );

@@ -24,6 +24,7 @@ use crate::command::{Command, Outcome, Proposed};
 use crate::error::RegistryError;
 use crate::group::{self, GroupConfig, Move, Role, StateFacts};
 use crate::hook::{GroupEvent, Hooks};
+use crate::metrics::ManagerMetrics;
 use crate::raft::network::Peers;
 use crate::raft::state_machine::{Registry, StateMachine};
 use crate::raft::types::{Batch, LogId, MemberNode, Raft};
@@ -74,6 +75,8 @@ struct Inner {
     cut_off: std::sync::atomic::AtomicBool,
     hooks: Hooks,
     max_batch: usize,
+    /// This member's metric families (`/metrics`).
+    telemetry: ManagerMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,6 +114,7 @@ impl Engine {
                 cut_off: std::sync::atomic::AtomicBool::new(false),
                 hooks,
                 max_batch: tuning.max_batch.max(1),
+                telemetry: ManagerMetrics::new(),
             }),
         };
         let proposer = run_proposer(engine.clone(), rx);
@@ -170,6 +174,11 @@ impl Engine {
     /// The hook runner (and event log).
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.inner.hooks
+    }
+
+    /// This member's metric families (served on the HTTP port).
+    pub(crate) fn telemetry(&self) -> &ManagerMetrics {
+        &self.inner.telemetry
     }
 
     /// Cancelled when the manager shuts down (or fails).
@@ -262,7 +271,10 @@ impl Engine {
             .await
             .map_err(|_| self.closed_error())?;
         match rx.await {
-            Ok(Ok(revision)) => Ok(Revision(revision)),
+            Ok(Ok(revision)) => {
+                self.inner.telemetry.write_acknowledged();
+                Ok(Revision(revision))
+            }
             Ok(Err(refusal)) => Err(RegistryError::from_refusal(refusal)),
             Err(_) => Err(self.closed_error()),
         }
@@ -328,7 +340,7 @@ impl Engine {
     }
 
     /// The members this one cannot reach now (for refusals).
-    fn unreachable_members(&self) -> Vec<String> {
+    pub(crate) fn unreachable_members(&self) -> Vec<String> {
         let m = self.metrics();
         m.membership_config
             .membership()

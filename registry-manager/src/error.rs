@@ -184,6 +184,14 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The HTTP port (`/metrics`, `/healthz`) could not be bound.
+    #[error("cannot listen on {addr} for the HTTP port (http_listen, --http-listen): {reason}; pick another address, or `none` to turn the HTTP port off")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why (not a `source`: the message quotes it already).
+        reason: std::io::Error,
+    },
     /// The data directory could not be opened or read.
     #[error("registry data in {}: {source}", data_dir.display())]
     Store {

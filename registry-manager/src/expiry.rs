@@ -63,6 +63,7 @@ pub(crate) async fn run(engine: Engine) {
         }
         for session in sessions.take_expired(sessions.now_ms(), ttl) {
             tracing::info!(host = %session.host, "session lapsed");
+            engine.telemetry().session_expired();
             let command = Command::SessionExpired {
                 host: session.host.clone(),
                 session_id: session.id.clone(),

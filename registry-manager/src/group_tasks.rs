@@ -60,6 +60,7 @@ pub(crate) async fn watchdog(engine: Engine) {
         let m = engine.metrics();
         if m.current_leader != last_leader {
             if let Some(l) = m.current_leader {
+                engine.telemetry().leader_changed();
                 let name = engine
                     .node(l)
                     .map(|n| n.name)

@@ -15,6 +15,8 @@
 //! - [`watch`]: fan-out of every revision to every watch stream (shared encodings, bounded).
 //! - [`wire`]: the one place domain values meet `proto` types.
 //! - [`service`]: the `AgentRegistry` and `Admin` gRPC services.
+//! - `http` / `metrics`: the HTTP side port (`/metrics` in the Prometheus text format,
+//!   `/healthz`), one metrics registry per manager.
 //! - `server`: [`start`] / [`run`] / [`RunningManager`].
 //!
 //! **Invariants**: a write is acknowledged only once it is durable on a majority of the group;
@@ -31,7 +33,9 @@ mod expiry;
 pub mod group;
 mod group_tasks;
 pub mod hook;
+mod http;
 pub mod log_record;
+mod metrics;
 pub mod raft;
 mod server;
 pub mod service;
@@ -47,6 +51,7 @@ pub use delta::{Delta, HostView, PackageView};
 pub use engine::Engine;
 pub use error::{to_status, RegistryError, ServeError};
 pub use group::GroupConfig;
+pub use http::{HttpListen, DEFAULT_HTTP_LISTEN};
 pub use server::{run, start, start_with, RunningManager, ServeConfig, Tuning};
 pub use session_id::SessionId;
 pub use state::State;

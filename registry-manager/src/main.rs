@@ -1,27 +1,12 @@
 //! `registry-manager`: the registry manager daemon and the operator's command line.
 //!
-//! Thin: parses the command line and calls the library (`registry_manager::run`) or the
-//! command modules under `cli/`.
+//! Thin: the command line (`cli/`) parses, runs the library (`registry_manager::run`) or an
+//! operator command, and turns the outcome into the exit code: 0 done, 1 failed (one line on
+//! stderr, or one JSON object with `--json`), 2 bad command line, 3 `route explain` found no
+//! eligible manager.
 
 mod cli;
 
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::dispatch(args) {
-        Ok(code) => code,
-        Err(err) => {
-            // One line: the reason, with its causes joined.
-            let mut line = err.to_string();
-            for cause in err.chain().skip(1) {
-                line.push_str(": ");
-                line.push_str(&cause.to_string());
-            }
-            eprintln!("registry-manager: {}", line.replace('\n', "; "));
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

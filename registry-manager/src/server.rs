@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub session_ttl: Duration,
     /// The group this manager is a member of; none: a group of one.
     pub group: Option<GroupConfig>,
+    /// HTTP port for `/metrics` and `/healthz`; none: no HTTP port. Port 0 picks a free port
+    /// ([`RunningManager::http_addr`] tells which).
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -52,6 +55,11 @@ impl Default for ServeConfig {
             topology: None,
             session_ttl: Duration::from_secs(1),
             group: None,
+            http_listen: Some(
+                crate::http::DEFAULT_HTTP_LISTEN
+                    .parse()
+                    .expect("default HTTP address"),
+            ),
         }
     }
 }
@@ -96,6 +104,7 @@ impl Default for Tuning {
 #[derive(Debug)]
 pub struct RunningManager {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     engine: Engine,
     cancel: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -106,6 +115,11 @@ impl RunningManager {
     /// The address the gRPC server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the HTTP port (`/metrics`, `/healthz`), if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The member's engine (for in-process tools and benchmarks).
@@ -229,6 +243,11 @@ async fn launch(
         addr: config.listen,
         source,
     })?;
+    let http = match config.http_listen {
+        Some(addr) => Some(crate::http::bind(addr).await?),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|(_, addr)| *addr);
     let cancel = CancellationToken::new();
     let store_error = |source| ServeError::Store {
         data_dir: config.data_dir.clone(),
@@ -325,11 +344,7 @@ async fn launch(
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Fatal(format!("gRPC reflection: {e}")))?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let agent = pb::agent_registry_server::AgentRegistryServer::new(AgentRegistryService::new(
         engine.clone(),
     ))
@@ -348,12 +363,13 @@ async fn launch(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(agent)
         .add_service(admin)
         .add_service(member)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            accept_with_backoff(listener),
             cancel.clone().cancelled_owned(),
         );
     let server_cancel = cancel.clone();
@@ -367,8 +383,13 @@ async fn launch(
     if let Some(topology) = topology {
         tasks.push(tokio::spawn(seed_topology(engine.clone(), topology)));
     }
+    if let Some((listener, addr)) = http {
+        tasks.push(crate::http::spawn(listener, engine.clone()));
+        tracing::info!(%addr, "HTTP port serving /metrics and /healthz");
+    }
     Ok(RunningManager {
         local_addr,
+        http_addr,
         engine,
         cancel,
         server,
@@ -415,4 +436,67 @@ async fn seed_topology(engine: Engine, topology: topology::Topology) {
             }
         }
     }
+}
+
+/// The listener's connections; an accept error (descriptors exhausted, say) is logged and
+/// followed by a short pause instead of a busy loop of failing accepts.
+fn accept_with_backoff(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).filter_map(|r| async move {
+        match r {
+            Ok(s) => Some(Ok(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection (out of file descriptors?); pausing accepts for 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            }
+        }
+    })
+}
+
+/// The services a manager serves, as gRPC reflection lists them. The descriptor set of
+/// `proto` also holds `Agent`, which only agents serve: it is not listed.
+pub const SERVED_SERVICES: [&str; 6] = [
+    pb::agent_registry_server::SERVICE_NAME,
+    pb::admin_server::SERVICE_NAME,
+    pb::member_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// gRPC server reflection, v1 and v1alpha (older tools such as some grpcurl versions ask
+/// v1alpha), listing [`SERVED_SERVICES`]; both can describe every listed service.
+#[allow(clippy::type_complexity)]
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let builder = || {
+        SERVED_SERVICES.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    let failed =
+        |e: tonic_reflection::server::Error| ServeError::Fatal(format!("gRPC reflection: {e}"));
+    Ok((
+        builder().build_v1().map_err(failed)?,
+        builder().build_v1alpha().map_err(failed)?,
+    ))
 }

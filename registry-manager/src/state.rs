@@ -492,8 +492,8 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), RegistryError> {
             "endpoint {endpoint:?} contains spaces or control characters"
         )));
     }
-    let port = endpoint.rsplit_once(':').map(|(_, p)| p);
-    if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+    let parts = endpoint.rsplit_once(':');
+    if parts.is_none_or(|(host, p)| host.is_empty() || p.parse::<u16>().is_err()) {
         return Err(bad(format!(
             "endpoint {endpoint:?} is not of the form host:port"
         )));
@@ -804,7 +804,7 @@ mod tests {
             reg(CCM, AgentStatus::Running),
         ];
         assert!(run(&mut s, open("agent-1", "s1", dup)).is_err());
-        for endpoint in ["", "no-port", "a b:1", "host:99999"] {
+        for endpoint in ["", "no-port", "a b:1", "host:99999", ":80"] {
             let p = vec![Registration {
                 package_type: t(CCM),
                 endpoint: endpoint.into(),

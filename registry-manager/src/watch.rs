@@ -494,7 +494,11 @@ mod tests {
         assert!(w.bytes <= WINDOW_BYTES, "{}", w.bytes);
         assert_eq!(w.bounds(), Some((3, 5)), "the oldest go first");
         w.push(6, Bytes::from(vec![0u8; WINDOW_BYTES * 2]));
-        assert_eq!(w.bounds(), Some((6, 6)), "one oversized delta is still kept alone");
+        assert_eq!(
+            w.bounds(),
+            Some((6, 6)),
+            "one oversized delta is still kept alone"
+        );
     }
 
     #[test]

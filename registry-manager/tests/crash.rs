@@ -50,6 +50,7 @@ async fn spawn_manager(dir: &Path, topology: &Path) -> Result<Proc> {
             .arg("--topology")
             .arg(topology)
             .args(["--session-ttl", "30s"])
+            .args(["--http-listen", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -70,6 +70,7 @@ impl Fixture {
                     topology: Some(("tree.yaml".into(), TREE.into())),
                     session_ttl: Duration::from_secs(3_600),
                     group: None,
+                    http_listen: None,
                 },
                 Tuning::default(),
             ))
@@ -371,11 +372,16 @@ fn topology_request() -> impl Strategy<Value = pb::TopologyRequest> {
 /// Every line of a refused topology is `FILE:LINE:COL: message`.
 fn assert_topology_refusal(req: &pb::TopologyRequest, status: &tonic::Status) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let file = if req.file_name.is_empty() {
-        "<request>"
+    let file: String = if req.file_name.is_empty() {
+        "<request>".into()
     } else {
-        req.file_name.as_str()
+        // Control characters in the name are quoted as `?`, so every error stays one line.
+        req.file_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
     };
+    let file = file.as_str();
     for line in status.message().lines() {
         let rest = line
             .strip_prefix(file)

@@ -727,6 +727,10 @@ async fn concurrent_diffs_of_a_large_fleet_stall_no_heartbeat() -> Result<()> {
     assert!(answered > 0);
     let export = h.export().await?;
     assert!(alive(&export, "agent-1"), "the session held: {export}");
-    assert_eq!(h.revision().await, before, "diffs write nothing, nothing lapsed");
+    assert_eq!(
+        h.revision().await,
+        before,
+        "diffs write nothing, nothing lapsed"
+    );
     h.shutdown().await
 }

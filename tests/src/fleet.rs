@@ -404,6 +404,9 @@ impl Fleet {
             self.topology_path.display().to_string(),
             "--session-ttl".into(),
             self.spec.session_ttl.clone(),
+            // Many daemons per machine: no HTTP side port (its default would be shared).
+            "--http-listen".into(),
+            "none".into(),
         ];
         Ok(Proc::new(
             "registry-manager",
@@ -472,7 +475,7 @@ impl Fleet {
                 })
                 .collect();
             let config = format!(
-                "listen: \"{addr}\"\ndata_dir: \"{}\"\ntopology: \"{}\"\nsession_ttl: {}\ngroup:\n  name: m{}\n  preferred: m1\n  members:\n{members_yaml}  dial:\n{dial}",
+                "listen: \"{addr}\"\nhttp_listen: none\ndata_dir: \"{}\"\ntopology: \"{}\"\nsession_ttl: {}\ngroup:\n  name: m{}\n  preferred: m1\n  members:\n{members_yaml}  dial:\n{dial}",
                 self.dir().join(format!("m{}-data", i + 1)).display(),
                 self.topology_path.display(),
                 self.spec.session_ttl,
@@ -515,7 +518,7 @@ impl Fleet {
             .map(|m| format!("    {}: \"{}\"\n", m.name, m.addr))
             .collect();
         let config = format!(
-            "listen: \"{addr}\"\ndata_dir: \"{}\"\nsession_ttl: {}\ngroup:\n  name: {name}\n  members:\n{members_yaml}  learners:\n    {name}: \"{addr}\"\n",
+            "listen: \"{addr}\"\nhttp_listen: none\ndata_dir: \"{}\"\nsession_ttl: {}\ngroup:\n  name: {name}\n  members:\n{members_yaml}  learners:\n    {name}: \"{addr}\"\n",
             self.dir().join(format!("{name}-data")).display(),
             self.spec.session_ttl,
         );
@@ -802,6 +805,7 @@ impl Fleet {
             self.dir().join(format!("agent-{host}")).display()
         );
         let _ = writeln!(y, "listen: {api}");
+        let _ = writeln!(y, "http_listen: none");
         let probe = if self.spec.grpc {
             "probe: grpc-health"
         } else {

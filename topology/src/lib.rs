@@ -8,6 +8,8 @@
 //! - `parse` / `file_format`: the YAML file, version 1 (the topology file format (docs/topology.md)), located errors ([`error`]).
 //! - [`snapshot`]: the registry snapshot (the registry snapshot format (docs/topology.md)).
 //! - [`route`]: the routing rule (the routing rule (docs/routing.md)) and `explain`.
+//! - [`explained`]: the one printed form (JSON and text) of an explanation, shared by both
+//!   command lines.
 //! - [`route_table`]: every route of a revision, precomputed.
 //! - [`mod@coverage`]: route coverage: hosts with no or a single eligible manager, and the
 //!   load of each chosen manager ([`coverage()`]).
@@ -18,6 +20,7 @@
 pub mod coverage;
 pub mod diff;
 pub mod error;
+pub mod explained;
 pub mod file_format;
 pub mod gen;
 pub mod names;
@@ -34,6 +37,7 @@ mod yaml;
 pub use coverage::{coverage, coverage_from_table, Coverage, TypeCoverage};
 pub use diff::{diff, RouteChange, TopologyDiff};
 pub use error::{LocatedError, LocatedErrors, TopologyError, TopologyErrors};
+pub use explained::{Explained, ExplainedCandidate};
 pub use names::{DomainName, HostName, NameError, NameKind, PackageType, Revision};
 pub use policy::{parse_duration, RevertAfter, RoutingPolicy};
 pub use route::{explain, rendezvous_score, Candidate, Explanation, RouteError, Tier};

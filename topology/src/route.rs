@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::fmt;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::names::{DomainName, HostName, NameError, PackageType};
 use crate::snapshot::{PackageStatus, RegistrySnapshot};
@@ -133,24 +133,11 @@ pub struct Explanation {
 }
 
 impl Explanation {
-    /// The JSON answer of the command-line contract (docs/manager.md, docs/agent.md):
+    /// The JSON answer of the command-line contract (docs/routing.md), as
+    /// [`crate::Explained::to_json`] prints it:
     /// `{"host","type","chosen","endpoint","route","candidates":[{"host","domain","tier","eligible","reason","endpoint"}]}`.
     pub fn to_json(&self) -> Value {
-        json!({
-            "host": self.host.as_str(),
-            "type": self.package_type.as_str(),
-            "chosen": self.chosen.as_ref().map(|h| h.as_str()),
-            "endpoint": self.endpoint,
-            "route": self.route.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
-            "candidates": self.candidates.iter().map(|c| json!({
-                "host": c.host.as_str(),
-                "domain": c.domain.as_ref().map(|d| d.as_str()),
-                "tier": c.tier.map(|t| t.name()),
-                "eligible": c.eligible,
-                "reason": c.reason,
-                "endpoint": c.endpoint,
-            })).collect::<Vec<_>>(),
-        })
+        crate::Explained::from(self).to_json()
     }
 }
 

@@ -52,7 +52,7 @@ pub enum HaCommand {
 pub struct MemberArgs {
     /// The member's name (its host name, by convention).
     name: String,
-    /// Its gRPC address, HOST:PORT.
+    /// Its gRPC address, HOST:PORT (or http://HOST:PORT), as the other members reach it.
     #[arg(value_name = "ADDR")]
     address: String,
     #[command(flatten)]
@@ -107,7 +107,7 @@ pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
             let resp = client
                 .ha_add_learner(proto::HaMemberRequest {
                     name: a.name,
-                    address: a.address,
+                    address: super::live::host_port(&a.address)?.to_string(),
                 })
                 .await
                 .map_err(|s| refused("ha add-learner", &a.manager.addr, s))?

@@ -10,7 +10,8 @@ use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
 use super::offline::{file_name, read_text};
-use super::render::{print_explained, Explained};
+use super::render::{from_wire, print_explained};
+use super::report::InvalidFile;
 
 /// Runs a live command on a small runtime of its own.
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
@@ -31,13 +32,25 @@ pub enum Action {
     Restore,
 }
 
+/// A gRPC address as the command line takes it, `HOST:PORT` or `http://HOST:PORT` (a trailing
+/// `/` is ignored), without the scheme. Every port is plaintext: other schemes are refused.
+pub fn host_port(addr: &str) -> anyhow::Result<&str> {
+    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains("://") {
+        anyhow::bail!(
+            "address {addr:?}: only plaintext gRPC is served (TLS is not built yet); write HOST:PORT or http://HOST:PORT"
+        );
+    }
+    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+        anyhow::bail!("bad address {addr:?}; expected HOST:PORT or http://HOST:PORT");
+    }
+    Ok(rest)
+}
+
 /// Connects to a manager's Admin service, with a bounded connect time so a dead address fails fast.
 pub async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    let uri = format!("http://{}", host_port(addr)?);
     let channel = Endpoint::from_shared(uri)
         .with_context(|| format!("bad manager address {addr:?}; expected HOST:PORT"))?
         .connect_timeout(Duration::from_secs(3))
@@ -63,14 +76,15 @@ pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCo
     let yaml = read_text(path)?;
     // Check locally first: the same validation the manager runs, with every error printed.
     if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
-        for e in &errors.0 {
-            eprintln!("{e}");
+        return Err(InvalidFile {
+            summary: format!(
+                "{} has {} error(s); nothing was applied",
+                file_name(path),
+                errors.0.len()
+            ),
+            errors: errors.0,
         }
-        anyhow::bail!(
-            "{} has {} error(s); nothing was applied",
-            file_name(path),
-            errors.0.len()
-        );
+        .into());
     }
     let mut client = connect(addr).await?;
     let resp = client
@@ -92,10 +106,11 @@ pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCo
 pub async fn diff(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let yaml = read_text(path)?;
     if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
-        for e in &errors.0 {
-            eprintln!("{e}");
+        return Err(InvalidFile {
+            summary: format!("{} has {} error(s)", file_name(path), errors.0.len()),
+            errors: errors.0,
         }
-        anyhow::bail!("{} has {} error(s)", file_name(path), errors.0.len());
+        .into());
     }
     let mut client = connect(addr).await?;
     let d = client
@@ -210,8 +225,7 @@ pub async fn explain(
         .await
         .map_err(|s| status_error("route explain", addr, s))?
         .into_inner();
-    print_explained(&Explained::from_wire(&resp), json);
-    Ok(ExitCode::SUCCESS)
+    print_explained(&from_wire(&resp), json, &format!("the registry at {addr}"))
 }
 
 pub async fn export(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
@@ -380,4 +394,24 @@ pub async fn backup(addr: &str, file: &Path, json: bool) -> anyhow::Result<ExitC
         println!("backed up revision {} to {}", b.revision, file.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn addresses_are_taken_with_or_without_http() {
+        assert_eq!(host_port("127.0.0.1:7400").unwrap(), "127.0.0.1:7400");
+        assert_eq!(
+            host_port("http://127.0.0.1:7400").unwrap(),
+            "127.0.0.1:7400"
+        );
+        assert_eq!(host_port("http://m1:7400/").unwrap(), "m1:7400");
+        assert_eq!(host_port("[::1]:7400").unwrap(), "[::1]:7400");
+        let err = host_port("https://m1:7400").unwrap_err().to_string();
+        assert!(err.contains("TLS is not built"), "{err}");
+        assert!(host_port("m1").is_err());
+        assert!(host_port("http://").is_err());
+    }
 }

@@ -3,12 +3,15 @@
 //! - `serve.rs`: the daemon (`serve`), its config file and flags.
 //! - `offline.rs`: commands that need no manager (`topology check|schema`, `route explain` with files).
 //! - `live.rs`: commands that talk to a live manager over gRPC (`--manager ADDR`).
-//! - `render.rs`: the JSON and text forms of answers, shared by offline and live commands.
+//! - `render.rs`: how a route explanation is printed (the form shared with `registry-agent`).
+//! - `report.rs`: exit codes and how errors are printed (one line, or one JSON object with
+//!   `--json`), completions and man pages.
 
 mod ha;
 mod live;
 mod offline;
 mod render;
+mod report;
 mod serve;
 
 use std::path::PathBuf;
@@ -16,8 +19,18 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use report::main;
+
 /// Default address of a live manager's gRPC API.
 pub const DEFAULT_MANAGER: &str = "127.0.0.1:7400";
+
+/// Exit code of a command that could not do its work (an invalid file, a manager that
+/// cannot be reached, a refused request).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a bad command line (clap's).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `route explain` when no manager is eligible; the answer is printed.
+pub const EXIT_NO_MANAGER: u8 = 3;
 
 /// The registry manager of fleet-registry: keeps the fleet's registry and pushes it to every agent.
 #[derive(Debug, Parser)]
@@ -65,6 +78,18 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, or write one page per command into DIR.
+    Man {
+        /// Write registry-manager.1 and one page per subcommand (registry-manager-topology-check.1, ...) into DIR (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +103,7 @@ enum TopologyCommand {
     },
     /// Apply a topology file to a live manager, atomically; prints the new revision.
     Apply {
+        /// The topology file (YAML, version 1); checked here first, every error printed.
         file: PathBuf,
         #[command(flatten)]
         manager: ManagerAddr,
@@ -86,6 +112,7 @@ enum TopologyCommand {
     },
     /// Show what applying a topology file would change, and which hosts would move to another manager.
     Diff {
+        /// The topology file (YAML, version 1) to compare with the applied one.
         file: PathBuf,
         #[command(flatten)]
         manager: ManagerAddr,
@@ -188,8 +215,10 @@ enum PackageCommand {
 
 #[derive(Debug, Args)]
 struct PackageArgs {
+    /// The host the package runs on, as named in the topology.
     #[arg(long)]
     host: String,
+    /// The package's manager type, e.g. command-control-manager.
     #[arg(long = "type")]
     package_type: String,
     #[command(flatten)]
@@ -200,7 +229,7 @@ struct PackageArgs {
 
 #[derive(Debug, Args)]
 struct ManagerAddr {
-    /// Address of a live registry manager.
+    /// Address of a live registry manager: HOST:PORT or http://HOST:PORT.
     #[arg(long = "manager", value_name = "ADDR", default_value = DEFAULT_MANAGER)]
     addr: String,
 }
@@ -215,7 +244,8 @@ struct ReadOpts {
 
 #[derive(Debug, Args, Clone, Copy)]
 struct Output {
-    /// Machine-readable output.
+    /// Machine-readable output: the answer as JSON on stdout; an error as one JSON object,
+    /// {"error": "..."}, on stderr.
     #[arg(long)]
     json: bool,
 }
@@ -280,6 +310,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             out,
         } => offline::restore(&file, &data_dir, out.json),
+        Command::Completions { shell } => report::completions(shell),
+        Command::Man { dir } => report::man(dir.as_deref()),
         Command::Package(cmd) => {
             let (action, args) = match cmd {
                 PackageCommand::Drain(a) => (live::Action::Drain, a),

@@ -92,9 +92,13 @@ pub fn explain(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let explanation = topology::explain(&topology, &snapshot, host, package_type, &|_| false)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let answer = render::Explained::from_topology(&explanation, Some(snapshot.revision.0), None);
-    render::print_explained(&answer, json);
-    Ok(ExitCode::SUCCESS)
+    let mut answer = topology::Explained::from(&explanation);
+    answer.revision = Some(snapshot.revision.0);
+    render::print_explained(
+        &answer,
+        json,
+        &format!("the registry snapshot {}", file_name(registry_path)),
+    )
 }
 
 /// `route coverage`: for every type (or one), the hosts with no eligible manager, the hosts

@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// Flags of `serve`; each wins over the same key of the config file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Config file (YAML) with the keys listen, data_dir, topology, session_ttl and group.
+    /// Config file (YAML) with the keys listen, data_dir, topology, session_ttl, http_listen and group.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// gRPC address to listen on [default: 127.0.0.1:7400].
@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// A host whose agent does not renew its session within this long is marked not alive [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     session_ttl: Option<Duration>,
+    /// HTTP address of /metrics and /healthz, or `none` for no HTTP port [default: 127.0.0.1:7480].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<registry_manager::HttpListen>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -42,6 +45,7 @@ struct ServeFile {
     topology: Option<PathBuf>,
     session_ttl: Option<String>,
     group: Option<GroupFile>,
+    http_listen: Option<String>,
 }
 
 /// The `group:` section: this member, every voter, optional learners, failback target, hook.
@@ -99,7 +103,7 @@ fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: ServeFile = serde_saphyr::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, group (name, members, learners, preferred, dial, hook)",
+            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, http_listen, group (name, members, learners, preferred, dial, hook)",
             path.display(),
             e.to_string().replace('\n', " ")
         )
@@ -170,7 +174,17 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
             .and_then(|g| g.own_address())
             .and_then(|a| a.parse().ok())
     });
+    let http_listen = match (args.http_listen, &file.http_listen) {
+        (Some(h), _) => h.0,
+        (None, Some(s)) => {
+            s.parse::<registry_manager::HttpListen>()
+                .map_err(|e| anyhow::anyhow!("{config_name}: http_listen: {e}"))?
+                .0
+        }
+        (None, None) => defaults.http_listen,
+    };
     Ok(registry_manager::ServeConfig {
+        http_listen,
         listen: listen.unwrap_or(defaults.listen),
         group,
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
@@ -231,6 +245,7 @@ mod tests {
             data_dir: None,
             topology: None,
             session_ttl: None,
+            http_listen: None,
         }
     }
 

@@ -29,12 +29,17 @@ impl AdminService {
 
 /// Parses a topology request; errors name the request's file.
 pub fn parse_topology(file_name: &str, yaml: &str) -> Result<Topology, RegistryError> {
-    let file_name = if file_name.is_empty() {
-        UNNAMED_FILE
+    // Errors are one `FILE:LINE:COL: message` per line: a name with control characters
+    // (a newline, say) is quoted with `?` in their place.
+    let file_name: String = if file_name.is_empty() {
+        UNNAMED_FILE.into()
     } else {
         file_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
     };
-    Topology::from_yaml(file_name, yaml).map_err(RegistryError::InvalidTopology)
+    Topology::from_yaml(&file_name, yaml).map_err(RegistryError::InvalidTopology)
 }
 
 /// Work that grows with the registry (diff, explain, export) runs on the blocking pool, at

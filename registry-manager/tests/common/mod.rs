@@ -181,6 +181,7 @@ pub fn config(dir: &tempfile::TempDir, ttl: Duration, topology: Option<&str>) ->
         topology: topology.map(|t| ("fleet.yaml".to_string(), t.to_string())),
         session_ttl: ttl,
         group: None,
+        http_listen: None,
     }
 }
 

@@ -1,0 +1,332 @@
+//! The command line's outer layer: parsing, exit codes, how errors are printed, shell
+//! completions and man pages.
+//!
+//! - 0: done; [`EXIT_FAILURE`] (1): the command could not do its work; [`EXIT_USAGE`] (2): a bad
+//!   command line (clap's); [`super::EXIT_NO_MANAGER`] (3): `route explain` answered, no manager is eligible.
+//! - An error is one line on stderr, `registry-manager: reason: cause`, or with `--json` one
+//!   JSON object, `{"error": "reason: cause"}` (plus `"errors"`, the located errors of an invalid
+//!   file). A bad command line that has `--json` in it is reported the same way.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde_json::json;
+
+use super::{dispatch, Cli, EXIT_FAILURE, EXIT_USAGE};
+
+const BIN: &str = "registry-manager";
+
+/// A file with located errors (`FILE:LINE:COL: message`, every one of them), and what was not
+/// done because of them.
+#[derive(Debug)]
+pub struct InvalidFile {
+    /// One line: `FILE has N error(s); nothing was applied`.
+    pub summary: String,
+    /// Every error of the file.
+    pub errors: Vec<topology::LocatedError>,
+}
+
+impl std::fmt::Display for InvalidFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl std::error::Error for InvalidFile {}
+
+/// Parses the command line, runs the command and turns its outcome into the exit code.
+pub fn main() -> ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let json = json_requested(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e.format(&mut Cli::command())),
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprint!("{}", error_report(&err, json));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Whether `--json` was given to the command that runs.
+fn json_requested(m: &ArgMatches) -> bool {
+    let here = m
+        .try_get_one::<bool>("json")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or(false);
+    here || m.subcommand().is_some_and(|(_, sub)| json_requested(sub))
+}
+
+/// A bad command line (exit 2), or `--help` / `--version` (exit 0), as clap prints it; as one
+/// JSON object on stderr when the command line asks for `--json`.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if e.use_stderr() && json {
+        eprintln!("{}", json!({ "error": usage_message(&e.to_string()) }));
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(code)
+}
+
+/// clap's error text in one line: its first paragraph without `error: `, and the usage.
+pub fn usage_message(text: &str) -> String {
+    let mut paragraphs = text.split("\n\n");
+    let first = paragraphs.next().unwrap_or_default();
+    let mut msg = first
+        .trim()
+        .trim_start_matches("error: ")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(usage) = text.lines().find_map(|l| l.trim().strip_prefix("Usage: ")) {
+        msg.push_str("; usage: ");
+        msg.push_str(usage.trim());
+    }
+    msg
+}
+
+/// What is printed on stderr for a failed command: one line (after the located errors of an
+/// invalid file), or one JSON object.
+pub fn error_report(err: &anyhow::Error, json: bool) -> String {
+    // One line: the reason, with its causes joined.
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+    }
+    let line = line.replace('\n', "; ");
+    let invalid = err.downcast_ref::<InvalidFile>();
+    if json {
+        let mut v = json!({ "error": line });
+        if let Some(f) = invalid {
+            v["errors"] = f
+                .errors
+                .iter()
+                .map(|e| {
+                    json!({ "file": e.file, "line": e.line, "column": e.column, "message": e.message })
+                })
+                .collect();
+        }
+        return format!("{v}\n");
+    }
+    let mut out = String::new();
+    if let Some(f) = invalid {
+        for e in &f.errors {
+            out.push_str(&format!("{e}\n"));
+        }
+    }
+    out.push_str(&format!("{BIN}: {line}\n"));
+    out
+}
+
+/// `completions SHELL`: the completion script on stdout.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut out);
+    std::io::stdout().write_all(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `man [--dir DIR]`: the top page on stdout, or every page written into DIR (their paths
+/// printed, one a line).
+pub fn man(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match dir {
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            std::io::stdout().write_all(&out)?;
+        }
+        Some(dir) => {
+            for path in write_man_pages(Cli::command(), dir)? {
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one man page per command and subcommand (`NAME-SUB-SUB.1`) into `dir`, creating it.
+pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    fn walk(
+        cmd: clap::Command,
+        dir: &Path,
+        out: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        out.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub.clone(), dir, out)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut pages = Vec::new();
+    walk(cmd, dir, &mut pages)
+        .map_err(|e| anyhow::anyhow!("cannot write a man page into {}: {e}", dir.display()))?;
+    Ok(pages)
+}
+
+/// Every argument and subcommand of `cmd`'s tree that has no help text, as `command path: id`.
+#[cfg(test)]
+fn undocumented(cmd: &mut clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path}: argument {}", a.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(format!("{sub_path}: no description"));
+            }
+            walk(sub, &sub_path, out);
+        }
+    }
+    cmd.build();
+    let mut out = Vec::new();
+    walk(cmd, cmd.get_name(), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_and_subcommand_of_the_command_line_has_help() {
+        let missing = undocumented(&mut Cli::command());
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+        // The walk itself finds what lacks help, however deep.
+        let mut bare = clap::Command::new("x")
+            .about("x")
+            .disable_help_subcommand(true)
+            .subcommand(clap::Command::new("y").arg(clap::Arg::new("z")));
+        assert_eq!(
+            undocumented(&mut bare),
+            ["x y: no description", "x y: argument z"]
+        );
+    }
+
+    #[test]
+    fn bash_completions_know_the_subcommands() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            BIN,
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        assert!(script.contains("registry-manager"), "{script}");
+        for sub in ["topology", "explain", "coverage", "failover", "completions"] {
+            assert!(script.contains(sub), "{sub} missing");
+        }
+    }
+
+    #[test]
+    fn the_man_page_names_the_binary_and_its_subcommands() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.contains("registry\\-manager"), "{page}");
+        assert!(page.contains("topology"), "{page}");
+        assert!(page.contains("route"), "{page}");
+    }
+
+    #[test]
+    fn man_dir_writes_one_page_per_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = write_man_pages(Cli::command(), dir.path()).unwrap();
+        let names: Vec<String> = pages
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "registry-manager.1",
+            "registry-manager-topology.1",
+            "registry-manager-topology-check.1",
+            "registry-manager-route-explain.1",
+            "registry-manager-ha-failover.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        let check =
+            std::fs::read_to_string(dir.path().join("registry-manager-topology-check.1")).unwrap();
+        assert!(check.contains("FILE"), "{check}");
+    }
+
+    #[test]
+    fn usage_errors_read_as_one_line_with_the_usage() {
+        let err = Cli::command()
+            .try_get_matches_from(["registry-manager", "topology", "check", "--bogus"])
+            .unwrap_err();
+        let msg = usage_message(&err.to_string());
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.starts_with("unexpected argument '--bogus'"), "{msg}");
+        assert!(
+            msg.contains("usage: registry-manager topology check"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+    }
+
+    #[test]
+    fn json_is_found_in_the_running_subcommand() {
+        let m = Cli::command()
+            .try_get_matches_from(["registry-manager", "registry", "hosts", "--json"])
+            .unwrap();
+        assert!(json_requested(&m));
+        let m = Cli::command()
+            .try_get_matches_from(["registry-manager", "topology", "schema"])
+            .unwrap();
+        assert!(!json_requested(&m));
+    }
+
+    #[test]
+    fn errors_are_one_line_or_one_json_object() {
+        let err = anyhow::anyhow!("cannot reach").context("route explain");
+        assert_eq!(
+            error_report(&err, false),
+            "registry-manager: route explain: cannot reach\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(error_report(&err, true).trim_end()).unwrap();
+        assert_eq!(v, json!({ "error": "route explain: cannot reach" }));
+
+        let errors = topology::Topology::from_yaml("t.yaml", "version: 1\nbogus: 1\n")
+            .unwrap_err()
+            .0;
+        let err = anyhow::Error::new(InvalidFile {
+            summary: "t.yaml has 1 error(s); nothing was applied".into(),
+            errors,
+        });
+        let text = error_report(&err, false);
+        assert!(text.starts_with("t.yaml:"), "{text}");
+        assert!(text.ends_with("registry-manager: t.yaml has 1 error(s); nothing was applied\n"));
+        let v: serde_json::Value =
+            serde_json::from_str(error_report(&err, true).trim_end()).unwrap();
+        assert_eq!(v["error"], "t.yaml has 1 error(s); nothing was applied");
+        assert_eq!(v["errors"][0]["file"], "t.yaml");
+    }
+}

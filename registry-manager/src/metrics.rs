@@ -1,0 +1,178 @@
+//! The manager's metrics, in the Prometheus text format (served on the HTTP port, see
+//! `crate::http`).
+//!
+//! Each manager owns its own [`prometheus::Registry`] (no process-wide recorder), so several
+//! managers started in one process (tests, benchmarks) each count their own events. Counters
+//! are pushed where the events happen (the proposer's acknowledgement, the expiry task, the
+//! watchdog); gauges that mirror state are read from the engine when `/metrics` is scraped.
+
+use openraft::ServerState;
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+
+use crate::engine::Engine;
+
+/// The metric families of one manager.
+#[derive(Debug)]
+pub struct ManagerMetrics {
+    registry: Registry,
+    revision: IntGauge,
+    sessions: IntGauge,
+    watch_streams: IntGauge,
+    writes: IntCounter,
+    session_expiries: IntCounter,
+    is_leader: IntGauge,
+    term: IntGauge,
+    leader_changes: IntCounter,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name and help");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric registered once");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name and help");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric registered once");
+    c
+}
+
+impl Default for ManagerMetrics {
+    fn default() -> Self {
+        ManagerMetrics::new()
+    }
+}
+
+impl ManagerMetrics {
+    /// Every family registered, every value zero.
+    pub fn new() -> ManagerMetrics {
+        let r = Registry::new();
+        ManagerMetrics {
+            revision: gauge(
+                &r,
+                "fleet_registry_revision",
+                "Registry revision applied by this member.",
+            ),
+            sessions: gauge(
+                &r,
+                "fleet_registry_sessions",
+                "Live agent sessions known to this member.",
+            ),
+            watch_streams: gauge(
+                &r,
+                "fleet_registry_watch_streams",
+                "Open watch streams of agents served by this member.",
+            ),
+            writes: counter(
+                &r,
+                "fleet_registry_writes_total",
+                "Writes (session opened, status report, topology, operator action) acknowledged by this member to its callers, once durable on a majority.",
+            ),
+            session_expiries: counter(
+                &r,
+                "fleet_registry_session_expiries_total",
+                "Sessions this member lapsed as the group's leader (no heartbeat for longer than session_ttl).",
+            ),
+            is_leader: gauge(
+                &r,
+                "fleet_registry_ha_is_leader",
+                "1 while this member leads the group, else 0.",
+            ),
+            term: gauge(
+                &r,
+                "fleet_registry_ha_term",
+                "The group's raft term as this member knows it.",
+            ),
+            leader_changes: counter(
+                &r,
+                "fleet_registry_ha_leader_changes_total",
+                "Times this member saw the group's leader change (the first leader it learns of included).",
+            ),
+            registry: r,
+        }
+    }
+
+    /// A write acknowledged to its caller.
+    pub(crate) fn write_acknowledged(&self) {
+        self.writes.inc();
+    }
+
+    /// A session lapsed by this member (as leader).
+    pub(crate) fn session_expired(&self) {
+        self.session_expiries.inc();
+    }
+
+    /// The group's leader changed, as this member sees it.
+    pub(crate) fn leader_changed(&self) {
+        self.leader_changes.inc();
+    }
+
+    /// Reads the gauges from `engine`, then renders every family in the Prometheus text format.
+    pub async fn render(&self, engine: &Engine) -> String {
+        let revision = engine.state().await.revision().0;
+        self.revision.set(clamp(revision));
+        self.sessions.set(clamp(engine.sessions().len() as u64));
+        self.watch_streams
+            .set(clamp(engine.hub().watchers() as u64));
+        let m = engine.metrics();
+        self.is_leader
+            .set(i64::from(m.state == ServerState::Leader));
+        self.term.set(clamp(m.current_term));
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not encode the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_its_help_line_and_counters_count() {
+        let m = ManagerMetrics::new();
+        m.write_acknowledged();
+        m.write_acknowledged();
+        m.session_expired();
+        m.leader_changed();
+        let text = m.encode();
+        for family in [
+            "fleet_registry_revision",
+            "fleet_registry_sessions",
+            "fleet_registry_watch_streams",
+            "fleet_registry_writes_total",
+            "fleet_registry_session_expiries_total",
+            "fleet_registry_ha_is_leader",
+            "fleet_registry_ha_term",
+            "fleet_registry_ha_leader_changes_total",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(text.contains("\nfleet_registry_writes_total 2\n"), "{text}");
+        assert!(
+            text.contains("\nfleet_registry_session_expiries_total 1\n"),
+            "{text}"
+        );
+        // Two instances do not share numbers.
+        assert!(ManagerMetrics::new()
+            .encode()
+            .contains("\nfleet_registry_writes_total 0\n"));
+    }
+}
