@@ -100,7 +100,7 @@ pub(crate) async fn watchdog(engine: Engine) {
             // their sessions get a grace so the move never lapses them.
             if age.is_none_or(|a| a > SILENT_MEMBER) {
                 if silent.insert(*id) {
-                    let n = engine.sessions().grace_via(*id, engine.ttl());
+                    let n = engine.sessions().grace_via(*id, engine.ttl() * 2);
                     if n > 0 {
                         tracing::info!(member = %node.name, sessions = n, "member silent: its agents' sessions get a grace to move");
                     }
