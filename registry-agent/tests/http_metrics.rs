@@ -98,26 +98,7 @@ fn agent_config(
 
 /// A plain HTTP/1.1 GET over a TCP connection: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(String::from_utf8(buf)?)
-    };
-    let text = timeout(WAIT, exchange)
-        .await
-        .context("HTTP GET timed out")??;
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    Ok((status, body.to_owned()))
+    tests::tooling::http_get(addr, path, WAIT).await
 }
 
 async fn scrape(agent: &RunningAgent) -> Result<String> {
@@ -127,15 +108,9 @@ async fn scrape(agent: &RunningAgent) -> Result<String> {
     Ok(body)
 }
 
-/// The value of the sample written exactly `series` (name and labels as rendered).
+/// The value of the sample written exactly as given (name and labels as rendered).
 fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    tests::tooling::metric_value(text, series)
 }
 
 fn chosen_series(manager: &str, tier: &str) -> String {

@@ -14,8 +14,6 @@ use common::{config, connect, CCM, TREE, WAIT};
 use proto::v1 as pb;
 use proto::v1::agent_registry_client::AgentRegistryClient;
 use registry_manager::{GroupConfig, RunningManager, ServeConfig, ServeError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use topology::HostName;
 
@@ -32,32 +30,12 @@ const FAMILIES: &[&str] = &[
 
 /// A plain HTTP/1.1 GET over a TCP connection: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(String::from_utf8(buf)?)
-    };
-    let text = tokio::time::timeout(WAIT, exchange)
-        .await
-        .context("HTTP GET timed out")??;
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    Ok((status, body.to_owned()))
+    tests::tooling::http_get(addr, path, WAIT).await
 }
 
-/// The value of an unlabelled sample.
+/// The value of the sample written exactly as given (name and labels as rendered).
 fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    tests::tooling::metric_value(text, name)
 }
 
 async fn scrape(addr: SocketAddr) -> Result<String> {

@@ -5,6 +5,7 @@
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
 //! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
+//! - [`tooling`]: HTTP GET and Prometheus samples, gRPC reflection — for every crate's tests.
 //! - [`wait`]: waiting on conditions with deadlines.
 //! - [`worked_example`]: the routing-rule worked example's topology and fleet.
 
@@ -13,6 +14,7 @@ pub mod fleet;
 pub mod load;
 pub mod relay;
 pub mod standin;
+pub mod tooling;
 pub mod wait;
 pub mod worked_example;
 
