@@ -1098,7 +1098,7 @@ impl Fleet {
         std::fs::write(&self.topology_path, yaml)?;
         self.spec.topology = yaml.to_string();
         let path = self.topology_path.display().to_string();
-        self.operator(&["topology", "apply", &path])
+        self.operator(&["topology", "apply", &path, "--yes"])
     }
 
     /// The whole logs of the group's members (or the manager).

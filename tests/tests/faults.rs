@@ -411,3 +411,53 @@ async fn a_restored_backup_is_a_new_history_and_agents_resync_with_a_full_snapsh
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a registry"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_removes_live_hosts_shows_who_moves_and_waits_for_yes() -> anyhow::Result<()>
+{
+    let mut fleet = three_agents().await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    // The same tree without agent-3 (live, chosen by agent-4).
+    let without = topology("200ms").replace("agent-3, ", "");
+    assert!(!without.contains("agent-3"), "{without}");
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("without-agent-3.yaml");
+    std::fs::write(&file, &without)?;
+    let file = file.display().to_string();
+    let agent_3_listed = |fleet: &Fleet| -> anyhow::Result<u64> {
+        let export = fleet.operator(&["topology", "show", "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&export)?;
+        Ok(v["yaml"]
+            .as_str()
+            .unwrap_or_default()
+            .matches("agent-3")
+            .count() as u64)
+    };
+    let before = agent_3_listed(&fleet)?;
+    let out = fleet.manager_cli(&["topology", "apply", &file])?;
+    assert!(!out.status.success(), "refused without --yes");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent-3") && err.contains("--yes"), "{err}");
+    assert!(
+        err.contains("agent-4 command-control-manager: agent-3 -> agent-1"),
+        "the blast radius names who moves: {err}"
+    );
+    assert_eq!(
+        agent_3_listed(&fleet)?,
+        before,
+        "nothing was applied: agent-3 is still in the topology"
+    );
+    assert_eq!(before, 1);
+    let out = fleet.manager_cli(&["topology", "apply", &file, "--yes"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-1"), SETTLE)
+        .await?;
+    Ok(())
+}

@@ -72,7 +72,13 @@ fn status_error(what: &str, addr: &str, status: tonic::Status) -> anyhow::Error 
     )
 }
 
-pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn apply(
+    addr: &str,
+    path: &Path,
+    yes: bool,
+    max_move: f64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let yaml = read_text(path)?;
     // Check locally first: the same validation the manager runs, with every error printed.
     if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
@@ -87,6 +93,32 @@ pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCo
         .into());
     }
     let mut client = connect(addr).await?;
+    // Who moves before anyone does: the diff and the live sessions of the hosts it removes.
+    let d = client
+        .diff_topology(proto::TopologyRequest {
+            yaml: yaml.clone(),
+            file_name: file_name(path),
+        })
+        .await
+        .map_err(|s| status_error("topology apply", addr, s))?
+        .into_inner();
+    let hosts = client
+        .list_hosts(proto::ListHostsRequest { stale: false })
+        .await
+        .map_err(|s| status_error("topology apply", addr, s))?
+        .into_inner();
+    let blast = BlastRadius::of(&d, &hosts);
+    if !json {
+        eprintln!("{}", blast.summary(&d));
+    }
+    if let Some(why) = blast.needs_confirmation(max_move) {
+        if !yes {
+            anyhow::bail!(
+                "{why}; nothing was applied. See `registry-manager topology diff {}` and run again with --yes to apply",
+                file_name(path)
+            );
+        }
+    }
     let resp = client
         .apply_topology(proto::TopologyRequest {
             yaml,
@@ -96,7 +128,16 @@ pub async fn apply(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCo
         .map_err(|s| status_error("topology apply", addr, s))?
         .into_inner();
     if json {
-        println!("{}", json!({ "revision": resp.revision }));
+        println!(
+            "{}",
+            json!({
+                "revision": resp.revision,
+                "hosts_removed": d.hosts_removed,
+                "live_hosts_removed": blast.live_removed,
+                "hosts_moving": blast.moving,
+                "hosts": blast.total,
+            })
+        );
     } else {
         println!("applied {} at revision {}", file_name(path), resp.revision);
     }
@@ -413,5 +454,90 @@ mod tests {
         assert!(err.contains("TLS is not built"), "{err}");
         assert!(host_port("m1").is_err());
         assert!(host_port("http://").is_err());
+    }
+}
+
+/// What a topology change does to the live fleet, before it is applied.
+#[derive(Debug)]
+struct BlastRadius {
+    /// Hosts the change removes that hold a live session now.
+    live_removed: Vec<String>,
+    /// Hosts whose chosen manager of some type would change.
+    moving: usize,
+    /// Hosts of the live registry.
+    total: usize,
+}
+
+impl BlastRadius {
+    fn of(d: &proto::DiffTopologyResponse, hosts: &proto::ListHostsResponse) -> BlastRadius {
+        let live_removed = d
+            .hosts_removed
+            .iter()
+            .filter(|h| hosts.hosts.iter().any(|x| &x.host == *h && x.session_live))
+            .cloned()
+            .collect();
+        let moving = d
+            .route_changes
+            .iter()
+            .map(|c| c.host.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        BlastRadius {
+            live_removed,
+            moving,
+            total: hosts.hosts.len(),
+        }
+    }
+
+    /// Why the change needs `--yes`, if it does.
+    fn needs_confirmation(&self, max_move_percent: f64) -> Option<String> {
+        if !self.live_removed.is_empty() {
+            return Some(format!(
+                "the change removes {} host(s) that hold a live session ({})",
+                self.live_removed.len(),
+                self.live_removed.join(", ")
+            ));
+        }
+        let share = 100.0 * self.moving as f64 / self.total.max(1) as f64;
+        (share > max_move_percent).then(|| {
+            format!(
+                "the change moves the routes of {} of {} hosts ({share:.0}%, more than --max-move {max_move_percent}%)",
+                self.moving, self.total
+            )
+        })
+    }
+
+    fn summary(&self, d: &proto::DiffTopologyResponse) -> String {
+        let mut out = format!(
+            "domains +{} -{} moved {}; hosts +{} -{} moved {}; {} of {} hosts would change a chosen manager",
+            d.domains_added.len(),
+            d.domains_removed.len(),
+            d.domains_moved.len(),
+            d.hosts_added.len(),
+            d.hosts_removed.len(),
+            d.hosts_moved.len(),
+            self.moving,
+            self.total
+        );
+        for c in d.route_changes.iter().take(20) {
+            let or_none = |s: &str| {
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            out.push_str(&format!(
+                "\n  {} {}: {} -> {}",
+                c.host,
+                c.r#type,
+                or_none(&c.old_chosen),
+                or_none(&c.new_chosen)
+            ));
+        }
+        if d.route_changes.len() > 20 {
+            out.push_str(&format!("\n  ... and {} more", d.route_changes.len() - 20));
+        }
+        out
     }
 }

@@ -105,6 +105,13 @@ enum TopologyCommand {
     Apply {
         /// The topology file (YAML, version 1); checked here first, every error printed.
         file: PathBuf,
+        /// Apply even when the change removes hosts that hold a live session, or moves the
+        /// routes of more than --max-move percent of the hosts.
+        #[arg(long)]
+        yes: bool,
+        /// The share of hosts (percent) whose chosen manager may change without --yes.
+        #[arg(long, value_name = "PERCENT", default_value_t = 25.0)]
+        max_move: f64,
         #[command(flatten)]
         manager: ManagerAddr,
         #[command(flatten)]
@@ -256,9 +263,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args),
         Command::Topology(TopologyCommand::Check { file, out }) => offline::check(&file, out.json),
         Command::Topology(TopologyCommand::Schema) => offline::schema(),
-        Command::Topology(TopologyCommand::Apply { file, manager, out }) => {
-            live::block_on(live::apply(&manager.addr, &file, out.json))
-        }
+        Command::Topology(TopologyCommand::Apply {
+            file,
+            yes,
+            max_move,
+            manager,
+            out,
+        }) => live::block_on(live::apply(&manager.addr, &file, yes, max_move, out.json)),
         Command::Topology(TopologyCommand::Diff { file, manager, out }) => {
             live::block_on(live::diff(&manager.addr, &file, out.json))
         }
