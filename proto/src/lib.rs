@@ -16,3 +16,30 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub use v1::*;
 
 pub mod watch_parts;
+
+/// A route explanation received on the wire, in the one printed form both command lines use.
+/// `with_stale`: an agent's answer, which also says whether its copy is stale.
+pub fn explained(e: &RouteExplanation, with_stale: bool) -> topology::Explained {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    topology::Explained {
+        host: e.host.clone(),
+        package_type: e.r#type.clone(),
+        chosen: e.chosen.clone(),
+        endpoint: e.endpoint.clone(),
+        route: e.route.clone(),
+        candidates: e
+            .candidates
+            .iter()
+            .map(|c| topology::ExplainedCandidate {
+                host: c.host.clone(),
+                domain: opt(&c.domain),
+                tier: opt(&c.tier),
+                eligible: c.eligible,
+                reason: opt(&c.reason),
+                endpoint: c.endpoint.clone(),
+            })
+            .collect(),
+        revision: Some(e.revision),
+        stale: with_stale.then_some(e.stale),
+    }
+}

@@ -22,7 +22,7 @@ use proto::v1 as pb;
 use proto::v1::agent_client::AgentClient;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use topology::{Explained, ExplainedCandidate};
+use topology::Explained;
 
 use crate::config::{AgentConfig, DEFAULT_LISTEN};
 
@@ -377,33 +377,9 @@ fn status_line(s: tonic::Status) -> String {
     }
 }
 
-fn opt(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
 /// An agent's answer in the one printed form of an explanation (with `revision` and `stale`).
 pub fn explained(e: &pb::RouteExplanation) -> Explained {
-    Explained {
-        host: e.host.clone(),
-        package_type: e.r#type.clone(),
-        chosen: e.chosen.clone(),
-        endpoint: e.endpoint.clone(),
-        route: e.route.clone(),
-        candidates: e
-            .candidates
-            .iter()
-            .map(|c| ExplainedCandidate {
-                host: c.host.clone(),
-                domain: opt(&c.domain),
-                tier: opt(&c.tier),
-                eligible: c.eligible,
-                reason: opt(&c.reason),
-                endpoint: c.endpoint.clone(),
-            })
-            .collect(),
-        revision: Some(e.revision),
-        stale: Some(e.stale),
-    }
+    proto::explained(e, true)
 }
 
 /// The JSON answer of `resolve --json`: `registry-manager route explain`'s, plus `revision`

@@ -3,37 +3,13 @@
 
 use std::process::ExitCode;
 
-use topology::{Explained, ExplainedCandidate};
+use topology::Explained;
 
 use super::EXIT_NO_MANAGER;
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
 /// A live manager's answer in the printed form (the revision is shown in the text only).
 pub fn from_wire(e: &proto::RouteExplanation) -> Explained {
-    Explained {
-        host: e.host.clone(),
-        package_type: e.r#type.clone(),
-        chosen: e.chosen.clone(),
-        endpoint: e.endpoint.clone(),
-        route: e.route.clone(),
-        candidates: e
-            .candidates
-            .iter()
-            .map(|c| ExplainedCandidate {
-                host: c.host.clone(),
-                domain: non_empty(&c.domain),
-                tier: non_empty(&c.tier),
-                eligible: c.eligible,
-                reason: non_empty(&c.reason),
-                endpoint: c.endpoint.clone(),
-            })
-            .collect(),
-        revision: Some(e.revision),
-        stale: None,
-    }
+    proto::explained(e, false)
 }
 
 /// Prints an explanation as JSON (one line) or text and gives the exit code of the answer:
