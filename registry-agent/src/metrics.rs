@@ -152,12 +152,17 @@ impl AgentMetrics {
         for e in events {
             let t = e.package_type.as_str();
             self.route_changes.with_label_values(&[t]).inc();
-            // Left because it is no longer eligible (not a revert to a nearer manager).
-            let ineligible = e
-                .from
-                .as_ref()
-                .is_some_and(|from| book.get(t).is_none_or(|route| !route.route.contains(from)));
-            if ineligible {
+            // Left because it is no longer eligible or held down: anything but a revert to a
+            // nearer manager (one before it in the route).
+            let left = e.from.as_ref().is_some_and(|from| {
+                let route = book.get(t).map(|r| &r.route);
+                let pos = |h| route.and_then(|r| r.iter().position(|x| x == h));
+                match (pos(from), e.to.as_ref().and_then(pos)) {
+                    (Some(f), Some(to)) => to > f,
+                    _ => true,
+                }
+            });
+            if left {
                 left_at.entry(e.package_type.clone()).or_insert(seen);
             }
             if e.to.is_some() {
