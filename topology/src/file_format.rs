@@ -27,9 +27,11 @@ pub struct TopologyFile {
     pub domain: String,
     /// Hosts of the root domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<HostEntry>>")]
     pub hosts: Vec<HostEntry>,
     /// Subdomains of the root domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<DomainEntry>>")]
     pub subdomains: Vec<DomainEntry>,
 }
 
@@ -39,11 +41,12 @@ pub struct TopologyFile {
 pub struct RoutingSection {
     /// After the chain of ancestors, try other branches of the tree. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub cross_branch: Option<bool>,
     /// Hold-down before moving back to a nearer manager that recovered: `500ms`, `5s`, `2m`,
     /// `1h`, `0s` (at once) or `never`. Default `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h)|never)$"))]
+    #[schemars(with = "String", regex(pattern = r"^([0-9]+(ms|s|m|h)|never)$"))]
     pub revert_after: Option<String>,
 }
 
@@ -56,9 +59,11 @@ pub struct DomainEntry {
     pub domain: String,
     /// Hosts of this domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<HostEntry>>")]
     pub hosts: Vec<HostEntry>,
     /// Subdomains of this domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<DomainEntry>>")]
     pub subdomains: Vec<DomainEntry>,
 }
 
@@ -81,6 +86,7 @@ pub struct LongHost {
     pub name: String,
     /// Informational address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub address: Option<String>,
 }
 

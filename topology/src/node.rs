@@ -49,7 +49,7 @@ impl Node {
             Value::Scalar { text, plain: true } if text == "true" || text == "false" => {
                 "true/false"
             }
-            Value::Scalar { .. } if self.as_int().is_some() => "a number",
+            Value::Scalar { text, plain: true } if reads_as_number(text) => "a number",
             Value::Scalar { .. } => "a string",
         }
     }
@@ -58,6 +58,22 @@ impl Node {
     pub(crate) fn text(&self) -> Option<&str> {
         match &self.value {
             Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The text of a scalar that every YAML 1.2 reader (editors, language servers) takes as a
+    /// string: quoted, or plain and not null, true/false or a number. `12`, `1.5` and `true`
+    /// written plain are not strings there, so a name or address written so is refused by the
+    /// parser as the JSON Schema refuses it, instead of the two disagreeing.
+    pub(crate) fn as_string(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar { text, plain: false } => Some(text),
+            Value::Scalar { text, plain: true }
+                if !self.is_null() && self.as_bool().is_none() && !reads_as_number(text) =>
+            {
+                Some(text)
+            }
             _ => None,
         }
     }
@@ -96,6 +112,38 @@ impl Node {
             _ => None,
         }
     }
+}
+
+/// True when a plain scalar is a number under the YAML 1.2 core schema: a decimal, octal
+/// (`0o17`) or hexadecimal (`0x1f`) integer, a decimal float (`1.5`, `-2e3`, `.5`), or one of
+/// `.inf`, `-.inf`, `.nan` in their three spellings.
+fn reads_as_number(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if matches!(unsigned, ".inf" | ".Inf" | ".INF") || matches!(text, ".nan" | ".NaN" | ".NAN") {
+        return true;
+    }
+    let radix = |prefix: &str, ok: fn(&u8) -> bool| {
+        text.strip_prefix(prefix)
+            .is_some_and(|d| !d.is_empty() && d.as_bytes().iter().all(ok))
+    };
+    if radix("0o", |b| (b'0'..=b'7').contains(b)) || radix("0x", u8::is_ascii_hexdigit) {
+        return true;
+    }
+    // [0-9]+(\.[0-9]*)? or \.[0-9]+, then an optional exponent [eE][-+]?[0-9]+
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
+        None => (unsigned, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        None => digits(mantissa),
+        Some((whole, frac)) => {
+            (digits(whole) && (frac.is_empty() || digits(frac)))
+                || (whole.is_empty() && digits(frac))
+        }
+    };
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)));
+    mantissa_ok && exponent_ok
 }
 
 fn scan_error(e: &ScanError) -> ReadError {

@@ -202,10 +202,16 @@ impl Checker<'_> {
 
     /// A name from a scalar node, checked against the name rules (docs/topology.md).
     fn name(&mut self, node: &Node, kind: NameKind, what: &str) -> Option<String> {
-        let Some(text) = node.text().map(str::to_owned) else {
+        let Some(text) = node.as_string().map(str::to_owned) else {
+            let hint = match node.text() {
+                Some(t) if !node.is_null() => {
+                    format!("; quote it if it is meant as a name: \"{t}\"")
+                }
+                _ => String::new(),
+            };
             self.err(
                 node,
-                format!("{what} must be a name, found {}", node.kind()),
+                format!("{what} must be a name, found {}{hint}", node.kind()),
             );
             return None;
         };
@@ -377,8 +383,8 @@ impl Checker<'_> {
                 };
                 let address = match keys.get("address") {
                     None => None,
-                    Some((_, a)) => match a.text() {
-                        Some(t) if !a.is_null() => Some(t.to_owned()),
+                    Some((_, a)) => match a.as_string() {
+                        Some(t) => Some(t.to_owned()),
                         _ => {
                             self.err(
                                 a,

@@ -2,9 +2,14 @@
 
 use crate::file_format::TopologyFile;
 
-/// JSON Schema (draft 2020-12) of the topology file, derived from the file-format types.
+/// JSON Schema (draft-07, the draft editors' YAML language servers support fully) of the
+/// topology file, derived from the file-format types. It accepts exactly the files the parser
+/// accepts, except for what a schema cannot say: names unique in the tree and the depth limit
+/// (a test generates files and checks that the two agree on each).
 pub fn json_schema() -> serde_json::Value {
-    let schema = schemars::schema_for!(TopologyFile);
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<TopologyFile>();
     serde_json::to_value(&schema).expect("a schema always serializes")
 }
 

@@ -443,7 +443,7 @@ hosts:
       line
   - 'true'
 subdomains:
-- domain: 1e3
+- domain: '1e3'
   hosts: !!seq [x, y]
   subdomains: ~
 ...

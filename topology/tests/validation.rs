@@ -92,15 +92,33 @@ fn bad_names_quote_the_name_and_the_rule() {
 }
 
 #[test]
-fn names_made_of_digits_keep_their_spelling() {
+fn names_made_of_digits_keep_their_spelling_when_quoted() {
     let t = Topology::from_yaml(
         "t.yaml",
-        "version: 1\ndomain: 2024\nhosts: [10, 1.50, true, 007]\n",
+        "version: 1\ndomain: \"2024\"\nhosts: [\"10\", '1.50', \"true\", \"007\"]\n",
     )
     .unwrap();
     let names: Vec<_> = t.hosts().map(|h| h.name.to_string()).collect();
     assert_eq!(names, ["007", "1.50", "10", "true"]);
     assert_eq!(t.domain(t.root()).name.as_str(), "2024");
+}
+
+#[test]
+fn names_written_as_plain_numbers_or_booleans_are_refused_with_the_fix() {
+    // YAML tools (and the JSON Schema) read these as numbers and booleans, not names.
+    for (plain, kind) in [
+        ("10", "a number"),
+        ("1.50", "a number"),
+        ("007", "a number"),
+        ("0x1f", "a number"),
+        ("true", "true/false"),
+    ] {
+        let e = one(&format!("version: 1\ndomain: root\nhosts: [{plain}]\n"));
+        assert_eq!(
+            e,
+            format!("topology.yaml:3:9: a host entry must be a name, found {kind}; quote it if it is meant as a name: \"{plain}\""),
+        );
+    }
 }
 
 #[test]
