@@ -212,7 +212,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         store,
         book: book_rx.clone(),
         health: health.clone(),
-        bootstrap: Bootstrap::new(config.managers.clone()),
+        bootstrap: Bootstrap::new(config.managers.clone(), config.dns_servers.clone()),
         timing: SessionTiming::default(),
     };
     tasks.push(tokio::spawn(session.run(shutdown.clone())));

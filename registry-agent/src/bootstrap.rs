@@ -1,9 +1,12 @@
 //! The bootstrap list of registry managers (`managers` in the configuration): `host:port`
 //! entries as given, `dns+srv:NAME` entries resolved to their SRV targets (lowest priority
-//! first, then highest weight) with hickory-resolver, using the name servers of
-//! `/etc/resolv.conf`.
+//! first, then highest weight) with hickory-resolver, asking the configured `dns_servers`, or
+//! the name servers of `/etc/resolv.conf` when none are configured. The list is resolved for every
+//! round of connection attempts (answers cached no longer than their TTL), and the cache is
+//! dropped after a round that reached no manager, so a changed record moves the agent as soon
+//! as the managers it knows are lost, whatever the old record's TTL.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -18,6 +21,7 @@ use crate::config::ManagerAddress;
 #[derive(Debug)]
 pub struct Bootstrap {
     list: Vec<ManagerAddress>,
+    dns_servers: Vec<SocketAddr>,
     resolver: OnceCell<Option<ResolverHandle>>,
 }
 
@@ -43,17 +47,31 @@ pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-fn build_resolver() -> Option<ResolverHandle> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let servers = nameservers(&text);
-    if servers.is_empty() {
-        tracing::error!("dns+srv: /etc/resolv.conf names no name server; SRV entries of `managers` cannot be resolved");
-        return None;
-    }
+fn build_resolver(configured: &[SocketAddr]) -> Option<ResolverHandle> {
+    let servers: Vec<SocketAddr> = if configured.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let servers = nameservers(&text);
+        if servers.is_empty() {
+            tracing::error!("dns+srv: /etc/resolv.conf names no name server; SRV entries of `managers` cannot be resolved. Name them in `dns_servers` of the agent configuration");
+            return None;
+        }
+        servers
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect()
+    } else {
+        configured.to_vec()
+    };
     let config = ResolverConfig::from_name_servers(
         servers
             .into_iter()
-            .map(NameServerConfig::udp_and_tcp)
+            .map(|a| {
+                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                for c in &mut ns.connections {
+                    c.port = a.port();
+                }
+                ns
+            })
             .collect(),
     );
     let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
@@ -70,10 +88,19 @@ fn build_resolver() -> Option<ResolverHandle> {
 
 impl Bootstrap {
     /// A bootstrap list; the resolver is built on first use.
-    pub fn new(list: Vec<ManagerAddress>) -> Bootstrap {
+    pub fn new(list: Vec<ManagerAddress>, dns_servers: Vec<SocketAddr>) -> Bootstrap {
         Bootstrap {
             list,
+            dns_servers,
             resolver: OnceCell::new(),
+        }
+    }
+
+    /// Forgets every cached DNS answer, so the next [`Bootstrap::addresses`] asks the name
+    /// servers again (called when a whole round of candidates reached no manager).
+    pub fn forget(&self) {
+        if let Some(Some(r)) = self.resolver.get() {
+            r.0.clear_cache();
         }
     }
 
@@ -92,7 +119,7 @@ impl Bootstrap {
     async fn srv(&self, name: &str) -> Vec<String> {
         let Some(resolver) = self
             .resolver
-            .get_or_init(|| async { build_resolver() })
+            .get_or_init(|| async { build_resolver(&self.dns_servers) })
             .await
         else {
             return Vec::new();
@@ -145,10 +172,13 @@ mod tests {
 
     #[tokio::test]
     async fn host_port_entries_pass_through_in_order() {
-        let b = Bootstrap::new(vec![
-            ManagerAddress::HostPort("127.0.0.1:1".into()),
-            ManagerAddress::HostPort("m.example.org:7400".into()),
-        ]);
+        let b = Bootstrap::new(
+            vec![
+                ManagerAddress::HostPort("127.0.0.1:1".into()),
+                ManagerAddress::HostPort("m.example.org:7400".into()),
+            ],
+            Vec::new(),
+        );
         assert_eq!(b.addresses().await, ["127.0.0.1:1", "m.example.org:7400"]);
     }
 }

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     /// Bootstrap addresses of registry managers, tried in order when the registry copy names
     /// no reachable `registry-manager` package.
     pub managers: Vec<ManagerAddress>,
+    /// Name servers asked for the `dns+srv:` entries of `managers` (`dns_servers`: IP
+    /// addresses, with `:port` when not 53); empty: the name servers of `/etc/resolv.conf`.
+    pub dns_servers: Vec<SocketAddr>,
     /// Where the registry copy is persisted (sled), so the agent answers at once after a restart.
     pub data_dir: PathBuf,
     /// Local API address (gRPC `Agent` service and gRPC health). Port 0 picks a free port.
@@ -142,6 +145,8 @@ pub struct ForwardConfig {
 struct RawConfig {
     host: Spanned<String>,
     managers: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    dns_servers: Vec<Spanned<String>>,
     #[serde(default)]
     data_dir: Option<Spanned<String>>,
     #[serde(default)]
@@ -411,6 +416,26 @@ impl AgentConfig {
             }
         }
 
+        let mut dns_servers = Vec::new();
+        for d in &raw.dns_servers {
+            let text = d.value.trim();
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => dns_servers.push(a),
+                None => c.at(
+                    d,
+                    format!(
+                        "dns_servers: {:?} is not an IP address; write a name server as an IP address, with a port when not 53, like \"10.0.0.2\" or \"127.0.0.1:5353\"",
+                        d.value
+                    ),
+                ),
+            }
+        }
+
         let data_dir = match &raw.data_dir {
             Some(d) if d.value.trim().is_empty() => {
                 c.at(
@@ -557,6 +582,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             host: host.expect("checked"),
             managers,
+            dns_servers,
             data_dir,
             listen: listen.expect("checked"),
             packages,
@@ -608,7 +634,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let msg = msg.lines().next().unwrap_or("").trim().to_owned();
     if msg.contains("unknown field") && !msg.contains("expected") {
         format!(
-            "{msg}; the keys are host, managers, data_dir, listen, http_listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (probe, interval, timeout, fall, rise), forward (type, listen)"
+            "{msg}; the keys are host, managers, dns_servers, data_dir, listen, http_listen, packages (type, endpoint, check (tcp or grpc_health), interval, fall, rise), health (probe, interval, timeout, fall, rise), forward (type, listen)"
         )
     } else if msg.starts_with("invalid u32") || msg.starts_with("invalid u64") {
         format!("{msg}: fall and rise are whole numbers of checks, from 1 to 1000")
@@ -678,6 +704,31 @@ forward:
         let e = err(&format!("{base}http_listen: metrics.local:80\n"));
         assert!(
             e.starts_with("agent.yaml:3:14: http_listen: \"metrics.local:80\" is neither"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dns_servers_take_a_default_port_and_refuse_names() {
+        let base = "host: a\nmanagers: [\"dns+srv:_r._tcp.example.org\"]\n";
+        let c = AgentConfig::from_yaml("agent.yaml", base).unwrap();
+        assert!(c.dns_servers.is_empty());
+        let c = AgentConfig::from_yaml(
+            "agent.yaml",
+            &format!("{base}dns_servers: [\"10.0.0.2\", \"127.0.0.1:5353\", \"[::1]:53\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns_servers,
+            [
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        let e = err(&format!("{base}dns_servers: [\"ns1.example.org\"]\n"));
+        assert!(
+            e.starts_with("agent.yaml:3:15: dns_servers: \"ns1.example.org\" is not an IP address"),
             "{e}"
         );
     }

@@ -246,6 +246,10 @@ impl SessionClient {
                 last_error: last_reason,
             };
             self.log_all(None, machine.handle(round));
+            if !reached {
+                // Every manager known is lost: ask DNS again, whatever the records' TTL said.
+                self.bootstrap.forget();
+            }
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = shutdown.cancelled() => return,

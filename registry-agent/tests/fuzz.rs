@@ -306,6 +306,8 @@ fn agent_config() -> impl Strategy<Value = AgentConfig> {
             AgentConfig {
                 host: HostName::new(host).unwrap(),
                 managers,
+                // Not rendered: the default.
+                dns_servers: Vec::new(),
                 data_dir: PathBuf::from(data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned())),
                 listen,
                 packages,

@@ -206,6 +206,7 @@ pub struct FleetBuilder {
     check: String,
     relays: bool,
     grpc: bool,
+    srv: Option<(String, SocketAddr)>,
 }
 
 impl FleetBuilder {
@@ -280,6 +281,13 @@ impl FleetBuilder {
     /// hung (SIGSTOPped) manager that TCP connects cannot.
     pub fn grpc_packages(mut self) -> Self {
         self.grpc = true;
+        self
+    }
+
+    /// Agents find the managers by DNS: `managers: ["dns+srv:NAME"]`, asking only the name
+    /// server at `dns` (see [`crate::dns::DnsServer`]).
+    pub fn srv_bootstrap(mut self, name: &str, dns: SocketAddr) -> Self {
+        self.srv = Some((name.to_string(), dns));
         self
     }
 
@@ -381,6 +389,7 @@ impl Fleet {
             check: "{ interval: 100ms, fall: 2, rise: 2 }".into(),
             relays: false,
             grpc: false,
+            srv: None,
         }
     }
 
@@ -788,7 +797,10 @@ impl Fleet {
     ) -> String {
         let mut y = String::new();
         let _ = writeln!(y, "host: {host}");
-        if self.members.is_empty() {
+        if let Some((name, dns)) = &self.spec.srv {
+            let _ = writeln!(y, "managers: [\"dns+srv:{name}\"]");
+            let _ = writeln!(y, "dns_servers: [\"{dns}\"]");
+        } else if self.members.is_empty() {
             let _ = writeln!(y, "managers: [\"{manager}\"]");
         } else {
             // Every member, rotated by the agent's position so agents spread over the group.

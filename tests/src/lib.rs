@@ -1,6 +1,7 @@
 //! End-to-end harness: runs the real `registry-manager` and `registry-agent` binaries as a small
 //! fleet on loopback, with stand-in manager packages, and breaks it the ways real fleets break.
 //!
+//! - [`dns`]: a small DNS server on loopback answering SRV questions from a table.
 //! - [`fleet`]: the [`Fleet`] builder and the processes it owns (every one reaped on drop).
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
 //! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
@@ -10,6 +11,7 @@
 //! - [`worked_example`]: the routing-rule worked example's topology and fleet.
 
 pub mod bench;
+pub mod dns;
 pub mod fleet;
 pub mod load;
 pub mod relay;

@@ -534,3 +534,98 @@ async fn a_learner_catches_up_is_promoted_and_removed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Agents that know the group only by a DNS SRV name (`managers: ["dns+srv:…"]`, asking a real
+/// DNS server on loopback through `dns_servers`) find the member the record names, and when
+/// that member dies and the record is changed to another member, they resolve it again and move
+/// there; the session stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_bootstrap_from_dns_srv_and_follow_a_changed_record() -> anyhow::Result<()> {
+    use tests::dns::{DnsServer, SrvRecord};
+    let _serial = SERIAL.lock().await;
+    const NAME: &str = "_registry._tcp.fleet.test";
+    let dns = DnsServer::start()?;
+    // The name does not exist yet: the agent starts, finds no manager and keeps asking.
+    let mut fleet = Fleet::from_topology(&worked_example::topology("200ms", false))
+        .managers(3)
+        .srv_bootstrap(NAME, dns.addr())
+        .agent("agent-4")
+        .start()
+        .await?;
+    let srv_to = |port: u16| {
+        vec![SrvRecord {
+            priority: 10,
+            weight: 10,
+            port,
+            target: "localhost".into(),
+        }]
+    };
+    let (first, second) = (0, 1);
+    dns.set_srv(NAME, srv_to(fleet.member_addr(first).port()));
+    let connected_to = |fleet: &Fleet, port: u16| {
+        let needle = format!("localhost:{port}");
+        fleet
+            .agent_logs()
+            .lines()
+            .any(|l| l.contains("connected to registry manager") && l.contains(&needle))
+    };
+    let p0 = fleet.member_addr(first).port();
+    wait_until(
+        "agent-4 connects to the member the SRV record names",
+        SETTLE,
+        || {
+            let ok = connected_to(&fleet, p0);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await?;
+    let live = |fleet: &Fleet, member: usize| -> Result<(), String> {
+        let out = fleet
+            .member_cli(fleet.member_addr(member), &["registry", "hosts", "--json"])
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let host = v["hosts"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["host"] == "agent-4"))
+            .cloned()
+            .unwrap_or_default();
+        if host["session_live"] == true {
+            Ok(())
+        } else {
+            Err(format!("agent-4 is {host}"))
+        }
+    };
+
+    // The record moves to member 1 and member 0 dies: the agent resolves again and moves.
+    let p1 = fleet.member_addr(second).port();
+    dns.set_srv(NAME, srv_to(p1));
+    fleet.members()[first].proc.kill();
+    wait_until(
+        "agent-4 moves to the member the changed record names",
+        SETTLE,
+        || {
+            let ok = connected_to(&fleet, p1);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await?;
+    wait_until("agent-4's session is live through member 1", SETTLE, || {
+        let r = live(&fleet, second);
+        async move { r }
+    })
+    .await?;
+    Ok(())
+}
