@@ -18,4 +18,8 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 # Build output goes to stderr so that `--json` and `--markdown` stay clean on stdout.
 cargo build --release --workspace --bins >&2
 
+# The heartbeat figures run 10,000 simulated agents on their own connections: as many
+# descriptors in the benchmark and in the manager (which inherits the limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 exec "$target_dir/release/fleet-bench" "$@"

@@ -30,11 +30,15 @@ pub enum Group {
     GroupWrites,
     /// One change fanned out to 1,000 watch streams spread over three members.
     PropagationGroup,
+    /// 10,000 agents on their own connections at the default heartbeat rate, one manager.
+    Heartbeat,
+    /// The same spread over a group of three.
+    HeartbeatGroup,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 12] = [
+    pub const ALL: [Group; 14] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -47,6 +51,8 @@ impl Group {
         Group::Leader,
         Group::GroupWrites,
         Group::PropagationGroup,
+        Group::Heartbeat,
+        Group::HeartbeatGroup,
     ];
 
     /// The name accepted on the command line.
@@ -64,6 +70,8 @@ impl Group {
             Group::Leader => "leader",
             Group::GroupWrites => "group_writes",
             Group::PropagationGroup => "propagation_group",
+            Group::Heartbeat => "heartbeat",
+            Group::HeartbeatGroup => "heartbeat_group",
         }
     }
 }
@@ -317,6 +325,90 @@ pub const FIGURES: &[FigureDef] = &[
         Target::Below(25.0),
         Group::PropagationGroup,
         "one change to 1,000 watch streams spread over 3 members: p99 over streams",
+    ),
+    entry(
+        "heartbeat_manager_cpu_10k",
+        "cores",
+        Target::Below(0.5),
+        Group::Heartbeat,
+        "manager CPU, 10,000 agents on own connections at the default heartbeat rate, one manager",
+    ),
+    entry(
+        "heartbeat_manager_rss_10k",
+        "MB",
+        Target::Below(1024.0),
+        Group::Heartbeat,
+        "manager VmRSS under that load",
+    ),
+    entry(
+        "heartbeat_rtt_p99_10k",
+        "ms",
+        Target::None,
+        Group::Heartbeat,
+        "heartbeat round trip p99 under that load",
+    ),
+    entry(
+        "heartbeat_false_expiries_10k",
+        "count",
+        Target::AtMost(0.0),
+        Group::Heartbeat,
+        "sessions lapsed that were kept alive, under that load",
+    ),
+    entry(
+        "heartbeat_silent_detect_10k",
+        "ms",
+        Target::Below(1200.0),
+        Group::Heartbeat,
+        "a host falls silent under that load until every agent's watch hears it (p99 over agents)",
+    ),
+    entry(
+        "propagation_10k_own_connections_p99",
+        "ms",
+        Target::Below(100.0),
+        Group::Heartbeat,
+        "one change to 10,000 agents on their own connections (one manager): p99 over agents",
+    ),
+    entry(
+        "heartbeat_group_cpu_10k",
+        "cores",
+        Target::Below(0.5),
+        Group::HeartbeatGroup,
+        "manager CPU (busiest member), 10,000 agents on own connections at the default heartbeat rate, 3 members",
+    ),
+    entry(
+        "heartbeat_group_rss_10k",
+        "MB",
+        Target::Below(1024.0),
+        Group::HeartbeatGroup,
+        "manager VmRSS (busiest member) under that load",
+    ),
+    entry(
+        "heartbeat_group_rtt_p99_10k",
+        "ms",
+        Target::None,
+        Group::HeartbeatGroup,
+        "heartbeat round trip p99 under that load",
+    ),
+    entry(
+        "heartbeat_group_false_expiries_10k",
+        "count",
+        Target::AtMost(0.0),
+        Group::HeartbeatGroup,
+        "sessions lapsed that were kept alive, under that load",
+    ),
+    entry(
+        "heartbeat_group_silent_detect_10k",
+        "ms",
+        Target::Below(1200.0),
+        Group::HeartbeatGroup,
+        "a host falls silent under that load until every agent's watch hears it (p99 over agents)",
+    ),
+    entry(
+        "propagation_group_10k_own_connections_p99",
+        "ms",
+        Target::Below(100.0),
+        Group::HeartbeatGroup,
+        "one change to 10,000 agents on their own connections (3 members): p99 over agents",
     ),
 ];
 

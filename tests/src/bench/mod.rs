@@ -9,7 +9,8 @@
 //! - [`probe`]: timing re-routes through the agents' `resolve`, spotting false alarms.
 //! - [`system`]: the machine, a process's RSS, busy-loop load.
 //! - one module per group: [`route`], [`resolve`], [`propagation`], [`failover`], [`memory`],
-//!   [`writes`], [`leader`] (the registry group: leader loss, write throughput).
+//!   [`writes`], [`leader`] (the registry group: leader loss, write throughput), [`fleet_scale`]
+//!   (10,000 agents on their own connections at the default heartbeat rate).
 //!
 //! Benchmarks never run in the test suite; `tests/bench_quick.rs` only checks that `--quick`
 //! produces every figure.
@@ -18,6 +19,7 @@ pub mod agents;
 pub mod catalog;
 pub mod failover;
 pub mod figure;
+pub mod fleet_scale;
 pub mod gen;
 pub mod leader;
 pub mod memory;
@@ -66,6 +68,7 @@ impl Mode {
             (Mode::Full, Group::Propagation10k) => 120,
             (Mode::Full, Group::Crash | Group::Silent | Group::SilentLoaded) => 120,
             (Mode::Full, Group::Leader) => 180,
+            (Mode::Full, Group::Heartbeat | Group::HeartbeatGroup) => 360,
             (Mode::Full, _) => 60,
         };
         Duration::from_secs(secs)
@@ -74,7 +77,7 @@ impl Mode {
     /// The most the whole invocation may take; groups not started by then are skipped.
     fn total_budget(self) -> Duration {
         match self {
-            Mode::Full => Duration::from_secs(720),
+            Mode::Full => Duration::from_secs(1500),
             Mode::Quick => Duration::from_secs(180),
         }
     }
@@ -152,6 +155,8 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::Leader => leader::run(mode).await,
         Group::GroupWrites => leader::throughput(mode).await,
         Group::PropagationGroup => propagation::run_group(mode).await,
+        Group::Heartbeat => fleet_scale::run(mode, 1).await,
+        Group::HeartbeatGroup => fleet_scale::run(mode, 3).await,
     }
 }
 

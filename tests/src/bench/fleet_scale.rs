@@ -1,0 +1,610 @@
+//! The registry loaded the way a fleet loads it: 10,000 simulated agents, each with its own TCP
+//! connection carrying its session's `KeepAlive` stream (a heartbeat every third of the default
+//! 1 s session TTL) and its own `Watch` stream, against one manager and against a group of three
+//! with the agents spread evenly over the members (as the routing rule spreads them when the
+//! members sit in three branches of the tree).
+//!
+//! While that load runs, it measures the manager's CPU (cores) and RSS, the heartbeat round trip
+//! (heartbeat sent to its ack, p99), sessions lapsed that should not have (false expiries), how
+//! long after a host falls silent the fleet hears it (silent-host detection, to each agent's watch
+//! stream), and how long one change takes to reach all 10,000 agents on their own connections.
+//!
+//! The simulated agents share the benchmark process (and its two cores with the manager) but no
+//! connection: each has its own HTTP/2 connection, as a real agent does.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::admin_client::AdminClient;
+use proto::agent_registry_client::AgentRegistryClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::agents::{channel, running};
+use super::figure::Figure;
+use super::gen::{GeneratedFleet, CCM};
+use super::stats::{self, fmt_num};
+use super::system::{cpu_seconds, rss_mb};
+use super::Mode;
+use crate::Fleet;
+
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    hosts: usize,
+    domains: usize,
+    /// How long the steady load is measured (CPU, heartbeat round trips, false expiries).
+    window: Duration,
+    /// Changes timed to every agent.
+    changes: usize,
+    /// Connections opened at once while the fleet starts.
+    opening: usize,
+}
+
+impl Plan {
+    fn of(mode: Mode) -> Plan {
+        match mode {
+            Mode::Full => Plan {
+                hosts: 10_000,
+                domains: 500,
+                window: Duration::from_secs(20),
+                changes: 5,
+                opening: 200,
+            },
+            Mode::Quick => Plan {
+                hosts: 200,
+                domains: 10,
+                window: Duration::from_secs(3),
+                changes: 2,
+                opening: 50,
+            },
+        }
+    }
+}
+
+/// What every simulated agent reports into.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Heartbeat round trips (ms) seen while `measuring`.
+    rtts: Mutex<Vec<f32>>,
+    measuring: AtomicBool,
+    /// Heartbeats answered `ok = false`, keep-alive or watch streams that failed.
+    refused: AtomicUsize,
+    streams_failed: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    /// Agents whose session is open and whose watch stream is open.
+    ready: AtomicUsize,
+}
+
+/// One watch event, for timing changes.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    agent: usize,
+    revision: u64,
+    at: Instant,
+}
+
+/// The simulated fleet; dropping it ends every agent.
+struct SimAgents {
+    n: usize,
+    shared: Arc<Shared>,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
+    /// The agent that stops sending heartbeats ([`NOBODY`] for none); its connection stays
+    /// open, as a SIGSTOPped host's does.
+    silence: Arc<AtomicUsize>,
+    /// When each agent last sent a heartbeat, in microseconds after `base`.
+    last_beat: Arc<Vec<AtomicU64>>,
+    base: Instant,
+    _tasks: JoinSet<()>,
+}
+
+const NOBODY: usize = usize::MAX;
+
+async fn own_channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let mut last = None;
+    for _ in 0..20 {
+        match ep.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.expect("tried")).with_context(|| format!("cannot connect to {addr}"))
+}
+
+impl SimAgents {
+    /// Starts an agent per host (`i`-th on `members[i % len]`), `opening` at a time, and waits
+    /// until every one has its session and its watch stream, or `deadline` passes.
+    async fn start(
+        members: &[SocketAddr],
+        hosts: Vec<(String, Vec<proto::Package>)>,
+        opening: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<SimAgents> {
+        let started = Instant::now();
+        let n = hosts.len();
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let silence = Arc::new(AtomicUsize::new(NOBODY));
+        let base = Instant::now();
+        let last_beat: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let gate = Arc::new(tokio::sync::Semaphore::new(opening.max(1)));
+        let mut tasks = JoinSet::new();
+        for (i, (host, packages)) in hosts.into_iter().enumerate() {
+            let addr = members[i % members.len()];
+            let (shared, tx, silence, gate, last_beat) = (
+                shared.clone(),
+                tx.clone(),
+                silence.clone(),
+                gate.clone(),
+                last_beat.clone(),
+            );
+            tasks.spawn(async move {
+                let beat_clock = (last_beat, base);
+                let r = agent(
+                    i, addr, host, packages, &shared, tx, silence, beat_clock, gate,
+                )
+                .await;
+                if let Err(e) = r {
+                    shared.streams_failed.fetch_add(1, Ordering::Relaxed);
+                    *shared.last_error.lock().expect("lock") = Some(format!("{e:#}"));
+                }
+            });
+        }
+        drop(tx);
+        let sim = SimAgents {
+            n,
+            shared,
+            arrivals: rx,
+            silence,
+            last_beat,
+            base,
+            _tasks: tasks,
+        };
+        loop {
+            let ready = sim.shared.ready.load(Ordering::Relaxed);
+            if ready >= n {
+                return Ok(sim);
+            }
+            let failed = sim.shared.streams_failed.load(Ordering::Relaxed);
+            if failed > 0 || started.elapsed() > deadline {
+                anyhow::bail!(
+                    "only {ready} of {n} simulated agents started within {:?} ({failed} failed; last error: {})",
+                    started.elapsed(),
+                    sim.last_error().unwrap_or_else(|| "none".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().expect("lock").clone()
+    }
+
+    /// Forgets the watch events received so far.
+    fn drain(&mut self) {
+        while self.arrivals.try_recv().is_ok() {}
+    }
+
+    /// When each agent received revision `revision` (or later), after `t0`; the missing count.
+    async fn collect(
+        &mut self,
+        revision: u64,
+        t0: Instant,
+        deadline: Duration,
+    ) -> (Vec<f64>, usize) {
+        let mut done = vec![false; self.n];
+        let mut ms = Vec::with_capacity(self.n);
+        let end = t0 + deadline;
+        while ms.len() < self.n {
+            let a = match tokio::time::timeout_at(end, self.arrivals.recv()).await {
+                Ok(Some(a)) => a,
+                Ok(None) | Err(_) => break,
+            };
+            if a.revision >= revision && !done[a.agent] {
+                done[a.agent] = true;
+                ms.push(a.at.saturating_duration_since(t0).as_secs_f64() * 1e3);
+            }
+        }
+        let missing = self.n - ms.len();
+        (ms, missing)
+    }
+}
+
+/// One simulated agent: own connection, session, keep-alive stream and watch stream.
+#[allow(clippy::too_many_arguments)]
+async fn agent(
+    i: usize,
+    addr: SocketAddr,
+    host: String,
+    packages: Vec<proto::Package>,
+    shared: &Arc<Shared>,
+    tx: mpsc::UnboundedSender<Arrival>,
+    silence: Arc<AtomicUsize>,
+    beat_clock: (Arc<Vec<AtomicU64>>, Instant),
+    gate: Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<()> {
+    let permit = gate.acquire_owned().await?;
+    let ch = own_channel(addr).await?;
+    let mut client = AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+    let opened = client
+        .open_session(proto::OpenSessionRequest {
+            host: host.clone(),
+            packages,
+        })
+        .await
+        .with_context(|| format!("OpenSession for {host}"))?
+        .into_inner();
+    let every = (Duration::from_millis(opened.ttl_ms) / 3).max(Duration::from_millis(10));
+    let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+    let beats = {
+        let sent = sent.clone();
+        let beat = proto::Heartbeat {
+            session_id: opened.session_id,
+            host,
+        };
+        let silence = silence.clone();
+        futures::stream::unfold(true, move |first| {
+            let (beat, sent, silence) = (beat.clone(), sent.clone(), silence.clone());
+            let (last_beat, base) = (beat_clock.0.clone(), beat_clock.1);
+            async move {
+                if !first {
+                    tokio::time::sleep(every).await;
+                }
+                // A silenced agent stops sending but keeps its stream open.
+                while silence.load(Ordering::Relaxed) == i {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let now = Instant::now();
+                sent.lock().expect("lock").push_back(now);
+                last_beat[i].store(
+                    now.saturating_duration_since(base).as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+                Some((beat, false))
+            }
+        })
+    };
+    let mut acks = client.keep_alive(beats).await?.into_inner();
+    let mut watch = client
+        .watch(proto::WatchRequest {
+            from_revision: opened.revision,
+            host: String::new(),
+            history: String::new(),
+        })
+        .await?
+        .into_inner();
+    shared.ready.fetch_add(1, Ordering::Relaxed);
+    drop(permit);
+    let mut parts = proto::watch_parts::Reassembler::default();
+    loop {
+        tokio::select! {
+            ack = acks.message() => match ack? {
+                Some(a) => {
+                    let at = Instant::now();
+                    let t = sent.lock().expect("lock").pop_front();
+                    if !a.ok {
+                        shared.refused.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(t) = t {
+                        if shared.measuring.load(Ordering::Relaxed) {
+                            let ms = at.saturating_duration_since(t).as_secs_f64() * 1e3;
+                            shared.rtts.lock().expect("lock").push(ms as f32);
+                        }
+                    }
+                }
+                None => anyhow::bail!("the manager ended the keep-alive stream"),
+            },
+            ev = watch.message() => match ev? {
+                Some(ev) => {
+                    let at = Instant::now();
+                    if let Some(ev) = parts.push(ev)? {
+                        let _ = tx.send(Arrival { agent: i, revision: ev.revision, at });
+                    }
+                }
+                None => anyhow::bail!("the manager ended the watch stream"),
+            },
+        }
+    }
+}
+
+/// CPU cores a process used over `window` (CPU seconds / wall seconds).
+async fn cores_over(pids: &[u32], window: Duration) -> anyhow::Result<Vec<f64>> {
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    tokio::time::sleep(window).await;
+    let wall = t.elapsed().as_secs_f64();
+    let after: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<_, _>>()?;
+    Ok(before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b) / wall)
+        .collect())
+}
+
+/// Names of the figures of one setup.
+struct Names {
+    cpu: &'static str,
+    rss: &'static str,
+    rtt: &'static str,
+    false_expiries: &'static str,
+    silent: &'static str,
+    propagation: &'static str,
+}
+
+const ONE: Names = Names {
+    cpu: "heartbeat_manager_cpu_10k",
+    rss: "heartbeat_manager_rss_10k",
+    rtt: "heartbeat_rtt_p99_10k",
+    false_expiries: "heartbeat_false_expiries_10k",
+    silent: "heartbeat_silent_detect_10k",
+    propagation: "propagation_10k_own_connections_p99",
+};
+
+const GROUP: Names = Names {
+    cpu: "heartbeat_group_cpu_10k",
+    rss: "heartbeat_group_rss_10k",
+    rtt: "heartbeat_group_rtt_p99_10k",
+    false_expiries: "heartbeat_group_false_expiries_10k",
+    silent: "heartbeat_group_silent_detect_10k",
+    propagation: "propagation_group_10k_own_connections_p99",
+};
+
+/// Measures the `heartbeat_*` figures against one manager (`members == 1`) or a group of three.
+pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
+    let plan = Plan::of(mode);
+    let names = if members > 1 { GROUP } else { ONE };
+    let g = GeneratedFleet::new(plan.domains, plan.hosts, 8);
+    let with_manager: std::collections::BTreeSet<&str> = g.managers(1).into_iter().collect();
+    let mut builder = Fleet::from_topology(&g.to_yaml()).session_ttl("1s");
+    builder = if members > 1 {
+        builder.managers(members)
+    } else {
+        builder.manager()
+    };
+    let mut fleet = builder.start().await?;
+    let addrs: Vec<SocketAddr> = if members > 1 {
+        (0..members).map(|i| fleet.member_addr(i)).collect()
+    } else {
+        vec![fleet.manager_addr()]
+    };
+    let pids: Vec<u32> = if members > 1 {
+        fleet
+            .members()
+            .iter()
+            .filter_map(|m| m.proc.pid())
+            .collect()
+    } else {
+        fleet.manager().and_then(|m| m.pid()).into_iter().collect()
+    };
+    anyhow::ensure!(pids.len() == members, "a manager is not running");
+    let hosts: Vec<(String, Vec<proto::Package>)> = g
+        .host_names()
+        .map(|h| {
+            let pkgs = if with_manager.contains(h) {
+                vec![running(CCM, "127.0.0.1:7001")]
+            } else {
+                Vec::new()
+            };
+            (h.to_string(), pkgs)
+        })
+        .collect();
+    let victim_host = hosts
+        .iter()
+        .position(|(h, p)| p.is_empty() && !h.is_empty())
+        .unwrap_or(0);
+    let changed_host = hosts
+        .iter()
+        .find(|(_, p)| !p.is_empty())
+        .map(|(h, _)| h.clone())
+        .context("the generated fleet has no manager package")?;
+    let t = Instant::now();
+    let mut sim = SimAgents::start(
+        &addrs,
+        hosts.clone(),
+        plan.opening,
+        Duration::from_secs(240),
+    )
+    .await?;
+    let started_in = t.elapsed();
+
+    // Steady load: CPU, RSS and heartbeat round trips over the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.shared.rtts.lock().expect("lock").clear();
+    let refused_before = sim.shared.refused.load(Ordering::Relaxed);
+    sim.shared.measuring.store(true, Ordering::Relaxed);
+    let cores = cores_over(&pids, plan.window).await?;
+    sim.shared.measuring.store(false, Ordering::Relaxed);
+    let rss: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect::<Result<_, _>>()?;
+    let mut rtts: Vec<f64> = sim
+        .shared
+        .rtts
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|v| f64::from(*v))
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    let beats = rtts.len();
+
+    let mut cpu = Figure::new(names.cpu);
+    let mut rss_fig = Figure::new(names.rss);
+    let mut rtt = Figure::new(names.rtt);
+    let mut false_exp = Figure::new(names.false_expiries);
+    false_exp.sum_of_runs = true;
+    let mut silent = Figure::new(names.silent);
+    let mut prop = Figure::new(names.propagation);
+    let busiest = cores.iter().copied().fold(0.0, f64::max);
+    cpu.push(busiest);
+    rss_fig.push(rss.iter().copied().fold(0.0, f64::max));
+    rtt.push(stats::percentile_sorted(&rtts, 99.0));
+    let setup = format!(
+        "{} simulated agents ({} domains), each with its own TCP connection, session, keep-alive \
+         stream (a heartbeat every {} ms: the default 1 s TTL) and watch stream, {}; started in \
+         {:.1} s",
+        fmt_num(sim.n as f64),
+        plan.domains,
+        1000 / 3,
+        if members > 1 {
+            format!("spread evenly over {members} members")
+        } else {
+            "on one manager".to_string()
+        },
+        started_in.as_secs_f64()
+    );
+    for f in [
+        &mut cpu,
+        &mut rss_fig,
+        &mut rtt,
+        &mut false_exp,
+        &mut silent,
+        &mut prop,
+    ] {
+        f.note(setup.clone());
+    }
+    let per_member = |v: &[f64], unit: &str| {
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| format!("m{}: {x:.2} {unit}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    cpu.note(format!(
+        "CPU time of the manager process{} over {:.0} s of steady load (the busiest member{}): {}; \
+         {} heartbeats acknowledged in the window ({}/s); the simulated agents share the 2 cores",
+        if members > 1 { "es" } else { "" },
+        plan.window.as_secs_f64(),
+        if members > 1 { "'s value" } else { "" },
+        per_member(&cores, "cores"),
+        fmt_num(beats as f64),
+        fmt_num(beats as f64 / plan.window.as_secs_f64()),
+    ));
+    rss_fig.note(format!(
+        "VmRSS after the window: {}",
+        per_member(&rss, "MB")
+    ));
+    rtt.note(format!(
+        "heartbeat sent to its ack on its own stream, over {} heartbeats: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        fmt_num(beats as f64),
+        stats::percentile_sorted(&rtts, 50.0),
+        stats::percentile_sorted(&rtts, 99.0),
+        rtts.last().copied().unwrap_or(0.0)
+    ));
+
+    // One change to every agent on its own connection.
+    let mut admin = AdminClient::new(channel(addrs[0]).await?);
+    let mut problems = Vec::new();
+    for run in 0..plan.changes {
+        sim.drain();
+        let action = if run % 2 == 0 {
+            proto::PackageAction::Drain
+        } else {
+            proto::PackageAction::Restore
+        };
+        let t0 = Instant::now();
+        let resp = admin
+            .package_action(proto::PackageActionRequest {
+                host: changed_host.clone(),
+                r#type: CCM.into(),
+                action: action as i32,
+            })
+            .await?
+            .into_inner();
+        let (mut ms, missing) = sim
+            .collect(resp.revision, t0, Duration::from_secs(30))
+            .await;
+        anyhow::ensure!(
+            !ms.is_empty(),
+            "no agent received revision {}",
+            resp.revision
+        );
+        ms.sort_by(f64::total_cmp);
+        prop.push(stats::percentile_sorted(&ms, 99.0));
+        if missing > 0 {
+            problems.push(format!("change {}: {missing} agents missed it", run + 1));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    prop.note("timed from sending a drain/restore (to m1) to each agent's watch event of the new revision; p99 over agents, median of the changes".to_string());
+
+    // A host falls silent (its connection stays open): until every agent's watch hears it.
+    sim.drain();
+    let revision_before = admin
+        .list_hosts(proto::ListHostsRequest { stale: false })
+        .await?
+        .into_inner()
+        .revision;
+    sim.silence.store(victim_host, Ordering::Relaxed);
+    // Timed from the victim's last heartbeat (the next one it would have sent never goes).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let last = sim.last_beat[victim_host].load(Ordering::Relaxed);
+    let t0 = sim.base + Duration::from_micros(last);
+    let (mut ms, missing) = sim
+        .collect(revision_before + 1, t0, Duration::from_secs(10))
+        .await;
+    ms.sort_by(f64::total_cmp);
+    if let Some(p50) = (!ms.is_empty()).then(|| stats::percentile_sorted(&ms, 50.0)) {
+        silent.push(stats::percentile_sorted(&ms, 99.0));
+        silent.note(format!(
+            "{} stops heartbeating with its connection open (as a SIGSTOPped host); timed from \
+             its last heartbeat to each agent's watch event of the lapse: p50 {p50:.0} ms, p99 over agents; \
+             {missing} agents missed it",
+            hosts[victim_host].0
+        ));
+    } else {
+        silent.error = Some("no agent heard the silent host lapse within 10 s".into());
+    }
+
+    // False expiries: every other session must still be live.
+    let listing = admin
+        .list_hosts(proto::ListHostsRequest { stale: false })
+        .await?
+        .into_inner();
+    let lapsed: Vec<&str> = listing
+        .hosts
+        .iter()
+        .filter(|h| !h.session_live && h.host != hosts[victim_host].0)
+        .map(|h| h.host.as_str())
+        .collect();
+    let refused = sim.shared.refused.load(Ordering::Relaxed) - refused_before;
+    false_exp.push(lapsed.len() as f64);
+    false_exp.note(format!(
+        "sessions not live at the end other than the silenced host's: {}{}; heartbeats refused \
+         (session unknown) during the run: {refused}; streams failed: {}",
+        lapsed.len(),
+        if lapsed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (e.g. {})",
+                lapsed
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        sim.shared.streams_failed.load(Ordering::Relaxed)
+    ));
+    for p in problems {
+        prop.note(p);
+    }
+    drop(sim);
+    drop(fleet);
+    Ok(vec![cpu, rss_fig, rtt, false_exp, silent, prop])
+}
