@@ -131,6 +131,20 @@ pub const FIGURES: &[FigureDef] = &[
         "RouteTable::update_type: the routes of one manager type, 100,000 hosts (after a status change)",
     ),
     entry(
+        "topology_diff_10k",
+        "ms",
+        Target::None,
+        Group::Route,
+        "topology::diff of a 10,000-host fleet (what topology diff/apply compute)",
+    ),
+    entry(
+        "topology_diff_100k",
+        "ms",
+        Target::None,
+        Group::Route,
+        "topology::diff of a 100,000-host fleet: linear growth is 10x topology_diff_10k",
+    ),
+    entry(
         "resolve_rps_c1",
         "req/s",
         Target::None,

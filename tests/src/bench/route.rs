@@ -152,5 +152,46 @@ pub fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     if found == 0 {
         lookup.note("no lookup found a route: the table is empty (RouteTable::build incomplete?)");
     }
-    Ok(vec![lookup, rebuild, update])
+
+    // The topology diff (what `topology diff`/`apply` compute) at two sizes: linear growth
+    // means ten times the hosts cost about ten times the time.
+    let small_spec = match mode {
+        Mode::Full => FleetSpec::small(SEED, 10_000, 500),
+        Mode::Quick => FleetSpec::small(SEED, 100, 5),
+    };
+    let (small_topology, small_snapshot) = fleet(&small_spec);
+    let mut diffs = Vec::new();
+    for (name, t, snap) in [
+        ("topology_diff_10k", &small_topology, &small_snapshot),
+        ("topology_diff_100k", &topology, &snapshot),
+    ] {
+        let mut f = Figure::new(name);
+        f.note(format!(
+            "topology::diff of the generated {}-host fleet against the same topology (what \
+             applying the live topology computes): both route tables and every host and type \
+             compared",
+            fmt_num(t.summary().hosts as f64)
+        ));
+        for _ in 0..plan.rebuild_runs.min(5) {
+            let t0 = Instant::now();
+            let d = black_box(topology::diff(t, t, snap));
+            f.push(t0.elapsed().as_secs_f64() * 1e3);
+            if !d.route_changes.is_empty() {
+                f.note("a topology diffed against itself reported route changes");
+                break;
+            }
+        }
+        diffs.push(f);
+    }
+    if let (Some(a), Some(b)) = (diffs[0].value(), diffs[1].value()) {
+        let ratio = b / a.max(1e-9);
+        let hosts_ratio =
+            topology.summary().hosts as f64 / small_topology.summary().hosts.max(1) as f64;
+        diffs[1].note(format!(
+            "{hosts_ratio:.0}x the hosts of topology_diff_10k took {ratio:.1}x the time"
+        ));
+    }
+    let mut out = vec![lookup, rebuild, update];
+    out.extend(diffs);
+    Ok(out)
 }
