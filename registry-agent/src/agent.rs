@@ -121,7 +121,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let copy = match store.load() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "starting with an empty registry copy");
+            tracing::warn!(
+                error = %e,
+                data_dir = %config.data_dir.display(),
+                "the persisted registry copy is damaged: discarding it and starting from a fresh snapshot of the registry (the agent answers stale until a registry manager is reached)"
+            );
+            if let Err(e) = store.clear() {
+                tracing::error!(error = %e, "cannot clear the damaged registry copy; delete the data directory and restart the agent");
+            }
             RegistryCopy::default()
         }
     };

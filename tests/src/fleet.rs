@@ -706,6 +706,11 @@ impl Fleet {
     }
 
     /// The single manager's data directory.
+    pub fn agent_data_dir(&self, host: &str) -> PathBuf {
+        self.dir().join(format!("agent-{host}"))
+    }
+
+    /// The manager's data directory (one manager).
     pub fn manager_data_dir(&self) -> PathBuf {
         self.dir().join("manager-data")
     }

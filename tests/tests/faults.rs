@@ -461,3 +461,52 @@ async fn an_apply_that_removes_live_hosts_shows_who_moves_and_waits_for_yes() ->
         .await?;
     Ok(())
 }
+
+/// An agent whose persisted copy is damaged (one bit of a stored host entry flipped while it
+/// was down: protobuf would still decode it) notices at start, says so, discards the copy and
+/// resyncs from a full snapshot: it routes as the registry says, not as the damaged copy did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_agent_copy_is_detected_logged_and_replaced_by_a_fresh_snapshot(
+) -> anyhow::Result<()> {
+    let mut fleet = three_agents().await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    fleet.agent("agent-4")?.proc.kill();
+    let store = fleet.agent_data_dir("agent-4").join("registry-copy");
+    {
+        let db = sled::open(&store)?;
+        let tree = db.open_tree("copy")?;
+        let key = b"host/agent-3";
+        let mut v = tree
+            .get(key)?
+            .ok_or_else(|| anyhow::anyhow!("agent-4's copy has no agent-3 entry"))?
+            .to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        tree.insert(key, v)?;
+        db.flush()?;
+    }
+    fleet.restart_agent("agent-4").await?;
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        // Until the fresh snapshot arrives the copy is empty and resolve says so.
+        let r = fleet.resolve("agent-4", CCM).await;
+        if matches!(&r, Ok(r) if r.chosen.as_deref() == Some("agent-3") && !r.stale) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "agent-4 did not resync: {r:?}\n{}",
+            fleet.agent_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = fleet.agent_logs();
+    assert!(
+        logs.contains("the persisted registry copy is damaged")
+            && logs.contains("\"host/agent-3\" does not match its checksum"),
+        "agent-4 did not say what was damaged:\n{logs}"
+    );
+    Ok(())
+}
