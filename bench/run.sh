@@ -6,6 +6,7 @@
 #   bash bench/run.sh all --json           # one JSON document, one object per figure
 #   bash bench/run.sh all --markdown       # the table and notes for BENCHMARKS.md
 #   bash bench/run.sh all --quick          # tiny sizes, a few seconds: a smoke run only
+#   bash bench/run.sh soak --minutes 60    # the churn soak: RSS, data size, false expiries over time
 #
 # Builds the workspace in release mode first, so that the manager, the agent, the stand-in
 # packages and fleet-bench are the same release build side by side (fleet-bench finds the

@@ -706,6 +706,11 @@ impl Fleet {
     }
 
     /// The single manager's data directory.
+    pub fn member_data_dir(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("m{}-data", i + 1))
+    }
+
+    /// The data directory of the agent of `host`.
     pub fn agent_data_dir(&self, host: &str) -> PathBuf {
         self.dir().join(format!("agent-{host}"))
     }

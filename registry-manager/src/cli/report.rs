@@ -104,11 +104,15 @@ pub fn usage_message(text: &str) -> String {
 /// What is printed on stderr for a failed command: one line (after the located errors of an
 /// invalid file), or one JSON object.
 pub fn error_report(err: &anyhow::Error, json: bool) -> String {
-    // One line: the reason, with its causes joined.
+    // One line: the reason, with its causes joined; a cause the line already quotes (an
+    // error whose message includes its source) is not repeated.
     let mut line = err.to_string();
     for cause in err.chain().skip(1) {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
     }
     let line = line.replace('\n', "; ");
     let invalid = err.downcast_ref::<InvalidFile>();
@@ -210,6 +214,21 @@ fn undocumented(cmd: &mut clap::Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("registry data in /d: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let inner = std::io::Error::other("cannot create the data directory");
+        let err = anyhow::Error::new(Outer { source: inner }).context("serve");
+        assert_eq!(
+            error_report(&err, false).trim_end(),
+            "registry-manager: serve: registry data in /d: cannot create the data directory"
+        );
+    }
 
     #[test]
     fn every_argument_and_subcommand_of_the_command_line_has_help() {

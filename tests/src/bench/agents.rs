@@ -57,7 +57,16 @@ pub struct SessionSet {
     pub ttl: Duration,
     /// Heartbeats answered `ok = false`, and keep-alive streams that failed.
     pub keepalive_failures: Arc<AtomicUsize>,
+    /// Set on drop: every keep-alive stream ends (the request stream is driven by the
+    /// connection, so aborting the tasks alone would let heartbeats go on).
+    stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: JoinSet<()>,
+}
+
+impl Drop for SessionSet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl SessionSet {
@@ -111,6 +120,7 @@ impl SessionSet {
             .unwrap_or(Duration::from_secs(1));
         let every = (ttl / 3).max(Duration::from_millis(10));
         let failures = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ka_chans = channels(manager, sessions.len().div_ceil(STREAMS_PER_CHANNEL)).await?;
         let mut tasks = JoinSet::new();
         let opened = sessions.len();
@@ -121,12 +131,16 @@ impl SessionSet {
                 session_id: r.session_id,
                 host,
             };
+            let stop = stop.clone();
             tasks.spawn(async move {
                 let beats = futures::stream::unfold(true, move |first| {
-                    let beat = beat.clone();
+                    let (beat, stop) = (beat.clone(), stop.clone());
                     async move {
                         if !first {
                             tokio::time::sleep(every).await;
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return None;
                         }
                         Some((beat, false))
                     }
@@ -154,6 +168,7 @@ impl SessionSet {
             opened,
             ttl,
             keepalive_failures: failures,
+            stop,
             tasks,
         })
     }

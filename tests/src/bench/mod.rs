@@ -28,6 +28,7 @@ pub mod propagation;
 pub mod report;
 pub mod resolve;
 pub mod route;
+pub mod soak;
 pub mod stats;
 pub mod system;
 pub mod writes;

@@ -1,3 +1,5 @@
+//! `fleet-bench soak [--minutes N]`: the long churn run (see `tests::bench::soak`).
+//!
 //! `fleet-bench [all|GROUP|FIGURE...] [--quick] [--json|--markdown] [--list]`: measures every
 //! figure of the performance targets (BENCHMARKS.md) on loopback with the real binaries built next to it (use `bench/run.sh`,
 //! which builds them in release mode first) and prints figure, value, target, met.
@@ -25,6 +27,35 @@ struct Args {
     /// List the groups and figures, then exit.
     #[arg(long)]
     list: bool,
+    /// With `soak`: how long the churn runs, in minutes.
+    #[arg(long, default_value_t = 60)]
+    minutes: u64,
+}
+
+/// `fleet-bench soak`: the long churn run (not a figure; its report is a time series).
+fn soak(minutes: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(bench::soak::run(minutes));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-bench: soak: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,6 +63,9 @@ fn main() -> ExitCode {
     if args.list {
         print!("{}", bench::list());
         return ExitCode::SUCCESS;
+    }
+    if args.figures == ["soak"] {
+        return soak(args.minutes);
     }
     let selection = match Selection::parse(&args.figures) {
         Ok(s) => s,
