@@ -17,6 +17,8 @@
 //! - [`service`]: the `AgentRegistry` and `Admin` gRPC services.
 //! - `http` / `metrics`: the HTTP side port (`/metrics` in the Prometheus text format,
 //!   `/healthz`), one metrics registry per manager.
+//! - [`status`] (pure: the status page's model, an operator action's blast radius) and `page`
+//!   (the page at `/`, its JSON and event endpoints, the admin buttons and who may use them).
 //! - `server`: [`start`] / [`run`] / [`RunningManager`].
 //!
 //! **Invariants**: a write is acknowledged only once it is durable on a majority of the group;
@@ -36,12 +38,14 @@ pub mod hook;
 mod http;
 pub mod log_record;
 mod metrics;
+mod page;
 pub mod raft;
 mod server;
 pub mod service;
 pub mod session_id;
 pub mod sessions;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod watch;
 pub mod wire;

@@ -60,6 +60,15 @@ pub fn action_from_proto(value: i32) -> Result<OperatorAction, RegistryError> {
     }
 }
 
+/// An operator action for the wire (the status page's buttons call the `Admin` service).
+pub fn action_to_proto(action: OperatorAction) -> pb::PackageAction {
+    match action {
+        OperatorAction::Drain => pb::PackageAction::Drain,
+        OperatorAction::Withdraw => pb::PackageAction::Withdraw,
+        OperatorAction::Restore => pb::PackageAction::Restore,
+    }
+}
+
 /// The packages of an `OpenSession` request, validated.
 pub fn registrations_from_proto(
     packages: Vec<pb::Package>,

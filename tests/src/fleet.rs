@@ -206,6 +206,8 @@ pub struct FleetBuilder {
     check: String,
     relays: bool,
     grpc: bool,
+    /// The single manager serves its HTTP side port (status page, metrics) on a free port.
+    manager_http: bool,
 }
 
 impl FleetBuilder {
@@ -289,6 +291,13 @@ impl FleetBuilder {
         self
     }
 
+    /// The (single) manager serves its HTTP side port — status page, `/metrics`, `/healthz` —
+    /// on a free loopback port ([`Fleet::manager_http_url`]); off otherwise.
+    pub fn manager_http(mut self) -> Self {
+        self.manager_http = true;
+        self
+    }
+
     /// Starts every process and waits until each agent answers on its local API.
     pub async fn start(self) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("fleet-").tempdir()?;
@@ -304,7 +313,11 @@ impl FleetBuilder {
             topology_path,
             dir: Some(dir),
             spec: self.clone(),
+            manager_http: None,
         };
+        if self.manager_http {
+            fleet.manager_http = Some(loopback(free_port()?));
+        }
         if self.manager && self.members > 1 {
             fleet.start_group(self.members).await?;
         } else if self.manager {
@@ -363,6 +376,8 @@ pub struct Fleet {
     topology_path: PathBuf,
     dir: Option<tempfile::TempDir>,
     spec: FleetBuilder,
+    /// The manager's HTTP side port, when the builder asked for one.
+    manager_http: Option<SocketAddr>,
 }
 
 impl Fleet {
@@ -381,6 +396,7 @@ impl Fleet {
             check: "{ interval: 100ms, fall: 2, rise: 2 }".into(),
             relays: false,
             grpc: false,
+            manager_http: false,
         }
     }
 
@@ -393,8 +409,19 @@ impl Fleet {
         self.manager_addr
     }
 
+    /// The manager's HTTP side port, `http://127.0.0.1:PORT`, when built with
+    /// [`FleetBuilder::manager_http`] (the same port across restarts).
+    pub fn manager_http_url(&self) -> Option<String> {
+        self.manager_http_addr().map(|a| format!("http://{a}"))
+    }
+
+    /// The address of the manager's HTTP side port (see [`Fleet::manager_http_url`]).
+    pub fn manager_http_addr(&self) -> Option<SocketAddr> {
+        self.manager_http
+    }
+
     fn manager_proc(&self) -> anyhow::Result<Proc> {
-        let args = vec![
+        let mut args = vec![
             "serve".into(),
             "--listen".into(),
             self.manager_addr.to_string(),
@@ -408,6 +435,9 @@ impl Fleet {
             "--http-listen".into(),
             "none".into(),
         ];
+        if let Some(http) = self.manager_http_addr() {
+            *args.last_mut().expect("an --http-listen value") = http.to_string();
+        }
         Ok(Proc::new(
             "registry-manager",
             bin_path("registry-manager")?,
