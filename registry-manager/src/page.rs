@@ -193,8 +193,9 @@ fn group_view(ha: pb::HaStatusResponse) -> GroupView {
                 role: m.role,
                 state: m.state,
                 applied_revision: m.applied_revision,
+                // Not `last_contact_ms`: it changes every moment, and the page is sent
+                // again only when what it shows changed.
                 lag: m.lag,
-                last_contact_ms: m.last_contact_ms,
             })
             .collect(),
     }

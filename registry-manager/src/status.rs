@@ -150,8 +150,6 @@ pub struct MemberView {
     pub applied_revision: u64,
     /// Log entries behind the leader.
     pub lag: u64,
-    /// Since it last heard the leader (or a majority, for the leader), in milliseconds.
-    pub last_contact_ms: Option<u64>,
 }
 
 /// Builds the page's model. `package_type`: the type asked for; an unknown or missing one

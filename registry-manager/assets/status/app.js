@@ -24,6 +24,11 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// Replaces the children of `node`, skipping null ones.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
 function badge(text) {
   return el("span", { class: "badge s-" + text }, text);
 }
@@ -64,15 +69,14 @@ function render() {
     ? "admin buttons on (loopback)"
     : "read-only: admin buttons work only from the manager's own machine";
   renderTypes(m);
-  const moving = new Set();
-  $("tree").replaceChildren(m.tree ? domain(m.tree, m) : el("p", { class: "muted" }, "No topology applied yet."));
-  $("unplaced").replaceChildren(
+  fill($("tree"), m.tree ? domain(m.tree, m) : el("p", { class: "muted" }, "No topology applied yet."));
+  fill($("unplaced"),
     m.unplaced.length
       ? el("div", { class: "domain" }, el("div", { class: "dname" }, "not in the topology"),
            el("div", { class: "hosts" }, m.unplaced.map((h) => host(h, m))))
       : null);
   renderGroup(m);
-  renderCoverage(m, moving);
+  renderCoverage(m);
 }
 
 function renderTypes(m) {
@@ -136,10 +140,9 @@ function renderGroup(m) {
   const rows = g.members.map((mem) => el("tr", {
       class: mem.role === "leader" ? "leader" : "", "data-member": mem.name, "data-role": mem.role },
     el("td", {}, mem.name), el("td", {}, mem.role), el("td", {}, mem.state),
-    el("td", {}, mem.applied_revision), el("td", {}, mem.lag),
-    el("td", {}, mem.last_contact_ms === null || mem.last_contact_ms === undefined ? "–" : mem.last_contact_ms + " ms")));
+    el("td", {}, mem.applied_revision), el("td", {}, mem.lag)));
   const table = el("table", {},
-    el("thead", {}, el("tr", {}, ["member", "role", "state", "revision", "lag", "contact"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["member", "role", "state", "revision", "lag"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows));
   let move = null;
   const others = g.members.filter((mem) => mem.voter && mem.role !== "leader");
@@ -150,14 +153,14 @@ function renderGroup(m) {
     move = el("p", {}, "Move leadership to ", sel, " ",
       el("button", { type: "button", id: "failover", onclick: () => failover(sel.value) }, "move leadership"));
   }
-  $("group").replaceChildren(
+  fill($("group"),
     el("p", {}, "leader ", el("b", { id: "leader" }, g.leader || "none known"), ", term " + g.term),
     table, move);
 }
 
 function renderCoverage(m) {
   const c = m.coverage;
-  if (!c) { $("coverage").replaceChildren(el("p", { class: "muted" }, "No manager type is running.")); return; }
+  if (!c) { fill($("coverage"), el("p", { class: "muted" }, "No manager type is running.")); return; }
   const parts = [];
   parts.push(el("p", { class: c.no_manager.length ? "spof" : "muted" },
     c.no_manager.length ? "No eligible " + m.type + ": " + c.no_manager.join(", ") : "Every host has an eligible " + m.type + "."));
@@ -172,7 +175,7 @@ function renderCoverage(m) {
       el("ul", {}, load.moves.map((mv) => el("li", { "data-moves": mv.host },
         mv.host + " → " + (mv.to || "nothing (no other eligible manager)"))))));
   }
-  $("coverage").replaceChildren(...parts);
+  fill($("coverage"), ...parts);
 }
 
 // Asks for a confirmation showing `lines`; resolves true on Confirm.
@@ -180,7 +183,7 @@ function confirmDialog(title, lines) {
   return new Promise((resolve) => {
     const d = $("confirm");
     $("confirm-title").textContent = title;
-    $("confirm-body").replaceChildren(...lines);
+    fill($("confirm-body"), lines);
     d.returnValue = "";
     d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true });
     d.showModal();
