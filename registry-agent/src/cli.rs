@@ -1,5 +1,5 @@
 //! The `registry-agent` command line: `run --config FILE`, `resolve TYPE`, `routes`,
-//! `completions SHELL`, `man [--dir DIR]`.
+//! `watch [TYPE]`, `completions SHELL`, `man [--dir DIR]`.
 //!
 //! The same language as `registry-manager`'s:
 //! - exit 0: done; [`EXIT_FAILURE`] (1): the command could not do its work (an invalid
@@ -76,6 +76,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print every route change of the agent as it happens, one line each, until Ctrl-C; reconnects after an agent restart.
+    Watch {
+        /// Only this manager type (default: every type the agent knows when it connects).
+        #[arg(value_name = "TYPE")]
+        package_type: Option<String>,
+        /// The agent's local API address: HOST:PORT or http://HOST:PORT.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+        agent: String,
+        /// One JSON object per line: {"type", "chosen", "endpoint", "route", "revision", "stale", "reason"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
         /// The shell to complete for.
@@ -135,6 +147,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             json,
         } => client_command(&agent, |c, addr| resolve(c, addr, package_type, json)),
         Command::Routes { agent, json } => client_command(&agent, |c, _| routes(c, json)),
+        Command::Watch {
+            package_type,
+            agent,
+            json,
+        } => watch(&agent, package_type.as_deref(), json),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), BIN, &mut out);
@@ -340,6 +357,22 @@ pub fn host_port(addr: &str) -> Result<&str, String> {
     Ok(rest)
 }
 
+/// `watch`: follows the agent until Ctrl-C or SIGTERM (exit 0).
+fn watch(agent: &str, package_type: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
+    let addr = host_port(agent)?.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        tokio::select! {
+            _ = crate::route_watch::follow(&addr, package_type, json) => {}
+            _ = wait_for_signal() => {}
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
 type Client = AgentClient<tonic::transport::Channel>;
 
 /// What a client command prints on stdout, and its exit code.
@@ -526,6 +559,7 @@ mod tests {
                 "registry-agent-resolve.1",
                 "registry-agent-routes.1",
                 "registry-agent-run.1",
+                "registry-agent-watch.1",
                 "registry-agent.1",
             ]
         );

@@ -5,6 +5,8 @@
 //! - [`command`]: the commands of the state machine (pure data, logged).
 //! - [`state`]: the registry as a deterministic state machine (`check`, then pure `apply`).
 //! - [`delta`]: what one revision changed.
+//! - [`events`]: a watcher's copy and the changes each revision makes to it, in words and
+//!   JSON (`registry-manager events`; pure).
 //! - [`store`]: the member's sled database (checksummed records, conversion of old data).
 //! - [`log_record`]: the record of the single-manager format, read once when converting.
 //! - [`raft`]: openraft's types, the log store, the replicated state machine, the network.
@@ -31,6 +33,7 @@ pub mod command;
 pub mod delta;
 mod engine;
 pub mod error;
+pub mod events;
 mod expiry;
 pub mod group;
 mod group_tasks;
