@@ -53,6 +53,9 @@ pub enum Command {
         /// The agent configuration file (YAML; every key is described in docs/agent.md).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Log lines on stderr as text (colour only on a terminal) or as one JSON object per line; RUST_LOG filters them (default info).
+        #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Ask the running agent for the route it uses now to a manager type, and why.
     Resolve {
@@ -102,6 +105,15 @@ pub enum Command {
     },
 }
 
+/// How the daemon writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
 /// Why a command failed: its one-line reason (located errors of a file are printed before it).
 #[derive(Debug)]
 struct Failure {
@@ -140,7 +152,7 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
-        Command::Run { config } => run_daemon(config),
+        Command::Run { config, log_format } => run_daemon(config, log_format),
         Command::Resolve {
             package_type,
             agent,
@@ -281,7 +293,7 @@ pub fn undocumented(cmd: &mut clap::Command) -> Vec<String> {
     out
 }
 
-fn run_daemon(config_path: PathBuf) -> Result<ExitCode, Failure> {
+fn run_daemon(config_path: PathBuf, log_format: LogFormat) -> Result<ExitCode, Failure> {
     let config = match AgentConfig::load(&config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -297,10 +309,16 @@ fn run_daemon(config_path: PathBuf) -> Result<ExitCode, Failure> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    {
+        use std::io::IsTerminal;
+        match log_format {
+            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Json => builder.json().with_ansi(false).init(),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
