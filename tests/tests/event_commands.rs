@@ -222,3 +222,59 @@ async fn agent_watch_prints_each_route_change_and_goes_on_after_an_agent_restart
         .await?;
     watch.interrupt().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_events_follow_a_group_failover_to_another_member() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = worked_example::fleet("300ms").managers(3).start().await?;
+    let leader = fleet.wait_leader(None, DEADLINE).await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), DEADLINE)
+        .await?;
+    fleet
+        .wait_chosen("agent-2", CCM, Some("agent-1"), DEADLINE)
+        .await?;
+    // The leader first: killing it is a failover.
+    let mut order = vec![leader];
+    order.extend((0..3).filter(|i| *i != leader));
+    let addrs: Vec<String> = order
+        .iter()
+        .map(|i| fleet.member_addr(*i).to_string())
+        .collect();
+    let mut args = vec!["events", "--json"];
+    for a in &addrs {
+        args.push("--manager");
+        args.push(a);
+    }
+    let mut events = Follower::spawn("registry-manager", &args)?;
+    events.wait_stderr("watching").await?;
+    fleet.operator(&["package", "drain", "--host", "agent-3", "--type", CCM])?;
+    events
+        .wait_line("agent-3 draining", |v| {
+            status_change(v, "agent-3", "draining")
+        })
+        .await?;
+
+    fleet.members()[leader].proc.kill();
+    fleet.wait_leader(Some(leader), DEADLINE).await?;
+    fleet.operator(&["package", "restore", "--host", "agent-3", "--type", CCM])?;
+    let restored = events
+        .wait_line("agent-3 running again, from another member", |v| {
+            status_change(v, "agent-3", "running")
+        })
+        .await?;
+    assert!(
+        restored.get("resync").is_none(),
+        "resumed with deltas: {restored}"
+    );
+    let revisions: Vec<u64> = events
+        .seen
+        .iter()
+        .filter_map(|v| v["revision"].as_u64())
+        .collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "revisions printed out of order or twice: {revisions:?}"
+    );
+    events.interrupt().await
+}
