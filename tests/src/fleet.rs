@@ -291,8 +291,9 @@ impl FleetBuilder {
         self
     }
 
-    /// The (single) manager serves its HTTP side port — status page, `/metrics`, `/healthz` —
-    /// on a free loopback port ([`Fleet::manager_http_url`]); off otherwise.
+    /// The manager serves its HTTP side port — status page, `/metrics`, `/healthz` — on a free
+    /// loopback port ([`Fleet::manager_http_url`]; in a group every member,
+    /// [`Fleet::member_http_url`]); off otherwise.
     pub fn manager_http(mut self) -> Self {
         self.manager_http = true;
         self
@@ -314,8 +315,9 @@ impl FleetBuilder {
             dir: Some(dir),
             spec: self.clone(),
             manager_http: None,
+            member_http: Vec::new(),
         };
-        if self.manager_http {
+        if self.manager_http && self.members <= 1 {
             fleet.manager_http = Some(loopback(free_port()?));
         }
         if self.manager && self.members > 1 {
@@ -376,8 +378,10 @@ pub struct Fleet {
     topology_path: PathBuf,
     dir: Option<tempfile::TempDir>,
     spec: FleetBuilder,
-    /// The manager's HTTP side port, when the builder asked for one.
+    /// The manager's HTTP side port, when the builder asked for one (in a group: member 0's).
     manager_http: Option<SocketAddr>,
+    /// Every member's HTTP side port, in a group built with `.manager_http()`.
+    member_http: Vec<SocketAddr>,
 }
 
 impl Fleet {
@@ -413,6 +417,16 @@ impl Fleet {
     /// [`FleetBuilder::manager_http`] (the same port across restarts).
     pub fn manager_http_url(&self) -> Option<String> {
         self.manager_http_addr().map(|a| format!("http://{a}"))
+    }
+
+    /// The HTTP side port of group member `i`, `http://127.0.0.1:PORT`, in a group built with
+    /// [`FleetBuilder::manager_http`].
+    pub fn member_http_url(&self, i: usize) -> Option<String> {
+        self.member_http_addr(i).map(|a| format!("http://{a}"))
+    }
+
+    fn member_http_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.member_http.get(i).copied()
     }
 
     /// The address of the manager's HTTP side port (see [`Fleet::manager_http_url`]).
@@ -478,6 +492,12 @@ impl Fleet {
 
     /// Starts a group of `n` members: relays between every pair, a config file each.
     async fn start_group(&mut self, n: usize) -> anyhow::Result<()> {
+        if self.spec.manager_http {
+            self.member_http = (0..n)
+                .map(|_| free_port().map(loopback))
+                .collect::<anyhow::Result<_>>()?;
+            self.manager_http = self.member_http.first().copied();
+        }
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|_| free_port().map(loopback))
             .collect::<anyhow::Result<_>>()?;
@@ -513,7 +533,7 @@ impl Fleet {
             );
             let path = self.dir().join(format!("m{}.yaml", i + 1));
             std::fs::write(&path, config)?;
-            let proc = Proc::new(
+            let mut proc = Proc::new(
                 &format!("registry-manager m{}", i + 1),
                 bin_path("registry-manager")?,
                 vec![
@@ -523,6 +543,11 @@ impl Fleet {
                 ],
                 self.dir().join(format!("m{}.log", i + 1)),
             );
+            if let Some(http) = self.member_http_addr(i) {
+                // The flag wins over `http_listen: none` in the file.
+                proc.args
+                    .extend(["--http-listen".to_string(), http.to_string()]);
+            }
             self.members.push(Member {
                 name: format!("m{}", i + 1),
                 proc,

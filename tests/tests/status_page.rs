@@ -321,3 +321,120 @@ async fn the_drain_button_asks_with_the_blast_radius_and_drains() -> anyhow::Res
     page.close().await?;
     Ok(())
 }
+
+/// Waits until the page's `#leader` shows a name that `want` accepts; returns it.
+async fn wait_leader_shown(
+    page: &Client,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    wait_until(what, SETTLE, || async {
+        let text = page
+            .find(Locator::Css("#leader"))
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if want(&text) {
+            Ok(text)
+        } else {
+            Err(format!("leader shown: {text:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_fails_over_on_the_page_and_the_move_leadership_button_moves_it(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = worked_example::fleet("300ms")
+        .managers(3)
+        .manager_http()
+        .start()
+        .await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    // The page is open on a member that stays up; leadership moves to the third one.
+    let viewer = (0..3).find(|i| *i != leader).expect("three members");
+    let target = (0..3)
+        .find(|i| *i != leader && *i != viewer)
+        .expect("three members");
+    let (leader_name, target_name) = (
+        fleet.member_name(leader).to_owned(),
+        fleet.member_name(target).to_owned(),
+    );
+    let driver = Driver::start().await?;
+    let page = driver.browser().await?;
+    page.goto(&fleet.member_http_url(viewer).context("HTTP port")?)
+        .await?;
+    wait_leader_shown(&page, "the first leader on the page", |l| l == leader_name).await?;
+    for i in 0..3 {
+        let css = format!("tr[data-member=\"{}\"]", fleet.member_name(i));
+        let role = if i == leader { "leader" } else { "follower" };
+        wait_attr(&page, &css, "data-role", role, SETTLE).await?;
+    }
+    page.execute("window.notReloaded = true;", vec![]).await?;
+
+    // The button, confirmed: leadership moves to the chosen member.
+    wait_attr(&page, "body", "data-admin", "yes", SETTLE).await?;
+    wait_until("the leadership choice", SETTLE, || async {
+        let sel = page
+            .find(Locator::Css("#failover-to"))
+            .await
+            .map_err(|e| e.to_string())?;
+        sel.select_by_value(&target_name)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    click(&page, "#failover").await?;
+    let radius = page
+        .wait()
+        .at_most(SETTLE)
+        .for_element(Locator::Css("#confirm[open] #blast-radius"))
+        .await?;
+    assert_eq!(radius.attr("data-moves").await?.as_deref(), Some("0"));
+    let body = page
+        .find(Locator::Css("#confirm-body"))
+        .await?
+        .text()
+        .await?;
+    assert!(body.contains(&target_name), "{body}");
+    click(&page, "#confirm-ok").await?;
+    let moved = fleet.wait_leader(Some(leader), SETTLE).await?;
+    assert_eq!(
+        moved, target,
+        "the group's leader (ha status) after the button"
+    );
+    wait_leader_shown(&page, "the moved leader on the page", |l| l == target_name).await?;
+
+    // The new leader is lost: the page shows the failover by itself.
+    fleet.members()[target].proc.kill();
+    let after = wait_leader_shown(&page, "a leader elected after the loss", |l| {
+        l != target_name && l != "none known" && !l.is_empty()
+    })
+    .await?;
+    wait_attr(
+        &page,
+        &format!("tr[data-member=\"{target_name}\"]"),
+        "data-role",
+        "unreachable",
+        SETTLE,
+    )
+    .await?;
+    wait_attr(
+        &page,
+        &format!("tr[data-member=\"{after}\"]"),
+        "data-role",
+        "leader",
+        SETTLE,
+    )
+    .await?;
+    let kept = page
+        .execute("return window.notReloaded === true;", vec![])
+        .await?;
+    assert_eq!(kept, json!(true), "the page was reloaded");
+    page.close().await?;
+    Ok(())
+}

@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 let model = null;
 let source = null;
 let chosenType = new URLSearchParams(location.search).get("type") || "";
+let failoverTo = "";
 
 // Builds an element; children may be strings, nodes, arrays or null.
 function el(tag, attrs, ...children) {
@@ -147,9 +148,11 @@ function renderGroup(m) {
   let move = null;
   const others = g.members.filter((mem) => mem.voter && mem.role !== "leader");
   if (m.admin && others.length) {
-    const sel = el("select", { id: "failover-to" },
+    const sel = el("select", { id: "failover-to", onchange: (e) => { failoverTo = e.target.value; } },
       el("option", { value: "" }, "most up-to-date voter"),
       others.map((mem) => el("option", { value: mem.name }, mem.name)));
+    // A redraw keeps the person's choice while it is still a candidate.
+    sel.value = others.some((mem) => mem.name === failoverTo) ? failoverTo : "";
     move = el("p", {}, "Move leadership to ", sel, " ",
       el("button", { type: "button", id: "failover", onclick: () => failover(sel.value) }, "move leadership"));
   }
