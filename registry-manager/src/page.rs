@@ -328,11 +328,11 @@ async fn admin_package(
     match AdminService::new(engine).package_action(request).await {
         Ok(r) => {
             let revision = r.into_inner().revision;
-            tracing::info!(who, %peer, what, host = %req.host, r#type = %req.package_type, revision, "admin write");
+            tracing::info!(who, %peer, what, host = %req.host, package_type = %req.package_type, revision, "admin write");
             Json(json!({ "revision": revision })).into_response()
         }
         Err(s) => {
-            tracing::warn!(who, %peer, what, host = %req.host, r#type = %req.package_type, error = %s.message(), "admin write refused");
+            tracing::warn!(who, %peer, what, host = %req.host, package_type = %req.package_type, error = %s.message(), "admin write refused");
             status_response(s)
         }
     }
