@@ -171,8 +171,16 @@ function renderCoverage(m) {
     parts.push(el("p", { class: "spof" }, "Only one eligible manager (a single point of failure): ",
       c.single.map(([h, mgr]) => h + " → " + mgr).join(", ")));
   }
+  // Pointing at a manager's list marks, in the tree, the hosts that would move.
+  const mark = (load, on) => {
+    for (const mv of load.moves) {
+      const h = document.querySelector('.host[data-host="' + CSS.escape(mv.host) + '"]');
+      if (h) h.classList.toggle("moving", on);
+    }
+  };
   for (const load of c.managers) {
-    parts.push(el("details", { class: "loss", "data-manager": load.manager, open: true },
+    parts.push(el("details", { class: "loss", "data-manager": load.manager, open: true,
+        onmouseenter: () => mark(load, true), onmouseleave: () => mark(load, false) },
       el("summary", {}, "If ", el("b", {}, load.manager), " were lost: ",
         load.moves.length + (load.moves.length === 1 ? " host moves" : " hosts move")),
       el("ul", {}, load.moves.map((mv) => el("li", { "data-moves": mv.host },
