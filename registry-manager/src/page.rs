@@ -154,7 +154,8 @@ async fn api_status(
     Query(q): Query<StatusQuery>,
 ) -> Response {
     let admin = authorize_http_admin(peer, &headers).is_ok();
-    match model(&engine, q.package_type, admin).await {
+    let group = group_now(&engine).await;
+    match model(&engine, group, q.package_type, admin).await {
         Ok(m) => Json(m).into_response(),
         Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -163,10 +164,10 @@ async fn api_status(
 /// The current model, computed off the async threads.
 async fn model(
     engine: &Engine,
+    group: GroupView,
     package_type: Option<String>,
     admin: bool,
 ) -> Result<StatusModel, String> {
-    let group = group_view(engine.ha_status(false).await);
     let guard = engine.state_lock().clone().read_owned().await;
     let name = engine.name().to_owned();
     let mut m = tokio::task::spawn_blocking(move || {
@@ -176,6 +177,11 @@ async fn model(
     .map_err(|e| format!("the status model failed: {e}"))?;
     m.admin = admin;
     Ok(m)
+}
+
+/// The group as this member sees it now (asks the other members, a second at most each).
+async fn group_now(engine: &Engine) -> GroupView {
+    group_view(engine.ha_status(false).await)
 }
 
 /// The one conversion of `ha status` to the page's view.
@@ -211,36 +217,64 @@ async fn api_events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let admin = authorize_http_admin(peer, &headers).is_ok();
     let changes = engine.hub().subscribe();
-    let stream = futures::stream::unfold(
-        (engine, changes, q.package_type, String::new(), true),
-        move |(engine, mut changes, ty, last, first)| async move {
-            let cancel = engine.cancel_token().clone();
-            if !first {
-                tokio::time::sleep(MIN_GAP).await;
-            }
-            loop {
-                let json = match model(&engine, ty.clone(), admin).await {
-                    Ok(m) => serde_json::to_string(&m).unwrap_or_default(),
-                    Err(e) => json!({ "error": e }).to_string(),
-                };
-                if json != last {
-                    let ev = Event::default().event("status").data(json.clone());
-                    return Some((Ok(ev), (engine, changes, ty, json, false)));
+    /// What one event stream carries from one event to the next.
+    struct Follow {
+        engine: Engine,
+        changes: tokio::sync::broadcast::Receiver<pb::WatchEvent>,
+        package_type: Option<String>,
+        /// The JSON last sent.
+        last: String,
+        /// The group's view, asked at most every `GROUP_POLL`: a registry change is shown at
+        /// once even while a member is slow to answer.
+        group: Option<(tokio::time::Instant, GroupView)>,
+    }
+    let start = Follow {
+        engine,
+        changes,
+        package_type: q.package_type,
+        last: String::new(),
+        group: None,
+    };
+    let stream = futures::stream::unfold(start, move |mut f| async move {
+        let cancel = f.engine.cancel_token().clone();
+        if !f.last.is_empty() {
+            tokio::time::sleep(MIN_GAP).await;
+        }
+        loop {
+            let group = match &f.group {
+                Some((at, g)) if at.elapsed() < GROUP_POLL => g.clone(),
+                _ => {
+                    let g = group_now(&f.engine).await;
+                    f.group = Some((tokio::time::Instant::now(), g.clone()));
+                    g
                 }
-                tokio::select! {
-                    r = changes.recv() => match r {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {
-                            // Coalesce whatever else is queued.
-                            while changes.try_recv().is_ok() {}
-                        }
-                        Err(RecvError::Closed) => return None,
-                    },
-                    _ = tokio::time::sleep(GROUP_POLL) => {}
-                    _ = cancel.cancelled() => return None,
-                }
+            };
+            let json = match model(&f.engine, group, f.package_type.clone(), admin).await {
+                Ok(m) => serde_json::to_string(&m).unwrap_or_default(),
+                Err(e) => json!({ "error": e }).to_string(),
+            };
+            if json != f.last {
+                f.last = json.clone();
+                let ev = Event::default().event("status").data(json);
+                return Some((Ok(ev), f));
             }
-        },
-    );
+            let next_poll = f
+                .group
+                .as_ref()
+                .map_or_else(tokio::time::Instant::now, |(at, _)| *at + GROUP_POLL);
+            tokio::select! {
+                r = f.changes.recv() => match r {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // Coalesce whatever else is queued.
+                        while f.changes.try_recv().is_ok() {}
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep_until(next_poll) => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
