@@ -278,3 +278,31 @@ async fn manager_events_follow_a_group_failover_to_another_member() -> anyhow::R
     );
     events.interrupt().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_watch_without_a_type_follows_every_type_the_agent_knows() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = worked_example::fleet("300ms").start().await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), DEADLINE)
+        .await?;
+    let api = fleet.agent("agent-4")?.api.to_string();
+    let mut watch = Follower::spawn("registry-agent", &["watch", "--agent", &api, "--json"])?;
+    watch
+        .wait_line("the command-control-manager route", |v| {
+            v["type"] == CCM && v["chosen"] == "agent-3"
+        })
+        .await?;
+    watch
+        .wait_line("the registry-manager route", |v| {
+            v["type"] == "registry-manager"
+        })
+        .await?;
+    fleet.operator(&["package", "withdraw", "--host", "agent-3", "--type", CCM])?;
+    watch
+        .wait_line("agent-4 moving to agent-1", |v| {
+            v["type"] == CCM && v["chosen"] == "agent-1"
+        })
+        .await?;
+    watch.interrupt().await
+}
