@@ -210,3 +210,45 @@ async fn the_event_stream_sends_the_model_again_after_a_write() -> Result<()> {
     assert!(next["revision"].as_u64() > first["revision"].as_u64());
     Ok(())
 }
+
+/// An address of this machine that is not loopback (the one outgoing traffic would use), if any.
+fn own_non_loopback_ip() -> Option<std::net::IpAddr> {
+    // A UDP "connect" sends nothing: it only picks the route and so the local address.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("203.0.113.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_loopback_gets_a_read_only_page() -> Result<()> {
+    let Some(ip) = own_non_loopback_ip() else {
+        eprintln!("no non-loopback address on this machine: nothing to check");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let m = registry_manager::start(registry_manager::ServeConfig {
+        http_listen: Some("0.0.0.0:0".parse()?),
+        ..config(&dir, Duration::from_secs(30), Some(TREE))
+    })
+    .await?;
+    let port = m.http_addr().context("an HTTP port")?.port();
+    let remote = SocketAddr::new(ip, port);
+    let (status, body) = tests::tooling::http_get(remote, "/api/status", WAIT).await?;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body)?;
+    assert_eq!(v["admin"], false, "from {ip} the page is read-only");
+    let before = m.revision().await;
+    let (status, body) = request(
+        remote,
+        "POST",
+        "/api/admin/failover",
+        &[JSON],
+        r#"{"to": ""}"#,
+    )
+    .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("loopback"), "{body}");
+    assert_eq!(m.revision().await, before);
+    Ok(())
+}
