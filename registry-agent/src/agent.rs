@@ -283,7 +283,13 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         tracing::info!(%addr, "HTTP port serving /metrics and /healthz");
     }
 
-    tracing::info!(host = %config.host, listen = %local_addr, "registry agent started");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        host = %config.host,
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        "registry agent started"
+    );
     Ok(RunningAgent {
         local_addr,
         forwards,

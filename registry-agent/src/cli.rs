@@ -1,5 +1,5 @@
 //! The `registry-agent` command line: `run --config FILE`, `resolve TYPE`, `routes`,
-//! `completions SHELL`, `man [--dir DIR]`.
+//! `watch [TYPE]`, `completions SHELL`, `man [--dir DIR]`.
 //!
 //! The same language as `registry-manager`'s:
 //! - exit 0: done; [`EXIT_FAILURE`] (1): the command could not do its work (an invalid
@@ -53,6 +53,9 @@ pub enum Command {
         /// The agent configuration file (YAML; every key is described in docs/agent.md).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Log lines on stderr as text (colour only on a terminal) or as one JSON object per line; RUST_LOG filters them (default info).
+        #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Ask the running agent for the route it uses now to a manager type, and why.
     Resolve {
@@ -76,6 +79,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print every route change of the agent as it happens, one line each, until Ctrl-C; reconnects after an agent restart.
+    Watch {
+        /// Only this manager type (default: every type the agent knows when it connects).
+        #[arg(value_name = "TYPE")]
+        package_type: Option<String>,
+        /// The agent's local API address: HOST:PORT or http://HOST:PORT.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+        agent: String,
+        /// One JSON object per line: {"type", "chosen", "endpoint", "route", "revision", "stale", "reason"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
         /// The shell to complete for.
@@ -88,6 +103,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// How the daemon writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
 }
 
 /// Why a command failed: its one-line reason (located errors of a file are printed before it).
@@ -128,13 +152,18 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
-        Command::Run { config } => run_daemon(config),
+        Command::Run { config, log_format } => run_daemon(config, log_format),
         Command::Resolve {
             package_type,
             agent,
             json,
         } => client_command(&agent, |c, addr| resolve(c, addr, package_type, json)),
         Command::Routes { agent, json } => client_command(&agent, |c, _| routes(c, json)),
+        Command::Watch {
+            package_type,
+            agent,
+            json,
+        } => watch(&agent, package_type.as_deref(), json),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), BIN, &mut out);
@@ -264,7 +293,7 @@ pub fn undocumented(cmd: &mut clap::Command) -> Vec<String> {
     out
 }
 
-fn run_daemon(config_path: PathBuf) -> Result<ExitCode, Failure> {
+fn run_daemon(config_path: PathBuf, log_format: LogFormat) -> Result<ExitCode, Failure> {
     let config = match AgentConfig::load(&config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -280,10 +309,16 @@ fn run_daemon(config_path: PathBuf) -> Result<ExitCode, Failure> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    {
+        use std::io::IsTerminal;
+        match log_format {
+            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Json => builder.json().with_ansi(false).init(),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -338,6 +373,22 @@ pub fn host_port(addr: &str) -> Result<&str, String> {
         ));
     }
     Ok(rest)
+}
+
+/// `watch`: follows the agent until Ctrl-C or SIGTERM (exit 0).
+fn watch(agent: &str, package_type: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
+    let addr = host_port(agent)?.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        tokio::select! {
+            _ = crate::route_watch::follow(&addr, package_type, json) => {}
+            _ = wait_for_signal() => {}
+        }
+    });
+    Ok(ExitCode::SUCCESS)
 }
 
 type Client = AgentClient<tonic::transport::Channel>;
@@ -526,6 +577,7 @@ mod tests {
                 "registry-agent-resolve.1",
                 "registry-agent-routes.1",
                 "registry-agent-run.1",
+                "registry-agent-watch.1",
                 "registry-agent.1",
             ]
         );

@@ -21,6 +21,8 @@
 //! - [`http`] / [`metrics`]: the HTTP side port (`/metrics` in the Prometheus text format,
 //!   `/healthz`), one metrics registry per agent.
 //! - [`agent`]: [`start`] / [`run`] / [`RunningAgent`].
+//! - [`route_watch`]: `registry-agent watch` (which route changes to print: pure; the
+//!   reconnecting stream reader).
 //! - [`cli`]: the command line (`main.rs` only calls [`cli::main`]).
 
 pub mod agent;
@@ -43,6 +45,7 @@ pub mod registry_copy;
 pub mod report_plan;
 pub mod route_book;
 pub mod route_engine;
+pub mod route_watch;
 pub mod router;
 pub mod session;
 pub mod session_machine;

@@ -1,6 +1,7 @@
 //! The HTTP side port (`http_listen`, `serve --http-listen`): `/metrics` (Prometheus text
-//! format, see `crate::metrics`) and `/healthz` (200 `ok` while this member serves; 503 with
-//! the reason while it is cut off from its group's majority or stopping).
+//! format, see `crate::metrics`), `/healthz` (200 `ok` while this member serves; 503 with
+//! the reason while it is cut off from its group's majority or stopping), and the status page
+//! at `/` with its JSON endpoints (`crate::page`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,16 +57,22 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), 
     bound.map_err(|reason| ServeError::HttpBind { addr, reason })
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the manager stops.
+/// Serves `/metrics`, `/healthz` and the status page on `listener` until the manager stops.
 pub(crate) fn spawn(listener: TcpListener, engine: Engine) -> JoinHandle<()> {
     let cancel = engine.cancel_token().clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .merge(crate::page::routes())
         .with_state(engine);
     tokio::spawn(async move {
         let stopping = cancel.clone();
-        let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
+        // The peer address decides who may use the page's admin buttons.
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(cancel.cancelled_owned());
         tokio::select! {
             r = served => {
                 if let Err(e) = r {

@@ -5,6 +5,8 @@
 //! - [`command`]: the commands of the state machine (pure data, logged).
 //! - [`state`]: the registry as a deterministic state machine (`check`, then pure `apply`).
 //! - [`delta`]: what one revision changed.
+//! - [`events`]: a watcher's copy and the changes each revision makes to it, in words and
+//!   JSON (`registry-manager events`; pure).
 //! - [`store`]: the member's sled database (checksummed records, conversion of old data).
 //! - [`log_record`]: the record of the single-manager format, read once when converting.
 //! - [`raft`]: openraft's types, the log store, the replicated state machine, the network.
@@ -17,6 +19,8 @@
 //! - [`service`]: the `AgentRegistry` and `Admin` gRPC services.
 //! - `http` / `metrics`: the HTTP side port (`/metrics` in the Prometheus text format,
 //!   `/healthz`), one metrics registry per manager.
+//! - [`status`] (pure: the status page's model, an operator action's blast radius) and `page`
+//!   (the page at `/`, its JSON and event endpoints, the admin buttons and who may use them).
 //! - `server`: [`start`] / [`run`] / [`RunningManager`].
 //!
 //! **Invariants**: a write is acknowledged only once it is durable on a majority of the group;
@@ -29,6 +33,7 @@ pub mod command;
 pub mod delta;
 mod engine;
 pub mod error;
+pub mod events;
 mod expiry;
 pub mod group;
 mod group_tasks;
@@ -36,12 +41,14 @@ pub mod hook;
 mod http;
 pub mod log_record;
 mod metrics;
+mod page;
 pub mod raft;
 mod server;
 pub mod service;
 pub mod session_id;
 pub mod sessions;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod watch;
 pub mod wire;

@@ -385,7 +385,7 @@ async fn launch(
     }
     if let Some((listener, addr)) = http {
         tasks.push(crate::http::spawn(listener, engine.clone()));
-        tracing::info!(%addr, "HTTP port serving /metrics and /healthz");
+        tracing::info!(%addr, "HTTP port serving the status page (/), /metrics and /healthz");
     }
     Ok(RunningManager {
         local_addr,

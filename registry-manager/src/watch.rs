@@ -210,6 +210,12 @@ impl WatchHub {
             .send(self.stamp(wire::delta_event(revision.0, delta)));
     }
 
+    /// A receiver of every event published from now on, for readers that only need to know
+    /// that the registry changed (the status page); not counted as a watch stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::WatchEvent> {
+        self.tx.subscribe()
+    }
+
     /// The oldest and newest revisions whose deltas are kept.
     pub fn window_bounds(&self) -> Option<(u64, u64)> {
         self.window().bounds()

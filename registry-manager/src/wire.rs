@@ -60,6 +60,15 @@ pub fn action_from_proto(value: i32) -> Result<OperatorAction, RegistryError> {
     }
 }
 
+/// An operator action for the wire (the status page's buttons call the `Admin` service).
+pub fn action_to_proto(action: OperatorAction) -> pb::PackageAction {
+    match action {
+        OperatorAction::Drain => pb::PackageAction::Drain,
+        OperatorAction::Withdraw => pb::PackageAction::Withdraw,
+        OperatorAction::Restore => pb::PackageAction::Restore,
+    }
+}
+
 /// The packages of an `OpenSession` request, validated.
 pub fn registrations_from_proto(
     packages: Vec<pb::Package>,
@@ -112,6 +121,69 @@ pub fn encode_state(state: &State) -> Bytes {
         hosts: state.host_views().map(|v| host_to_proto(&v)).collect(),
     };
     Bytes::from(msg.encode_to_vec())
+}
+
+/// A status from the wire (a watch payload); UNSPECIFIED and unknown values are refused.
+pub fn status_from_proto(value: i32) -> Result<PackageStatus, String> {
+    match pb::PackageStatus::try_from(value) {
+        Ok(pb::PackageStatus::Starting) => Ok(PackageStatus::Starting),
+        Ok(pb::PackageStatus::Running) => Ok(PackageStatus::Running),
+        Ok(pb::PackageStatus::Failing) => Ok(PackageStatus::Failing),
+        Ok(pb::PackageStatus::Stopped) => Ok(PackageStatus::Stopped),
+        Ok(pb::PackageStatus::Draining) => Ok(PackageStatus::Draining),
+        Ok(pb::PackageStatus::Withdrawn) => Ok(PackageStatus::Withdrawn),
+        _ => Err(format!("unknown package status value {value}")),
+    }
+}
+
+/// One host entry from the wire.
+pub fn host_from_proto(entry: pb::HostEntry) -> Result<HostView, String> {
+    Ok(HostView {
+        host: topology::HostName::new(entry.host).map_err(|e| e.to_string())?,
+        alive: entry.alive,
+        packages: entry
+            .packages
+            .into_iter()
+            .map(|p| {
+                Ok(crate::delta::PackageView {
+                    package_type: PackageType::new(p.r#type).map_err(|e| e.to_string())?,
+                    endpoint: p.endpoint,
+                    status: status_from_proto(p.status)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+/// An encoded `Delta` (a watch payload), decoded into the domain form.
+pub fn decode_delta(bytes: &[u8]) -> Result<Delta, String> {
+    let d = pb::Delta::decode(bytes).map_err(|e| format!("a delta does not decode: {e}"))?;
+    Ok(Delta {
+        revision: topology::Revision(d.revision),
+        upserts: d
+            .upserts
+            .into_iter()
+            .map(host_from_proto)
+            .collect::<Result<_, _>>()?,
+        removed_hosts: d
+            .removed_hosts
+            .into_iter()
+            .map(|h| topology::HostName::new(h).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        topology_yaml: d.topology_yaml,
+    })
+}
+
+/// An encoded `RegistryState` (a watch payload): its revision, topology YAML and every host.
+pub fn decode_state(bytes: &[u8]) -> Result<(u64, String, Vec<HostView>), String> {
+    let s = pb::RegistryState::decode(bytes)
+        .map_err(|e| format!("a registry snapshot does not decode: {e}"))?;
+    let hosts = s
+        .hosts
+        .into_iter()
+        .map(host_from_proto)
+        .collect::<Result<_, _>>()?;
+    Ok((s.revision, s.topology_yaml, hosts))
 }
 
 /// A watch event carrying a pre-encoded delta.

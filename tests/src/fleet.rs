@@ -207,6 +207,8 @@ pub struct FleetBuilder {
     relays: bool,
     grpc: bool,
     srv: Option<(String, SocketAddr)>,
+    /// The single manager serves its HTTP side port (status page, metrics) on a free port.
+    manager_http: bool,
 }
 
 impl FleetBuilder {
@@ -297,6 +299,14 @@ impl FleetBuilder {
         self
     }
 
+    /// The manager serves its HTTP side port — status page, `/metrics`, `/healthz` — on a free
+    /// loopback port ([`Fleet::manager_http_url`]; in a group every member,
+    /// [`Fleet::member_http_url`]); off otherwise.
+    pub fn manager_http(mut self) -> Self {
+        self.manager_http = true;
+        self
+    }
+
     /// Starts every process and waits until each agent answers on its local API.
     pub async fn start(self) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("fleet-").tempdir()?;
@@ -312,7 +322,12 @@ impl FleetBuilder {
             topology_path,
             dir: Some(dir),
             spec: self.clone(),
+            manager_http: None,
+            member_http: Vec::new(),
         };
+        if self.manager_http && self.members <= 1 {
+            fleet.manager_http = Some(loopback(free_port()?));
+        }
         if self.manager && self.members > 1 {
             fleet.start_group(self.members).await?;
         } else if self.manager {
@@ -371,6 +386,10 @@ pub struct Fleet {
     topology_path: PathBuf,
     dir: Option<tempfile::TempDir>,
     spec: FleetBuilder,
+    /// The manager's HTTP side port, when the builder asked for one (in a group: member 0's).
+    manager_http: Option<SocketAddr>,
+    /// Every member's HTTP side port, in a group built with `.manager_http()`.
+    member_http: Vec<SocketAddr>,
 }
 
 impl Fleet {
@@ -390,6 +409,7 @@ impl Fleet {
             relays: false,
             grpc: false,
             srv: None,
+            manager_http: false,
         }
     }
 
@@ -402,8 +422,29 @@ impl Fleet {
         self.manager_addr
     }
 
+    /// The manager's HTTP side port, `http://127.0.0.1:PORT`, when built with
+    /// [`FleetBuilder::manager_http`] (the same port across restarts).
+    pub fn manager_http_url(&self) -> Option<String> {
+        self.manager_http_addr().map(|a| format!("http://{a}"))
+    }
+
+    /// The HTTP side port of group member `i`, `http://127.0.0.1:PORT`, in a group built with
+    /// [`FleetBuilder::manager_http`].
+    pub fn member_http_url(&self, i: usize) -> Option<String> {
+        self.member_http_addr(i).map(|a| format!("http://{a}"))
+    }
+
+    fn member_http_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.member_http.get(i).copied()
+    }
+
+    /// The address of the manager's HTTP side port (see [`Fleet::manager_http_url`]).
+    pub fn manager_http_addr(&self) -> Option<SocketAddr> {
+        self.manager_http
+    }
+
     fn manager_proc(&self) -> anyhow::Result<Proc> {
-        let args = vec![
+        let mut args = vec![
             "serve".into(),
             "--listen".into(),
             self.manager_addr.to_string(),
@@ -417,6 +458,9 @@ impl Fleet {
             "--http-listen".into(),
             "none".into(),
         ];
+        if let Some(http) = self.manager_http_addr() {
+            *args.last_mut().expect("an --http-listen value") = http.to_string();
+        }
         Ok(Proc::new(
             "registry-manager",
             bin_path("registry-manager")?,
@@ -457,6 +501,12 @@ impl Fleet {
 
     /// Starts a group of `n` members: relays between every pair, a config file each.
     async fn start_group(&mut self, n: usize) -> anyhow::Result<()> {
+        if self.spec.manager_http {
+            self.member_http = (0..n)
+                .map(|_| free_port().map(loopback))
+                .collect::<anyhow::Result<_>>()?;
+            self.manager_http = self.member_http.first().copied();
+        }
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|_| free_port().map(loopback))
             .collect::<anyhow::Result<_>>()?;
@@ -492,7 +542,7 @@ impl Fleet {
             );
             let path = self.dir().join(format!("m{}.yaml", i + 1));
             std::fs::write(&path, config)?;
-            let proc = Proc::new(
+            let mut proc = Proc::new(
                 &format!("registry-manager m{}", i + 1),
                 bin_path("registry-manager")?,
                 vec![
@@ -502,6 +552,11 @@ impl Fleet {
                 ],
                 self.dir().join(format!("m{}.log", i + 1)),
             );
+            if let Some(http) = self.member_http_addr(i) {
+                // The flag wins over `http_listen: none` in the file.
+                proc.args
+                    .extend(["--http-listen".to_string(), http.to_string()]);
+            }
             self.members.push(Member {
                 name: format!("m{}", i + 1),
                 proc,

@@ -14,6 +14,8 @@
 //! - [`mod@coverage`]: route coverage: hosts with no or a single eligible manager, and the
 //!   load of each chosen manager ([`coverage()`]).
 //! - [`mod@diff`]: tree changes and who moves ([`diff()`]).
+//! - [`what_if`]: who would move before anything happens: between two snapshots (an
+//!   operator action's blast radius), and if a manager's host were lost.
 //! - [`schema`]: the JSON Schema of the file.
 //! - [`gen`]: deterministic generated fleets for benchmarks and tests.
 
@@ -32,6 +34,7 @@ pub mod route_table;
 pub mod schema;
 pub mod snapshot;
 pub mod tree;
+pub mod what_if;
 mod yaml;
 
 pub use coverage::{coverage, coverage_from_table, Coverage, TypeCoverage};

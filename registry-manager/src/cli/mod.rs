@@ -3,10 +3,12 @@
 //! - `serve.rs`: the daemon (`serve`), its config file and flags.
 //! - `offline.rs`: commands that need no manager (`topology check|schema`, `route explain` with files).
 //! - `live.rs`: commands that talk to a live manager over gRPC (`--manager ADDR`).
+//! - `events.rs`: `events`, every registry change as it happens (a watch stream that resumes).
 //! - `render.rs`: how a route explanation is printed (the form shared with `registry-agent`).
 //! - `report.rs`: exit codes and how errors are printed (one line, or one JSON object with
 //!   `--json`), completions and man pages.
 
+mod events;
 mod ha;
 mod live;
 mod offline;
@@ -77,6 +79,15 @@ enum Command {
         data_dir: PathBuf,
         #[command(flatten)]
         out: Output,
+    },
+    /// Print every registry change as it happens, one line each (revision and what changed), until Ctrl-C; reconnects and resumes after a restart or failover.
+    Events {
+        /// Address of a live registry manager: HOST:PORT or http://HOST:PORT. Repeat it for every member of a group: when one ends the stream, the next is asked.
+        #[arg(long = "manager", value_name = "ADDR", default_value = DEFAULT_MANAGER)]
+        addrs: Vec<String>,
+        /// One JSON object per line: {"revision": N, "changes": [{"kind": ..., ...}]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
@@ -321,6 +332,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             out,
         } => offline::restore(&file, &data_dir, out.json),
+        Command::Events { addrs, json } => live::block_on(events::events(&addrs, json)),
         Command::Completions { shell } => report::completions(shell),
         Command::Man { dir } => report::man(dir.as_deref()),
         Command::Package(cmd) => {

@@ -30,6 +30,32 @@ pub struct ServeArgs {
     /// HTTP address of /metrics and /healthz, or `none` for no HTTP port [default: 127.0.0.1:7480].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<registry_manager::HttpListen>,
+    /// Log lines on stderr as text (colour only on a terminal) or as one JSON object per line; RUST_LOG filters them (default info,openraft=warn).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How the daemon writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Sets up logging on stderr: `RUST_LOG` or `default_filter`, in `format`.
+fn init_logging(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -218,13 +244,7 @@ async fn shutdown_signal() {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format, "info,openraft=warn");
     let config = resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -246,6 +266,7 @@ mod tests {
             topology: None,
             session_ttl: None,
             http_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 

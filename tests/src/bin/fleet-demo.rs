@@ -4,6 +4,9 @@
 //! every agent's chosen manager, the host a connection through its forwarding port reached, and
 //! how long the re-route took. Then it cleans up.
 //!
+//! Every member serves the status page: open the printed address in a browser to watch the
+//! fleet change (with `--pause 5`, five seconds between the steps).
+//!
 //! Run with `cargo run --release -p tests --bin fleet-demo`; it builds the daemons it needs.
 
 use std::path::PathBuf;
@@ -22,7 +25,13 @@ struct Args {
     /// Don't build the daemons first (they must already be next to this executable).
     #[arg(long)]
     no_build: bool,
+    /// Seconds to wait after each step, to watch it on the status page.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pause: f64,
 }
+
+/// `--pause`, set once in `main`.
+static PAUSE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Builds the daemons into the target directory this executable runs from, in its profile.
 fn build_daemons() -> anyhow::Result<()> {
@@ -110,6 +119,11 @@ async fn show(
             took.unwrap_or_default().as_millis()
         );
     }
+    // A person watching the status page gets time to look (never in tests: default 0).
+    let pause = PAUSE.get().copied().unwrap_or_default();
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
     Ok(())
 }
 
@@ -117,6 +131,7 @@ async fn demo() -> anyhow::Result<()> {
     let mut fleet = worked_example::fleet("1s")
         .managers(3)
         .default_checks()
+        .manager_http()
         .start()
         .await?;
     let addrs: Vec<String> = fleet.members().iter().map(|m| m.addr.to_string()).collect();
@@ -124,6 +139,11 @@ async fn demo() -> anyhow::Result<()> {
         "fleet up: a registry group of three managers m1, m2, m3 on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
         addrs.join(", ")
     );
+    for i in 0..addrs.len() {
+        if let Some(url) = fleet.member_http_url(i) {
+            println!("status page of {}: {url}/", fleet.member_name(i));
+        }
+    }
 
     let t = tokio::time::Instant::now();
     show(
@@ -290,6 +310,7 @@ async fn demo() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = PAUSE.set(Duration::from_secs_f64(args.pause.max(0.0)));
     if !args.no_build {
         build_daemons()?;
     }
