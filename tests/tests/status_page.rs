@@ -82,7 +82,8 @@ impl Driver {
         let serde_json::Value::Object(caps) = caps else {
             unreachable!("an object")
         };
-        let client = ClientBuilder::rustls()?
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
