@@ -562,26 +562,22 @@ async fn agents_bootstrap_from_dns_srv_and_follow_a_changed_record() -> anyhow::
     };
     let (first, second) = (0, 1);
     dns.set_srv(NAME, srv_to(fleet.member_addr(first).port()));
-    let connected_to = |fleet: &Fleet, port: u16| {
+    let connected_to = |fleet: &Fleet, port: u16| -> Result<(), String> {
         let needle = format!("localhost:{port}");
-        fleet
+        let seen = fleet
             .agent_logs()
             .lines()
-            .any(|l| l.contains("connected to registry manager") && l.contains(&needle))
+            .any(|l| l.contains("connected to registry manager") && l.contains(&needle));
+        seen.then_some(())
+            .ok_or_else(|| format!("not connected to {needle} yet"))
     };
     let p0 = fleet.member_addr(first).port();
     wait_until(
         "agent-4 connects to the member the SRV record names",
         SETTLE,
         || {
-            let ok = connected_to(&fleet, p0);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not yet".to_string())
-                }
-            }
+            let r = connected_to(&fleet, p0);
+            async move { r }
         },
     )
     .await?;
@@ -611,14 +607,8 @@ async fn agents_bootstrap_from_dns_srv_and_follow_a_changed_record() -> anyhow::
         "agent-4 moves to the member the changed record names",
         SETTLE,
         || {
-            let ok = connected_to(&fleet, p1);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not yet".to_string())
-                }
-            }
+            let r = connected_to(&fleet, p1);
+            async move { r }
         },
     )
     .await?;

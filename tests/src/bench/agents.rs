@@ -36,6 +36,30 @@ pub async fn channels(manager: SocketAddr, n: usize) -> anyhow::Result<Vec<Chann
     Ok(v)
 }
 
+/// The `run`-th change of a propagation measurement: a drain (even runs) or a restore (odd
+/// runs) of `host`'s command-control-manager. Returns when it was sent and the revision it made.
+pub async fn toggle_drain(
+    admin: &mut proto::admin_client::AdminClient<Channel>,
+    host: &str,
+    run: usize,
+) -> anyhow::Result<(Instant, u64)> {
+    let action = if run.is_multiple_of(2) {
+        proto::PackageAction::Drain
+    } else {
+        proto::PackageAction::Restore
+    };
+    let t0 = Instant::now();
+    let resp = admin
+        .package_action(proto::PackageActionRequest {
+            host: host.to_string(),
+            r#type: super::gen::CCM.into(),
+            action: action as i32,
+        })
+        .await?
+        .into_inner();
+    Ok((t0, resp.revision))
+}
+
 /// A running package, as an agent registers it.
 pub fn running(package_type: &str, endpoint: &str) -> proto::Package {
     proto::Package {

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use super::agents::{channel, running};
+use super::agents::{channel, running, toggle_drain};
 use super::figure::Figure;
 use super::gen::{GeneratedFleet, CCM};
 use super::stats::{self, fmt_num};
@@ -510,28 +510,9 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
     let mut problems = Vec::new();
     for run in 0..plan.changes {
         sim.drain();
-        let action = if run % 2 == 0 {
-            proto::PackageAction::Drain
-        } else {
-            proto::PackageAction::Restore
-        };
-        let t0 = Instant::now();
-        let resp = admin
-            .package_action(proto::PackageActionRequest {
-                host: changed_host.clone(),
-                r#type: CCM.into(),
-                action: action as i32,
-            })
-            .await?
-            .into_inner();
-        let (mut ms, missing) = sim
-            .collect(resp.revision, t0, Duration::from_secs(30))
-            .await;
-        anyhow::ensure!(
-            !ms.is_empty(),
-            "no agent received revision {}",
-            resp.revision
-        );
+        let (t0, revision) = toggle_drain(&mut admin, &changed_host, run).await?;
+        let (mut ms, missing) = sim.collect(revision, t0, Duration::from_secs(30)).await;
+        anyhow::ensure!(!ms.is_empty(), "no agent received revision {}", revision);
         ms.sort_by(f64::total_cmp);
         prop.push(stats::percentile_sorted(&ms, 99.0));
         if missing > 0 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proto::admin_client::AdminClient;
 use tokio::time::Instant;
 
-use super::agents::{channel, running, SessionSet, WatchFanout};
+use super::agents::{channel, running, toggle_drain, SessionSet, WatchFanout};
 use super::figure::Figure;
 use super::gen::{failover_topology, CCM};
 use super::{stats, Mode};
@@ -92,27 +92,12 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
     let mut problems = Vec::new();
     for run in 0..plan.runs {
         fanout.drain();
-        let action = if run % 2 == 0 {
-            proto::PackageAction::Drain
-        } else {
-            proto::PackageAction::Restore
-        };
-        let t0 = Instant::now();
-        let resp = admin
-            .package_action(proto::PackageActionRequest {
-                host: "agent-3".into(),
-                r#type: CCM.into(),
-                action: action as i32,
-            })
-            .await?
-            .into_inner();
-        let p = fanout
-            .collect(resp.revision, t0, Duration::from_secs(30))
-            .await;
+        let (t0, revision) = toggle_drain(&mut admin, "agent-3", run).await?;
+        let p = fanout.collect(revision, t0, Duration::from_secs(30)).await;
         anyhow::ensure!(
             !p.latencies.is_empty(),
             "no watch stream received revision {} within 30 s",
-            resp.revision
+            revision
         );
         let mut ms: Vec<f64> = p.latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
@@ -124,7 +109,7 @@ pub async fn run(mode: Mode, big: bool) -> anyhow::Result<Vec<Figure>> {
                 "run {}: {} streams missed revision {}, {} got a snapshot instead of a delta",
                 run + 1,
                 p.missing,
-                resp.revision,
+                revision,
                 p.snapshots
             ));
         }
@@ -184,30 +169,13 @@ pub async fn run_group(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         for f in &mut fanouts {
             f.drain();
         }
-        let action = if run % 2 == 0 {
-            proto::PackageAction::Drain
-        } else {
-            proto::PackageAction::Restore
-        };
-        let t0 = Instant::now();
-        let resp = admin
-            .package_action(proto::PackageActionRequest {
-                host: "agent-3".into(),
-                r#type: CCM.into(),
-                action: action as i32,
-            })
-            .await?
-            .into_inner();
+        let (t0, revision) = toggle_drain(&mut admin, "agent-3", run).await?;
         let mut ms = Vec::new();
         for f in &mut fanouts {
-            let p = f.collect(resp.revision, t0, Duration::from_secs(30)).await;
+            let p = f.collect(revision, t0, Duration::from_secs(30)).await;
             ms.extend(p.latencies.iter().map(|d| d.as_secs_f64() * 1e3));
         }
-        anyhow::ensure!(
-            !ms.is_empty(),
-            "no stream received revision {}",
-            resp.revision
-        );
+        anyhow::ensure!(!ms.is_empty(), "no stream received revision {}", revision);
         ms.sort_by(f64::total_cmp);
         p50.push(stats::percentile_sorted(&ms, 50.0));
         p99.push(stats::percentile_sorted(&ms, 99.0));

@@ -32,17 +32,19 @@ struct Args {
     minutes: u64,
 }
 
-/// `fleet-bench soak`: the long churn run (not a figure; its report is a time series).
-fn soak(minutes: u64) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded runtime every run uses (`None`, said on stderr, when it cannot start).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fleet-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("fleet-bench: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// `fleet-bench soak`: the long churn run (not a figure; its report is a time series).
+fn soak(minutes: u64) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(bench::soak::run(minutes));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -76,15 +78,8 @@ fn main() -> ExitCode {
     };
     let mode = if args.quick { Mode::Quick } else { Mode::Full };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fleet-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let report = runtime.block_on(bench::run(mode, &selection, command));
     // Stream tasks may still hold connections; do not wait for them.
