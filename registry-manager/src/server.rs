@@ -180,7 +180,10 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
     if let Some(g) = &config.group {
         g.validate().map_err(ServeError::Fatal)?;
     }
-    let listener = bind(config.listen).await?;
+    // The address is taken now (a port in use fails before the store is read), but connections
+    // are accepted only once the store is loaded: until then a client is refused at once
+    // instead of hanging on a port nobody serves yet.
+    let socket = bind(config.listen)?;
     let dir = config.data_dir.clone();
     let opened = tokio::task::spawn_blocking(move || RaftDb::open(&dir))
         .await
@@ -189,6 +192,12 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
         data_dir: config.data_dir.clone(),
         source,
     })?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     launch(listener, Arc::new(db), config, topology, tuning).await
 }
 
@@ -226,10 +235,22 @@ fn check_start_topology(config: &ServeConfig) -> Result<Option<topology::Topolog
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+/// Pending connections the kernel queues for the gRPC port.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the gRPC address without listening yet (see [`start_with`]).
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpSocket, ServeError> {
+    let err = |source| ServeError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std's TcpListener::bind does on Unix: a restarted manager rebinds at once.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    Ok(socket)
 }
 
 async fn launch(
@@ -499,4 +520,27 @@ fn reflection() -> Result<
         builder().build_v1().map_err(failed)?,
         builder().build_v1alpha().map_err(failed)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_port_refuses_connections_until_it_listens_and_a_taken_port_is_named() {
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        // Bound but not listening (the store is still loading): refused at once, no hang.
+        let e = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        let listener = socket.listen(LISTEN_BACKLOG).unwrap();
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        assert!(connected.is_ok() && accepted.is_ok());
+        // A second manager on the same address fails at bind, naming it.
+        match bind(addr) {
+            Err(ServeError::Bind { addr: a, .. }) => assert_eq!(a, addr),
+            other => panic!("expected a bind error, got {:?}", other.map(|_| ())),
+        }
+    }
 }
