@@ -72,7 +72,7 @@ pub struct NameArgs {
     out: Output,
 }
 
-fn refused(what: &str, addr: &str, s: tonic::Status) -> anyhow::Error {
+fn refused(what: &str, addr: &ManagerAddr, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "{what} refused by the manager at {addr} ({:?}): {}",
         s.code(),
@@ -88,53 +88,53 @@ pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
             manager,
             out,
         } => {
-            let mut client = connect(&manager.addr).await?;
+            let mut client = connect(&manager).await?;
             let resp = client
                 .ha_status(proto::HaStatusRequest { local_only: local })
                 .await
-                .map_err(|s| refused("ha status", &manager.addr, s))?
+                .map_err(|s| refused("ha status", &manager, s))?
                 .into_inner();
             print_status(&resp, out.json);
         }
         HaCommand::Failover { to, manager, out } => {
-            failover(&manager.addr, to.unwrap_or_default(), false, out.json).await?
+            failover(&manager, to.unwrap_or_default(), false, out.json).await?
         }
         HaCommand::Failback { manager, out } => {
-            failover(&manager.addr, String::new(), true, out.json).await?
+            failover(&manager, String::new(), true, out.json).await?
         }
         HaCommand::AddLearner(a) => {
-            let mut client = connect(&a.manager.addr).await?;
+            let mut client = connect(&a.manager).await?;
             let resp = client
                 .ha_add_learner(proto::HaMemberRequest {
                     name: a.name,
                     address: super::live::host_port(&a.address)?.to_string(),
                 })
                 .await
-                .map_err(|s| refused("ha add-learner", &a.manager.addr, s))?
+                .map_err(|s| refused("ha add-learner", &a.manager, s))?
                 .into_inner();
             print_status(&resp, a.out.json);
         }
         HaCommand::Promote(a) => {
-            let mut client = connect(&a.manager.addr).await?;
+            let mut client = connect(&a.manager).await?;
             let resp = client
                 .ha_promote(proto::HaMemberRequest {
                     name: a.name,
                     address: String::new(),
                 })
                 .await
-                .map_err(|s| refused("ha promote", &a.manager.addr, s))?
+                .map_err(|s| refused("ha promote", &a.manager, s))?
                 .into_inner();
             print_status(&resp, a.out.json);
         }
         HaCommand::Remove(a) => {
-            let mut client = connect(&a.manager.addr).await?;
+            let mut client = connect(&a.manager).await?;
             let resp = client
                 .ha_remove(proto::HaMemberRequest {
                     name: a.name,
                     address: String::new(),
                 })
                 .await
-                .map_err(|s| refused("ha remove", &a.manager.addr, s))?
+                .map_err(|s| refused("ha remove", &a.manager, s))?
                 .into_inner();
             print_status(&resp, a.out.json);
         }
@@ -142,7 +142,12 @@ pub async fn run(cmd: HaCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn failover(addr: &str, to: String, failback: bool, json: bool) -> anyhow::Result<()> {
+async fn failover(
+    addr: &ManagerAddr,
+    to: String,
+    failback: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let what = if failback {
         "ha failback"
     } else {

@@ -19,7 +19,7 @@ use proto::v1 as pb;
 use proto::v1::member_client::MemberClient;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::raft::types::{MemberNode, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -33,15 +33,22 @@ pub struct Peers {
     /// NAT, a proxy or a test relay); others are reached at their address in the membership.
     routes: Arc<HashMap<String, String>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// This member's TLS client side (its own certificate), when the group serves TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// Whether the last call to each address got through.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl Peers {
-    /// Peers reached at the configured addresses `routes` (member name -> address).
-    pub fn new(routes: HashMap<String, String>) -> Peers {
+    /// Peers reached at the configured addresses `routes` (member name -> address), over TLS
+    /// with this member's certificate when `tls` is given.
+    pub fn new(
+        routes: HashMap<String, String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Peers {
         Peers {
             routes: Arc::new(routes),
+            tls,
             ..Default::default()
         }
     }
@@ -78,7 +85,7 @@ impl Peers {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| format!("member address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
