@@ -192,6 +192,9 @@ impl Drop for Proc {
     }
 }
 
+/// The operator of a TLS fleet: the managers' admin.
+pub const OPERATOR: &str = "ops";
+
 /// Builder of a [`Fleet`]: `Fleet::from_topology(yaml).manager().agent("agent-4")...start()`.
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
@@ -206,6 +209,7 @@ pub struct FleetBuilder {
     check: String,
     relays: bool,
     grpc: bool,
+    tls: bool,
 }
 
 impl FleetBuilder {
@@ -289,6 +293,15 @@ impl FleetBuilder {
         self
     }
 
+    /// Runs the fleet with mutual TLS, from certificates made by the real `registry-manager
+    /// certs init|issue` in the fleet's directory: one per member (`m1`..), one per agent
+    /// host, and the operator `ops` (the managers' only admin), which the harness's own calls
+    /// and [`Fleet::manager_cli`] use.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Starts every process and waits until each agent answers on its local API.
     pub async fn start(self) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("fleet-").tempdir()?;
@@ -305,6 +318,9 @@ impl FleetBuilder {
             dir: Some(dir),
             spec: self.clone(),
         };
+        if self.tls {
+            fleet.make_certs()?;
+        }
         if self.manager && self.members > 1 {
             fleet.start_group(self.members).await?;
         } else if self.manager {
@@ -381,6 +397,7 @@ impl Fleet {
             check: "{ interval: 100ms, fall: 2, rise: 2 }".into(),
             relays: false,
             grpc: false,
+            tls: false,
         }
     }
 
@@ -408,6 +425,12 @@ impl Fleet {
             "--http-listen".into(),
             "none".into(),
         ];
+        let mut args = args;
+        if self.spec.tls {
+            let path = self.dir().join("manager-tls.yaml");
+            std::fs::write(&path, self.tls_yaml("m1"))?;
+            args.extend(["--config".into(), path.display().to_string()]);
+        }
         Ok(Proc::new(
             "registry-manager",
             bin_path("registry-manager")?,
@@ -419,14 +442,16 @@ impl Fleet {
     /// Starts (or restarts) the manager and waits until it answers.
     pub async fn start_manager(&mut self) -> anyhow::Result<()> {
         let addr = self.manager_addr;
-        let m = self.manager.as_mut().context("fleet has no manager")?;
-        m.spawn()?;
+        self.manager
+            .as_mut()
+            .context("fleet has no manager")?
+            .spawn()?;
         let r = wait_until(
             "the registry manager to answer",
             Duration::from_secs(20),
             || async {
-                let uri = format!("http://{addr}");
-                let ch = Endpoint::from_shared(uri)
+                let ch = self
+                    .admin_endpoint(addr)
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_millis(500))
                     .connect()
@@ -481,6 +506,11 @@ impl Fleet {
                 self.spec.session_ttl,
                 i + 1,
             );
+            let config = if self.spec.tls {
+                config + &self.tls_yaml(&format!("m{}", i + 1))
+            } else {
+                config
+            };
             let path = self.dir().join(format!("m{}.yaml", i + 1));
             std::fs::write(&path, config)?;
             let proc = Proc::new(
@@ -522,6 +552,12 @@ impl Fleet {
             self.dir().join(format!("{name}-data")).display(),
             self.spec.session_ttl,
         );
+        let config = if self.spec.tls {
+            self.issue(name)?;
+            config + &self.tls_yaml(name)
+        } else {
+            config
+        };
         let path = self.dir().join(format!("{name}.yaml"));
         std::fs::write(&path, config)?;
         let mut proc = Proc::new(
@@ -550,7 +586,8 @@ impl Fleet {
             "a registry group member to answer a current read",
             Duration::from_secs(30),
             || async {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                let ch = self
+                    .admin_endpoint(addr)
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(5))
@@ -853,6 +890,16 @@ impl Fleet {
                 }
             }
         }
+        if self.spec.tls {
+            let (cert, key, ca) = self.cert_files(host);
+            let _ = writeln!(
+                y,
+                "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}",
+                cert.display(),
+                key.display(),
+                ca.display()
+            );
+        }
         if !forwards.is_empty() {
             let _ = writeln!(y, "forward:");
             for (ty, addr) in forwards {
@@ -1071,14 +1118,118 @@ impl Fleet {
         addr: SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<std::process::Output> {
+        self.cli_as(self.spec.tls.then_some(OPERATOR), addr, args)
+    }
+
+    /// Runs the real `registry-manager` command line against the member at `addr`, showing
+    /// the certificate of `identity` (none: plaintext, no certificate).
+    pub fn cli_as(
+        &self,
+        identity: Option<&str>,
+        addr: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.push("--manager".into());
         full.push(addr.to_string());
+        if let Some(name) = identity {
+            let (cert, key, ca) = self.cert_files(name);
+            for (flag, path) in [("--ca", ca), ("--cert", cert), ("--key", key)] {
+                full.push(flag.into());
+                full.push(path.display().to_string());
+            }
+        }
         let out = Command::new(bin_path("registry-manager")?)
             .args(&full)
             .stdin(Stdio::null())
             .output()?;
         Ok(out)
+    }
+
+    /// The directory of the fleet's certificates (with [`FleetBuilder::tls`]).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir().join("certs")
+    }
+
+    /// (certificate, key, CA) files of `name` in [`Fleet::certs_dir`].
+    pub fn cert_files(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.certs_dir();
+        (
+            d.join(format!("{name}.crt")),
+            d.join(format!("{name}.key")),
+            d.join("ca.crt"),
+        )
+    }
+
+    /// Issues a certificate for `name` (valid at 127.0.0.1) with the real `certs issue`.
+    pub fn issue(&self, name: &str) -> anyhow::Result<()> {
+        let dir = self.certs_dir().display().to_string();
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(["certs", "issue", "--dir", &dir, name, "--ip", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs issue {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `certs init`, then a certificate for every member, agent host and the operator.
+    fn make_certs(&self) -> anyhow::Result<()> {
+        let dir = self.certs_dir().display().to_string();
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(["certs", "init", "--dir", &dir])
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let members = (1..=self.spec.members.max(1)).map(|i| format!("m{i}"));
+        for name in members
+            .chain(self.spec.agents.iter().cloned())
+            .chain([OPERATOR.to_string()])
+        {
+            self.issue(&name)?;
+        }
+        Ok(())
+    }
+
+    /// The `tls:` and `admins:` keys of a manager's configuration (member `name`).
+    fn tls_yaml(&self, name: &str) -> String {
+        let (cert, key, ca) = self.cert_files(name);
+        format!(
+            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}\nadmins: [{OPERATOR}]\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        )
+    }
+
+    /// An endpoint to a manager for the harness's own admin calls: over TLS as the operator
+    /// when the fleet runs TLS.
+    pub fn admin_endpoint(&self, addr: SocketAddr) -> anyhow::Result<Endpoint> {
+        self.endpoint_as(self.spec.tls.then_some(OPERATOR), addr)
+    }
+
+    /// An endpoint to a manager showing the certificate of `identity` (none: plaintext).
+    pub fn endpoint_as(
+        &self,
+        identity: Option<&str>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Endpoint> {
+        let tls = match identity {
+            Some(name) => {
+                let (cert, key, ca) = self.cert_files(name);
+                let m = proto::tls::TlsFiles { cert, key, ca }.load()?;
+                Some(m.client_config())
+            }
+            None => None,
+        };
+        proto::tls::endpoint(&addr.to_string(), tls.as_ref()).map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Runs an operator command and fails with its stderr if it fails.

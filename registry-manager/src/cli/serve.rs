@@ -263,6 +263,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and journals get plain `key=value` lines (the
+        // audit lines are read by tools).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
