@@ -23,6 +23,7 @@
 //!   door (handshakes, refusals logged, plaintext clients answered with the reason).
 //! - [`access`]: who a caller is (its certificate's name) and what it may do, decided by a
 //!   pure function every RPC goes through.
+//! - [`cluster_key`]: the MAC members sign their RPCs with (`group.key_file`).
 //! - [`certs`]: the fleet's small PKI (`registry-manager certs init|issue`).
 //!
 //! **Invariants**: a write is acknowledged only once it is durable on a majority of the group;
@@ -35,6 +36,7 @@
 pub mod access;
 pub mod backup;
 pub mod certs;
+pub mod cluster_key;
 pub mod command;
 pub mod delta;
 mod engine;

@@ -194,9 +194,12 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
         }
         None => None,
     };
-    if let Some(path) = &config.security.key_file {
-        check_key_file(path)?;
-    }
+    let keys = match &config.security.key_file {
+        Some(path) => {
+            Some(crate::cluster_key::ClusterKeys::load(path).map_err(ServeError::Exposed)?)
+        }
+        None => None,
+    };
     let listener = bind(config.listen).await?;
     let dir = config.data_dir.clone();
     let opened = tokio::task::spawn_blocking(move || RaftDb::open(&dir))
@@ -206,26 +209,7 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
         data_dir: config.data_dir.clone(),
         source,
     })?;
-    launch(listener, Arc::new(db), config, topology, tuning, tls).await
-}
-
-/// The cluster key file must be readable and hold a key of at least 16 bytes (its text is
-/// never logged).
-fn check_key_file(path: &std::path::Path) -> Result<(), ServeError> {
-    let text = std::fs::read(path).map_err(|e| {
-        ServeError::Exposed(format!(
-            "group.key_file {}: cannot read it: {e}",
-            path.display()
-        ))
-    })?;
-    if text.trim_ascii().len() < 16 {
-        return Err(ServeError::Exposed(format!(
-            "group.key_file {}: the key is shorter than 16 bytes; write a long random one (`head -c 32 /dev/urandom | base64 > {}`)",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(())
+    launch(listener, Arc::new(db), config, topology, tuning, tls, keys).await
 }
 
 /// Runs a manager until `shutdown` resolves (the caller handles SIGINT/SIGTERM) or a fatal
@@ -275,6 +259,7 @@ async fn launch(
     topology: Option<topology::Topology>,
     tuning: Tuning,
     tls: Option<proto::tls::TlsMaterial>,
+    keys: Option<crate::cluster_key::ClusterKeys>,
 ) -> Result<RunningManager, ServeError> {
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
@@ -316,6 +301,7 @@ async fn launch(
             .map(|(name, addr)| (name.to_string(), addr.clone()))
             .collect(),
         tls.as_ref().map(|t| t.client_config()),
+        keys,
     );
     let raft = Raft::new(
         node_id,

@@ -192,6 +192,9 @@ impl Drop for Proc {
     }
 }
 
+/// The cluster key every member of a fleet built with [`FleetBuilder::cluster_key`] starts with.
+pub const CLUSTER_KEY: &str = "fleet-test-cluster-key-0123456789abcdef";
+
 /// The operator of a TLS fleet: the managers' admin.
 pub const OPERATOR: &str = "ops";
 
@@ -210,6 +213,7 @@ pub struct FleetBuilder {
     relays: bool,
     grpc: bool,
     tls: bool,
+    cluster_key: bool,
 }
 
 impl FleetBuilder {
@@ -299,6 +303,13 @@ impl FleetBuilder {
     /// and [`Fleet::manager_cli`] use.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Members of a group sign their RPCs with a cluster key (`group.key_file`); each member
+    /// reads its own copy, [`Fleet::cluster_key_file`], so a test can give one another key.
+    pub fn cluster_key(mut self) -> Self {
+        self.cluster_key = true;
         self
     }
 
@@ -398,6 +409,7 @@ impl Fleet {
             relays: false,
             grpc: false,
             tls: false,
+            cluster_key: false,
         }
     }
 
@@ -508,6 +520,17 @@ impl Fleet {
             );
             let config = if self.spec.tls {
                 config + &self.tls_yaml(&format!("m{}", i + 1))
+            } else {
+                config
+            };
+            let config = if self.spec.cluster_key {
+                let path = self.cluster_key_file(&format!("m{}", i + 1));
+                std::fs::write(&path, format!("{CLUSTER_KEY}\n"))?;
+                config.replacen(
+                    "group:\n",
+                    &format!("group:\n  key_file: \"{}\"\n", path.display()),
+                    1,
+                )
             } else {
                 config
             };
@@ -1144,6 +1167,11 @@ impl Fleet {
             .stdin(Stdio::null())
             .output()?;
         Ok(out)
+    }
+
+    /// The cluster key file member `name` reads (with [`FleetBuilder::cluster_key`]).
+    pub fn cluster_key_file(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("cluster-{name}.key"))
     }
 
     /// The directory of the fleet's certificates (with [`FleetBuilder::tls`]).

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use proto::agent_registry_client::AgentRegistryClient;
-use tests::fleet::{bin_path, free_port, OPERATOR};
+use tests::fleet::{bin_path, free_port, CLUSTER_KEY, OPERATOR};
 use tests::worked_example::{self, CCM};
 use tests::{wait_until, Fleet};
 use tokio::sync::Mutex;
@@ -468,6 +468,99 @@ async fn a_group_runs_over_tls_and_member_rpcs_need_a_member_certificate() -> an
     )?;
     assert!(out.status.success(), "{}", stderr(&out));
     fleet.wait_leader(Some(leader), SETTLE).await?;
+    Ok(())
+}
+
+/// The applied revision member `i` reports of itself.
+fn applied_revision(fleet: &Fleet, i: usize) -> Result<u64, String> {
+    let out = fleet
+        .member_cli(fleet.member_addr(i), &["ha", "status", "--local", "--json"])
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(stderr(&out));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    v["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == fleet.member_name(i)))
+        .and_then(|m| m["applied_revision"].as_u64())
+        .ok_or_else(|| format!("no applied revision in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_another_cluster_key_is_refused_and_rejoins_with_the_right_one(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+        .tls()
+        .cluster_key()
+        .managers(3)
+        .start()
+        .await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let odd = (leader + 1) % 3;
+    let name = fleet.member_name(odd).to_owned();
+    // `odd` restarts with another key.
+    std::fs::write(
+        fleet.cluster_key_file(&name),
+        "another-cluster-key-fedcba9876543210\n",
+    )?;
+    fleet.members()[odd].proc.spawn()?;
+    // The majority goes on writing without it: the topology with and without subdomain-2.
+    let dir = fleet.certs_dir().join("..");
+    let mut revision = 0;
+    for (i, with_s2) in [true, false, true].into_iter().enumerate() {
+        let path = dir.join(format!("apply-{i}.yaml"));
+        std::fs::write(&path, worked_example::topology("300ms", with_s2))?;
+        let out = fleet.cli_as(
+            Some(OPERATOR),
+            fleet.member_addr(leader),
+            &[
+                "topology",
+                "apply",
+                &path.display().to_string(),
+                "--yes",
+                "--json",
+            ],
+        )?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        revision = v["revision"].as_u64().expect("a revision");
+    }
+    // Its RPCs and the group's to it are refused for the key, named by id only.
+    wait_until("a refusal for the cluster key", SETTLE, || async {
+        let logs = fleet.logs_all();
+        if logs
+            .lines()
+            .any(|l| l.contains("member request refused: cluster key"))
+        {
+            Ok(())
+        } else {
+            Err(fleet.logs())
+        }
+    })
+    .await?;
+    let logs = fleet.logs_all();
+    assert!(
+        !logs.contains(CLUSTER_KEY) && !logs.contains("another-cluster-key"),
+        "no key is logged"
+    );
+    let seen = applied_revision(&fleet, odd).unwrap_or(0);
+    assert!(
+        seen < revision,
+        "{name} with another key applied revision {seen} of {revision}"
+    );
+    // With the group's key it catches up.
+    std::fs::write(fleet.cluster_key_file(&name), format!("{CLUSTER_KEY}\n"))?;
+    fleet.members()[odd].proc.spawn()?;
+    wait_until("the member to catch up", SETTLE, || async {
+        match applied_revision(&fleet, odd) {
+            Ok(r) if r >= revision => Ok(()),
+            Ok(r) => Err(format!("at {r} of {revision}")),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -35,6 +35,8 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// This member's TLS client side (its own certificate), when the group serves TLS.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The cluster key every member RPC is signed with (and checked against), if configured.
+    keys: Option<Arc<crate::cluster_key::ClusterKeys>>,
     /// Whether the last call to each address got through.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
@@ -45,12 +47,38 @@ impl Peers {
     pub fn new(
         routes: HashMap<String, String>,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        keys: Option<crate::cluster_key::ClusterKeys>,
     ) -> Peers {
         Peers {
             routes: Arc::new(routes),
             tls,
+            keys: keys.map(Arc::new),
             ..Default::default()
         }
+    }
+
+    /// The cluster key, if configured.
+    pub fn cluster_keys(&self) -> Option<&crate::cluster_key::ClusterKeys> {
+        self.keys.as_deref()
+    }
+
+    /// A `Member` RPC request for `method`, signed with the cluster key when there is one.
+    pub fn request<M: prost::Message>(&self, method: &str, message: M) -> tonic::Request<M> {
+        let mac = self.keys.as_ref().map(|k| {
+            k.sign(
+                method,
+                &message.encode_to_vec(),
+                crate::cluster_key::now_ms(),
+                rand_nonce(),
+            )
+        });
+        let mut request = tonic::Request::new(message);
+        if let Some(mac) = mac.and_then(|m| m.parse().ok()) {
+            request
+                .metadata_mut()
+                .insert(crate::cluster_key::METADATA, mac);
+        }
+        request
     }
 
     /// The address this member uses to reach `node`.
@@ -102,6 +130,17 @@ impl Peers {
             .max_decoding_message_size(MAX_MEMBER_MESSAGE)
             .max_encoding_message_size(MAX_MEMBER_MESSAGE))
     }
+}
+
+/// A nonce for a MAC (unique enough within the replay window).
+fn rand_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// Makes a [`Connection`] per target member.
@@ -220,10 +259,13 @@ impl Connection {
             .peers
             .member(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-        let mut request = tonic::Request::new(pb::RaftMessage {
-            kind: kind.to_owned(),
-            payload,
-        });
+        let mut request = self.peers.request(
+            "Raft",
+            pb::RaftMessage {
+                kind: kind.to_owned(),
+                payload,
+            },
+        );
         request.set_timeout(timeout);
         let result = client.raft(request).await;
         self.peers.mark(&self.addr, result.is_ok());

@@ -33,7 +33,7 @@ impl MemberService {
     }
 
     /// The caller's identity, once `access` allows it this Member RPC.
-    fn check<T>(
+    fn check<T: prost::Message>(
         &self,
         request: &Request<T>,
         rpc: &'static str,
@@ -45,6 +45,20 @@ impl MemberService {
             &who,
             crate::access::Rpc::Member(rpc),
         )?;
+        if let Some(keys) = self.engine.peers().cluster_keys() {
+            let mac = request
+                .metadata()
+                .get(crate::cluster_key::METADATA)
+                .and_then(|v| v.to_str().ok());
+            let body = request.get_ref().encode_to_vec();
+            if let Err(why) = keys.verify(rpc, &body, mac, crate::cluster_key::now_ms()) {
+                tracing::warn!(target: "audit", who = %who, rpc, refused = %why, "member request refused: cluster key");
+                return Err(Status::unauthenticated(format!(
+                    "{rpc} refused by member {}: {why}; every member needs the same group.key_file",
+                    self.engine.name()
+                )));
+            }
+        }
         Ok(who)
     }
 }
