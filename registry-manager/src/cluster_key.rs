@@ -3,10 +3,13 @@
 //! member checks it (in constant time) before anything else. A request whose timestamp is more
 //! than [`WINDOW_MS`] away from the receiver's clock is refused, which bounds replay.
 //!
-//! The key file holds the current key on its first line and, optionally, the previous key on
-//! its second: a member signs with the current key and accepts both, so a key is rotated by
-//! hand without refusing any peer (see docs/security.md). Keys are never logged: a key is
-//! named by its id, the first 8 hex digits of its SHA-256.
+//! The key file holds the key a member signs with on its first line and, optionally, one more
+//! key it accepts on its second. `ha authkey` rotates the key of a live group in three steps,
+//! each carried out on every member before the next begins, so no member ever refuses a peer
+//! holding the current or the previous key: **stage** (accept the new key too), **switch**
+//! (sign with the new key, still accept the old), **retire** (accept only the new key). Each
+//! step is written to the member's key file first, so a restart keeps it. Keys are never
+//! logged: a key is named by its id, the first 8 hex digits of its SHA-256.
 
 use std::path::Path;
 
@@ -24,16 +27,35 @@ pub const MIN_KEY_BYTES: usize = 16;
 struct Key {
     id: String,
     hmac: hmac::Key,
+    /// The key's text, to write the key file again (never logged).
+    secret: String,
 }
 
 impl Key {
-    fn new(secret: &[u8]) -> Key {
-        let d = digest::digest(&digest::SHA256, secret);
+    fn new(secret: &str) -> Key {
         Key {
-            id: hex(&d.as_ref()[..4]),
-            hmac: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            id: key_id(secret),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            secret: secret.to_owned(),
         }
     }
+}
+
+/// The public id of a key: the first 8 hex digits of its SHA-256.
+pub fn key_id(secret: &str) -> String {
+    let d = digest::digest(&digest::SHA256, secret.as_bytes());
+    hex(&d.as_ref()[..4])
+}
+
+/// A step of a key rotation (`ha authkey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Accept this new key too; keep signing with the current one.
+    Stage(String),
+    /// Sign with the accepted key of this id; keep accepting the other.
+    Switch(String),
+    /// Accept only the key signed with.
+    Retire,
 }
 
 /// The keys of a member: the one it signs with and the one it still accepts.
@@ -94,8 +116,8 @@ impl ClusterKeys {
             }
         }
         Ok(ClusterKeys {
-            current: Key::new(current.as_bytes()),
-            previous: previous.map(|p| Key::new(p.as_bytes())),
+            current: Key::new(current),
+            previous: previous.map(Key::new),
         })
     }
 
@@ -109,6 +131,70 @@ impl ClusterKeys {
     /// The id of the key this member signs with.
     pub fn current_id(&self) -> &str {
         &self.current.id
+    }
+
+    /// The ids of every key this member accepts, the one it signs with first.
+    pub fn accepted_ids(&self) -> Vec<String> {
+        [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|k| k.id.clone())
+            .collect()
+    }
+
+    /// The keys after one rotation step (pure: the caller writes the file, then swaps).
+    /// Repeating a step is harmless, so an interrupted `ha authkey` can be run again.
+    pub fn after(&self, step: &Step) -> Result<ClusterKeys, String> {
+        match step {
+            Step::Stage(secret) => {
+                let secret = secret.trim();
+                let new = ClusterKeys::parse(secret)?.current;
+                if new.id == self.current.id {
+                    return Ok(self.clone()); // already switched to it: nothing to stage
+                }
+                if let Some(p) = &self.previous {
+                    if p.id != new.id {
+                        return Err(format!(
+                            "this member already accepts another key ({}) besides the one it signs with; finish or undo that rotation first",
+                            p.id
+                        ));
+                    }
+                }
+                Ok(ClusterKeys {
+                    current: self.current.clone(),
+                    previous: Some(new),
+                })
+            }
+            Step::Switch(id) => {
+                if *id == self.current.id {
+                    return Ok(self.clone());
+                }
+                match &self.previous {
+                    Some(p) if p.id == *id => Ok(ClusterKeys {
+                        current: p.clone(),
+                        previous: Some(self.current.clone()),
+                    }),
+                    _ => Err(format!(
+                        "this member does not hold key {id} (it holds {}); stage it first",
+                        self.accepted_ids().join(" and ")
+                    )),
+                }
+            }
+            Step::Retire => Ok(ClusterKeys {
+                current: self.current.clone(),
+                previous: None,
+            }),
+        }
+    }
+
+    /// The key file's text for these keys (the one signed with first).
+    pub fn file_text(&self) -> String {
+        let mut text = format!("{}\n", self.current.secret);
+        if let Some(p) = &self.previous {
+            text.push_str(&p.secret);
+            text.push('\n');
+        }
+        text
     }
 
     /// The MAC of a request: `v1:KEYID:TS:NONCE:TAG`.
@@ -171,6 +257,26 @@ impl ClusterKeys {
         hmac::verify(&key.hmac, &signed_text(method, ts, nonce, body), &tag)
             .map_err(|_| format!("its MAC with cluster key {key_id} does not match"))
     }
+}
+
+/// Writes a key file whole or not at all (a temporary file renamed over it), readable by its
+/// owner only.
+pub fn write_key_file(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension("rotating");
+    let failed =
+        |e: std::io::Error| format!("group.key_file {}: cannot write it: {e}", path.display());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(failed)?;
+    f.write_all(text.as_bytes()).map_err(failed)?;
+    f.sync_all().map_err(failed)?;
+    std::fs::rename(&tmp, path).map_err(failed)
 }
 
 /// Milliseconds since the Unix epoch (the MAC's timestamp).
@@ -246,6 +352,38 @@ mod tests {
         );
         assert_eq!(done.verify("Raft", b"x", Some(&by_new), 9_000_000), Ok(()));
         assert!(done.verify("Raft", b"x", Some(&by_old), 9_000_000).is_err());
+    }
+
+    #[test]
+    fn a_rotation_stages_switches_and_retires_and_each_step_may_be_repeated() {
+        let old = ClusterKeys::parse(A).unwrap();
+        let staged = old.after(&Step::Stage(B.into())).unwrap();
+        assert_eq!(
+            staged.current_id(),
+            old.current_id(),
+            "still signs with the old key"
+        );
+        assert_eq!(staged.accepted_ids().len(), 2);
+        assert_eq!(
+            staged.after(&Step::Stage(B.into())).unwrap().file_text(),
+            staged.file_text()
+        );
+        let new_id = key_id(B);
+        let switched = staged.after(&Step::Switch(new_id.clone())).unwrap();
+        assert_eq!(switched.current_id(), new_id);
+        assert_eq!(switched.file_text(), format!("{B}\n{A}\n"));
+        let retired = switched.after(&Step::Retire).unwrap();
+        assert_eq!(retired.file_text(), format!("{B}\n"));
+        // The file written at each step reads back as the same keys.
+        for k in [&staged, &switched, &retired] {
+            let again = ClusterKeys::parse(&k.file_text()).unwrap();
+            assert_eq!(again.accepted_ids(), k.accepted_ids());
+        }
+        // Switching to a key never staged, or staging a third key, is refused.
+        assert!(old.after(&Step::Switch(new_id)).is_err());
+        let c = "cccccccccccccccccccccccccccccccc";
+        assert!(staged.after(&Step::Stage(c.into())).is_err());
+        assert!(old.after(&Step::Stage("short".into())).is_err());
     }
 
     #[test]

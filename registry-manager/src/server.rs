@@ -195,9 +195,10 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
         None => None,
     };
     let keys = match &config.security.key_file {
-        Some(path) => {
-            Some(crate::cluster_key::ClusterKeys::load(path).map_err(ServeError::Exposed)?)
-        }
+        Some(path) => Some((
+            crate::cluster_key::ClusterKeys::load(path).map_err(ServeError::Exposed)?,
+            path.clone(),
+        )),
         None => None,
     };
     let listener = bind(config.listen).await?;
@@ -259,7 +260,7 @@ async fn launch(
     topology: Option<topology::Topology>,
     tuning: Tuning,
     tls: Option<proto::tls::TlsMaterial>,
-    keys: Option<crate::cluster_key::ClusterKeys>,
+    keys: Option<(crate::cluster_key::ClusterKeys, PathBuf)>,
 ) -> Result<RunningManager, ServeError> {
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,

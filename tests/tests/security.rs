@@ -565,6 +565,96 @@ async fn a_member_with_another_cluster_key_is_refused_and_rejoins_with_the_right
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_authkey_rotates_the_cluster_key_under_a_steady_write_load_and_the_old_key_is_refused(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    const SPARE: &str = "event-manager";
+    let mut fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+        .cluster_key()
+        .managers(3)
+        .agent("fm")
+        .package("fm", SPARE)
+        .start()
+        .await?;
+    wait_until("fm's package in the registry", SETTLE, || async {
+        let out = fleet
+            .operator(&["registry", "export", "--json"])
+            .map_err(|e| e.to_string())?;
+        if out.contains(SPARE) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await?;
+    let members: Vec<_> = (0..3).map(|i| fleet.member_addr(i)).collect();
+    let load = tests::load::WriteLoad::start(members, "fm", SPARE);
+    load.wait_acknowledged(20, SETTLE).await?;
+
+    let new_key = "rotated-cluster-key-0123456789abcdef";
+    let key_path = fleet.cluster_key_file("new-for-rotation");
+    std::fs::write(&key_path, format!("{new_key}\n"))?;
+    let out = fleet.operator(&[
+        "ha",
+        "authkey",
+        "--new-key",
+        &key_path.display().to_string(),
+        "--json",
+    ])?;
+    let answer: serde_json::Value = serde_json::from_str(&out)?;
+    let id = answer["key_id"].as_str().expect("a key id").to_owned();
+    assert!(!out.contains(new_key), "the key is never printed: {out}");
+    let during = load.acknowledged();
+    load.wait_acknowledged(during + 20, SETTLE).await?;
+    let outcome = load.finish().await;
+
+    // No member refused a peer at any point, and every write went on.
+    let logs = fleet.logs_all();
+    assert!(
+        !logs.contains("member request refused"),
+        "a member refused a peer during the rotation:\n{logs}"
+    );
+    assert!(
+        !logs.contains(new_key) && !logs.contains(CLUSTER_KEY),
+        "no key is logged"
+    );
+    assert!(outcome.acknowledged > during, "{outcome:?}");
+    // Every member signs with and accepts only the new key, and keeps it on disk.
+    for m in answer["members"].as_array().expect("members") {
+        assert_eq!(m["signing_id"], id.as_str(), "{m}");
+        assert_eq!(m["accepted_ids"], serde_json::json!([id]), "{m}");
+    }
+    for i in 0..3 {
+        let name = fleet.member_name(i).to_owned();
+        assert_eq!(
+            std::fs::read_to_string(fleet.cluster_key_file(&name))?,
+            format!("{new_key}\n"),
+            "{name}'s key file holds the new key only"
+        );
+    }
+
+    // A member that comes back with the old key is refused everywhere.
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let odd = (leader + 1) % 3;
+    let name = fleet.member_name(odd).to_owned();
+    std::fs::write(fleet.cluster_key_file(&name), format!("{CLUSTER_KEY}\n"))?;
+    fleet.members()[odd].proc.spawn()?;
+    wait_until("the old key refused", SETTLE, || async {
+        if fleet
+            .logs_all()
+            .lines()
+            .any(|l| l.contains("member request refused: cluster key"))
+        {
+            Ok(())
+        } else {
+            Err(fleet.logs())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certs_commands_make_a_ca_and_certificates_with_private_keys() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("pki");

@@ -240,7 +240,7 @@ struct PackageArgs {
 }
 
 /// Which live manager a command talks to, and the certificate it shows there.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct ManagerAddr {
     /// Address of a live registry manager: HOST:PORT (or http://HOST:PORT, https://HOST:PORT).
     #[arg(long = "manager", value_name = "ADDR", default_value = DEFAULT_MANAGER)]
@@ -257,6 +257,14 @@ pub struct ManagerAddr {
 }
 
 impl ManagerAddr {
+    /// The same certificate, toward another manager.
+    fn at(&self, addr: &str) -> ManagerAddr {
+        ManagerAddr {
+            addr: addr.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The TLS files given, if any.
     fn tls_files(&self) -> Option<proto::tls::TlsFiles> {
         match (&self.ca, &self.cert, &self.key) {

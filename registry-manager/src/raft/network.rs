@@ -35,8 +35,10 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// This member's TLS client side (its own certificate), when the group serves TLS.
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// The cluster key every member RPC is signed with (and checked against), if configured.
-    keys: Option<Arc<crate::cluster_key::ClusterKeys>>,
+    /// The cluster key every member RPC is signed with (and checked against), if configured,
+    /// and the file it is kept in (rewritten at each step of a rotation).
+    keys: Option<Arc<std::sync::RwLock<crate::cluster_key::ClusterKeys>>>,
+    key_file: Option<std::path::PathBuf>,
     /// Whether the last call to each address got through.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
@@ -47,25 +49,51 @@ impl Peers {
     pub fn new(
         routes: HashMap<String, String>,
         tls: Option<tonic::transport::ClientTlsConfig>,
-        keys: Option<crate::cluster_key::ClusterKeys>,
+        keys: Option<(crate::cluster_key::ClusterKeys, std::path::PathBuf)>,
     ) -> Peers {
+        let (keys, key_file) = match keys {
+            Some((k, f)) => (Some(Arc::new(std::sync::RwLock::new(k))), Some(f)),
+            None => (None, None),
+        };
         Peers {
             routes: Arc::new(routes),
             tls,
-            keys: keys.map(Arc::new),
+            keys,
+            key_file,
             ..Default::default()
         }
     }
 
     /// The cluster key, if configured.
-    pub fn cluster_keys(&self) -> Option<&crate::cluster_key::ClusterKeys> {
-        self.keys.as_deref()
+    pub fn cluster_keys(&self) -> Option<crate::cluster_key::ClusterKeys> {
+        self.keys
+            .as_ref()
+            .map(|k| k.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// One step of a cluster key rotation: written to the key file first (so a restart keeps
+    /// it), then used. Errors name the file, never a key.
+    pub fn rotate_key(
+        &self,
+        step: &crate::cluster_key::Step,
+    ) -> Result<crate::cluster_key::ClusterKeys, String> {
+        let (Some(keys), Some(file)) = (&self.keys, &self.key_file) else {
+            return Err(
+                "this member has no cluster key (group.key_file); set one on every member first"
+                    .into(),
+            );
+        };
+        let mut keys = keys.write().unwrap_or_else(|p| p.into_inner());
+        let next = keys.after(step)?;
+        crate::cluster_key::write_key_file(file, &next.file_text())?;
+        *keys = next.clone();
+        Ok(next)
     }
 
     /// A `Member` RPC request for `method`, signed with the cluster key when there is one.
     pub fn request<M: prost::Message>(&self, method: &str, message: M) -> tonic::Request<M> {
         let mac = self.keys.as_ref().map(|k| {
-            k.sign(
+            k.read().unwrap_or_else(|p| p.into_inner()).sign(
                 method,
                 &message.encode_to_vec(),
                 crate::cluster_key::now_ms(),

@@ -87,6 +87,16 @@ fn name_list<T: ToString>(items: &[T]) -> Vec<String> {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn ha_cluster_key(
+        &self,
+        request: Request<pb::HaClusterKeyRequest>,
+    ) -> Result<Response<pb::HaClusterKeyResponse>, Status> {
+        let who = self.check(&request, "HaClusterKey")?;
+        Ok(Response::new(
+            self.cluster_key_step(who, request.into_inner()).await?,
+        ))
+    }
+
     async fn apply_topology(
         &self,
         request: Request<pb::TopologyRequest>,
@@ -401,6 +411,51 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 impl AdminService {
+    async fn cluster_key_step(
+        &self,
+        who: crate::access::Identity,
+        req: pb::HaClusterKeyRequest,
+    ) -> Result<pb::HaClusterKeyResponse, Status> {
+        use crate::cluster_key::Step;
+        let step = match req.step.as_str() {
+            "show" => None,
+            "stage" => Some(Step::Stage(req.key)),
+            "switch" => Some(Step::Switch(req.key_id)),
+            "retire" => Some(Step::Retire),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown cluster key step {other:?}; use stage, switch, retire or show"
+                )))
+            }
+        };
+        let peers = self.engine.peers();
+        let keys = match &step {
+            None => peers.cluster_keys().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "member {} has no cluster key (group.key_file)",
+                    self.engine.name()
+                ))
+            })?,
+            Some(step) => {
+                let keys = peers.rotate_key(step).map_err(|e| {
+                    Status::failed_precondition(format!("member {}: {e}", self.engine.name()))
+                })?;
+                let what = match step {
+                    Step::Stage(_) => "ha authkey stage",
+                    Step::Switch(_) => "ha authkey switch",
+                    Step::Retire => "ha authkey retire",
+                };
+                tracing::info!(target: "audit", who = %who, what, signing = keys.current_id(), accepted = ?keys.accepted_ids(), "admin write");
+                keys
+            }
+        };
+        Ok(pb::HaClusterKeyResponse {
+            member: self.engine.name().to_owned(),
+            signing_id: keys.current_id().to_owned(),
+            accepted_ids: keys.accepted_ids(),
+        })
+    }
+
     /// The leader's `Admin` client when another member leads (group changes run there).
     fn leader_admin(
         &self,
