@@ -22,6 +22,9 @@ struct Args {
     /// Don't build the daemons first (they must already be next to this executable).
     #[arg(long)]
     no_build: bool,
+    /// Run the whole fleet with mutual TLS, from certificates made by `registry-manager certs`.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Builds the daemons into the target directory this executable runs from, in its profile.
@@ -113,12 +116,16 @@ async fn show(
     Ok(())
 }
 
-async fn demo() -> anyhow::Result<()> {
-    let mut fleet = worked_example::fleet("1s")
-        .managers(3)
-        .default_checks()
-        .start()
-        .await?;
+async fn demo(tls: bool) -> anyhow::Result<()> {
+    let builder = worked_example::fleet("1s").managers(3).default_checks();
+    let builder = if tls { builder.tls() } else { builder };
+    let mut fleet = builder.start().await?;
+    if tls {
+        println!(
+            "mutual TLS on: certificates made by `registry-manager certs init|issue` in {} (m1..m3, one per agent host, the operator `ops`)",
+            fleet.certs_dir().display()
+        );
+    }
     let addrs: Vec<String> = fleet.members().iter().map(|m| m.addr.to_string()).collect();
     println!(
         "fleet up: a registry group of three managers m1, m2, m3 on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
@@ -297,7 +304,7 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(demo())?;
+        .block_on(demo(args.tls))?;
     println!("demo took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
