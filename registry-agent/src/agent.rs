@@ -143,6 +143,18 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         Some(files) => Some(client_tls(files, &config.host)?),
         None => None,
     };
+    // The local API and forward ports serve local programs, in plaintext and without
+    // credentials: beyond loopback only when configured so, and then said in the log.
+    for (what, addr) in std::iter::once(("the local API (listen)".to_owned(), config.listen)).chain(
+        config
+            .forward
+            .iter()
+            .map(|f| (format!("forward {}", f.package_type), f.listen)),
+    ) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, what, "listening beyond loopback: this port is plaintext and asks for no credentials (it serves local programs); keep it on 127.0.0.1 unless every program that can reach it may use it");
+        }
+    }
     let store = CopyStore::open(&config.data_dir)?;
     let copy = match store.load() {
         Ok(c) => c,

@@ -282,8 +282,6 @@ impl pb::admin_server::Admin for AdminService {
                 host: host.to_string(),
                 domain,
                 alive: rec.is_none_or(|r| r.alive()),
-                // Never the id itself: it is a credential.
-                session_id: String::new(),
                 session_live: live.is_some(),
                 last_heartbeat_ms,
                 packages: rec
