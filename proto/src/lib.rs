@@ -43,3 +43,4 @@ pub fn explained(e: &RouteExplanation, with_stale: bool) -> topology::Explained 
         stale: with_stale.then_some(e.stale),
     }
 }
+pub mod tls;

@@ -108,6 +108,28 @@ impl RunningAgent {
     }
 }
 
+/// The agent's TLS client side: its certificate must be valid now and name this host (the
+/// managers let an agent act only for the host its certificate names).
+fn client_tls(
+    files: &proto::tls::TlsFiles,
+    host: &topology::HostName,
+) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
+    let material = files.load()?;
+    material.check_valid_at(std::time::SystemTime::now())?;
+    if material.name() != host.as_str() {
+        return Err(proto::tls::TlsError {
+            what: "certificate",
+            path: files.cert.display().to_string(),
+            reason: format!(
+                "names \"{}\" but this agent is host \"{host}\"; the managers let an agent act only for the host its certificate names. Issue one with `registry-manager certs issue --dir D {host}`",
+                material.name()
+            ),
+        }
+        .into());
+    }
+    Ok(material.client_config())
+}
+
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError> {
     TcpListener::bind(addr)
         .await
@@ -117,6 +139,22 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError>
 /// Starts an agent: opens the persisted copy (answering from it at once), binds the local API
 /// and forward ports, and starts every task. Returns once everything listens.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let tls = match &config.tls {
+        Some(files) => Some(client_tls(files, &config.host)?),
+        None => None,
+    };
+    // The local API and forward ports serve local programs, in plaintext and without
+    // credentials: beyond loopback only when configured so, and then said in the log.
+    for (what, addr) in std::iter::once(("the local API (listen)".to_owned(), config.listen)).chain(
+        config
+            .forward
+            .iter()
+            .map(|f| (format!("forward {}", f.package_type), f.listen)),
+    ) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, what, "listening beyond loopback: this port is plaintext and asks for no credentials (it serves local programs); keep it on 127.0.0.1 unless every program that can reach it may use it");
+        }
+    }
     let store = CopyStore::open(&config.data_dir)?;
     let copy = match store.load() {
         Ok(c) => c,
@@ -221,11 +259,13 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         health: health.clone(),
         bootstrap: Bootstrap::new(config.managers.clone(), config.dns_servers.clone()),
         timing: SessionTiming::default(),
+        tls: tls.clone(),
     };
     tasks.push(tokio::spawn(session.run(shutdown.clone())));
 
     tasks.push(tokio::spawn(run_prober(
         config.health,
+        tls,
         book_rx.clone(),
         health.clone(),
         metrics.clone(),

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// HTTP port (`/metrics`, `/healthz`); none (`http_listen: none`): no HTTP port. Port 0
     /// picks a free port.
     pub http_listen: Option<SocketAddr>,
+    /// Mutual TLS toward the managers (`tls: { cert, key, ca }`): the certificate names this
+    /// host, and the managers only let it act for this host. None: plaintext.
+    pub tls: Option<proto::tls::TlsFiles>,
 }
 
 /// A bootstrap address of a registry manager.
@@ -159,6 +162,16 @@ struct RawConfig {
     forward: Vec<Spanned<RawForward>>,
     #[serde(default)]
     http_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    ca: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -575,6 +588,31 @@ impl AgentConfig {
             }
         }
 
+        let tls = raw.tls.as_ref().and_then(|t| {
+            let t = &t.value;
+            let mut path = |key: &str, s: &Spanned<String>| {
+                if s.value.trim().is_empty() {
+                    c.at(
+                        s,
+                        format!("tls.{key}: is empty; give a PEM file (see docs/security.md)"),
+                    );
+                    None
+                } else {
+                    Some(PathBuf::from(&s.value))
+                }
+            };
+            let (cert, key, ca) = (
+                path("cert", &t.cert),
+                path("key", &t.key),
+                path("ca", &t.ca),
+            );
+            Some(proto::tls::TlsFiles {
+                cert: cert?,
+                key: key?,
+                ca: ca?,
+            })
+        });
+
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(c.errors));
@@ -589,6 +627,7 @@ impl AgentConfig {
             health,
             forward,
             http_listen,
+            tls,
         })
     }
 

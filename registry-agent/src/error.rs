@@ -21,6 +21,9 @@ pub enum AgentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The `tls` files cannot be used (unreadable, not PEM, expired).
+    #[error("{0}; the agent did not start")]
+    Tls(#[from] proto::tls::TlsError),
     /// The persisted registry copy cannot be opened.
     #[error("{0}")]
     Store(#[from] StoreError),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use topology::{HostName, PackageType};
 
 use crate::checks::check_once;
@@ -46,6 +46,7 @@ pub fn probe_targets(
 /// Probes until `shutdown`.
 pub async fn run_prober(
     cfg: HealthConfig,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     book: watch::Receiver<Arc<RouteBook>>,
     health: Arc<HealthView>,
     metrics: Arc<AgentMetrics>,
@@ -74,7 +75,14 @@ pub async fn run_prober(
                 ProbeKind::Tcp => None,
                 ProbeKind::GrpcHealth => channels
                     .entry(endpoint.clone())
-                    .or_insert_with(|| lazy_channel(&endpoint, cfg.timeout))
+                    .or_insert_with(|| {
+                        // Registry managers speak TLS when the agent does; other packages are
+                        // probed as they serve.
+                        let tls = (t.as_str() == crate::session::REGISTRY_MANAGER_TYPE)
+                            .then_some(tls.as_ref())
+                            .flatten();
+                        lazy_channel(&endpoint, cfg.timeout, tls)
+                    })
                     .clone(),
             };
             async move {
@@ -96,8 +104,12 @@ pub async fn run_prober(
 
 /// A lazily connected channel to a probed manager (`None` when the endpoint is unusable, which
 /// then fails every probe).
-fn lazy_channel(endpoint: &str, timeout: Duration) -> Option<Channel> {
-    Endpoint::from_shared(format!("http://{endpoint}"))
+fn lazy_channel(
+    endpoint: &str,
+    timeout: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<Channel> {
+    proto::tls::endpoint(endpoint, tls)
         .ok()
         .map(|e| e.connect_timeout(timeout).tcp_nodelay(true).connect_lazy())
 }

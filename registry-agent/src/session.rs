@@ -169,6 +169,8 @@ pub struct SessionClient {
     pub bootstrap: Bootstrap,
     /// Timing.
     pub timing: SessionTiming,
+    /// Mutual TLS toward the managers (`tls:`); none: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl SessionClient {
@@ -385,15 +387,14 @@ impl SessionClient {
     }
 
     async fn connect(&self, addr: &str) -> Result<Channel, String> {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address: {e}"))?
+        let ep = proto::tls::endpoint(addr, self.tls.as_ref())?
             .connect_timeout(self.timing.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         match tokio::time::timeout(self.timing.connect_timeout * 2, ep.connect()).await {
             Ok(Ok(ch)) => Ok(ch),
-            Ok(Err(e)) => Err(format!("connect: {e}")),
+            Ok(Err(e)) => Err(format!("connect: {}", proto::tls::error_chain(&e))),
             Err(_) => Err("connect timed out".into()),
         }
     }

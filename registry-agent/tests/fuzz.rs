@@ -325,6 +325,7 @@ fn agent_config() -> impl Strategy<Value = AgentConfig> {
                 forward,
                 // Not rendered: the default.
                 http_listen: Some(DEFAULT_HTTP_LISTEN.parse().unwrap()),
+                tls: None,
             }
         })
 }

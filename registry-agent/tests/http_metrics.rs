@@ -161,6 +161,7 @@ async fn metrics_follow_route_changes_forwarding_probes_and_failover() -> Result
         session_ttl: Duration::from_secs(1),
         group: None,
         http_listen: None,
+        security: Default::default(),
     })
     .await
     .map_err(|e| anyhow!("manager did not start: {e}"))?;

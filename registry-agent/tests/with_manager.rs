@@ -49,6 +49,7 @@ async fn start_manager_ttl(
         session_ttl,
         group: None,
         http_listen: None,
+        security: Default::default(),
     };
     // A restarted manager may find its port briefly busy; retry within the deadline.
     let deadline = Instant::now() + WAIT;
@@ -870,6 +871,7 @@ async fn a_snapshot_sent_in_parts_gives_the_agent_a_copy_equal_to_the_registry()
         session_ttl: TTL,
         group: None,
         http_listen: None,
+        security: Default::default(),
     })
     .await
     .map_err(|e| anyhow!("manager did not start: {e}"))?;

@@ -444,7 +444,10 @@ impl Engine {
             .member(&addr)
             .map_err(RegistryError::Group)?;
         let batch = serde_json::to_vec(items).expect("proposals serialise");
-        let mut request = tonic::Request::new(pb::ProposeRequest { batch });
+        let mut request = self
+            .inner
+            .peers
+            .request("Propose", pb::ProposeRequest { batch });
         request.set_timeout(left.min(Duration::from_secs(2)));
         match client.propose(request).await {
             Ok(reply) => serde_json::from_slice(&reply.into_inner().outcomes).map_err(|e| {
@@ -514,7 +517,10 @@ impl Engine {
 
     async fn read_index_of(&self, leader: &MemberNode, left: Duration) -> Result<LogId, String> {
         let mut client = self.inner.peers.member(&self.inner.peers.addr_of(leader))?;
-        let mut request = tonic::Request::new(pb::ReadIndexRequest {});
+        let mut request = self
+            .inner
+            .peers
+            .request("ReadIndex", pb::ReadIndexRequest {});
         request.set_timeout(left);
         let reply = client
             .read_index(request)
@@ -690,7 +696,10 @@ impl Engine {
     async fn ask_status(&self, node: &MemberNode, voter: bool) -> pb::HaMember {
         let asked = async {
             let mut client = self.inner.peers.member(&self.inner.peers.addr_of(node))?;
-            let mut request = tonic::Request::new(pb::HaStatusRequest { local_only: true });
+            let mut request = self
+                .inner
+                .peers
+                .request("MemberStatus", pb::HaStatusRequest { local_only: true });
             request.set_timeout(Duration::from_secs(1));
             client
                 .member_status(request)

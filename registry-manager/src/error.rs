@@ -45,7 +45,7 @@ pub enum RegistryError {
         ttl: Duration,
     },
     /// The session is unknown, expired or ended.
-    #[error("session {session_id} is not live (expired, ended or unknown); open a new session for host \"{host}\"")]
+    #[error("the session given is not live (expired, ended or unknown); open a new session for host \"{host}\"")]
     SessionNotLive {
         /// The host the request named.
         host: HostName,
@@ -53,7 +53,7 @@ pub enum RegistryError {
         session_id: SessionId,
     },
     /// A session reported for a host other than its own.
-    #[error("session {session_id} belongs to host \"{session_host}\"; an agent may only report for its own host, not \"{host}\"")]
+    #[error("the session given belongs to host \"{session_host}\"; an agent may only report for its own host, not \"{host}\"")]
     WrongHost {
         /// The host the request named.
         host: HostName,
@@ -206,6 +206,13 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The settings would expose the manager (plaintext beyond loopback, a member beyond
+    /// loopback without a cluster key); the message says how to mend them.
+    #[error("{0}")]
+    Exposed(String),
+    /// A certificate, key or CA file cannot be used.
+    #[error("{0}; the manager did not start")]
+    Tls(#[from] proto::tls::TlsError),
     /// A background task of the manager failed (storage failure, panic).
     #[error("registry manager stopped: {0}")]
     Fatal(String),

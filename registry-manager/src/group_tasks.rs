@@ -209,10 +209,13 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
                 host: host.to_string(),
             })
             .collect();
-        let mut request = tonic::Request::new(pb::TouchRequest {
-            sessions,
-            member: engine.name().to_owned(),
-        });
+        let mut request = engine.peers().request(
+            "Touch",
+            pb::TouchRequest {
+                sessions,
+                member: engine.name().to_owned(),
+            },
+        );
         request.set_timeout(period * 2);
         if let Err(e) = client.touch(request).await {
             tracing::debug!(leader = %leader.name, error = %e.message(), "passing heartbeats on failed");

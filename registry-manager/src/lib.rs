@@ -22,13 +22,25 @@
 //! - [`status`] (pure: the status page's model, an operator action's blast radius) and `page`
 //!   (the page at `/`, its JSON and event endpoints, the admin buttons and who may use them).
 //! - `server`: [`start`] / [`run`] / [`RunningManager`].
+//! - [`security`]: the `tls`/`admins`/`insecure`/`key_file` settings and the start-up checks
+//!   that keep a manager off the network unless it is secured; `tls_accept`: the TLS front
+//!   door (handshakes, refusals logged, plaintext clients answered with the reason).
+//! - [`access`]: who a caller is (its certificate's name) and what it may do, decided by a
+//!   pure function every RPC goes through.
+//! - [`cluster_key`]: the MAC members sign their RPCs with (`group.key_file`).
+//! - [`certs`]: the fleet's small PKI (`registry-manager certs init|issue`).
 //!
 //! **Invariants**: a write is acknowledged only once it is durable on a majority of the group;
 //! revisions grow by one per applied command and are the same numbers on every member;
 //! `State::apply` is pure; every watcher receives every revision in order, or a snapshot that
-//! covers the ones it missed.
+//! covers the ones it missed; **with TLS, every RPC is authorized by [`access::Access::authorize`]
+//! on the identity of the caller's certificate before it does anything**, and no answer or log
+//! line carries a session id or a key.
 
+pub mod access;
 pub mod backup;
+pub mod certs;
+pub mod cluster_key;
 pub mod command;
 pub mod delta;
 mod engine;
@@ -43,6 +55,7 @@ pub mod log_record;
 mod metrics;
 mod page;
 pub mod raft;
+pub mod security;
 mod server;
 pub mod service;
 pub mod session_id;
@@ -50,6 +63,7 @@ pub mod sessions;
 pub mod state;
 pub mod status;
 pub mod store;
+mod tls_accept;
 pub mod watch;
 pub mod wire;
 
@@ -59,6 +73,7 @@ pub use engine::Engine;
 pub use error::{to_status, RegistryError, ServeError};
 pub use group::GroupConfig;
 pub use http::{HttpListen, DEFAULT_HTTP_LISTEN};
+pub use security::Security;
 pub use server::{run, start, start_with, RunningManager, ServeConfig, Tuning};
 pub use session_id::SessionId;
 pub use state::State;

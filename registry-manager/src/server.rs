@@ -22,6 +22,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Peers, MAX_MEMBER_MESSAGE};
 use crate::raft::state_machine::{Registry, StateMachine};
 use crate::raft::types::{MemberNode, Raft};
+use crate::security::Security;
 use crate::service::{AdminService, AgentRegistryService, MemberService};
 use crate::sessions::SessionTable;
 use crate::state::State;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     /// HTTP port for `/metrics` and `/healthz`; none: no HTTP port. Port 0 picks a free port
     /// ([`RunningManager::http_addr`] tells which).
     pub http_listen: Option<SocketAddr>,
+    /// TLS, admins, `insecure` and the cluster key (SPEC section 8).
+    pub security: Security,
 }
 
 impl Default for ServeConfig {
@@ -60,6 +63,7 @@ impl Default for ServeConfig {
                     .parse()
                     .expect("default HTTP address"),
             ),
+            security: Security::default(),
         }
     }
 }
@@ -180,6 +184,23 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
     if let Some(g) = &config.group {
         g.validate().map_err(ServeError::Fatal)?;
     }
+    crate::security::check_exposure(config.listen, &config.security, config.group.as_ref())
+        .map_err(ServeError::Exposed)?;
+    let tls = match &config.security.tls {
+        Some(files) => {
+            let material = files.load()?;
+            material.check_valid_at(std::time::SystemTime::now())?;
+            Some(material)
+        }
+        None => None,
+    };
+    let keys = match &config.security.key_file {
+        Some(path) => Some((
+            crate::cluster_key::ClusterKeys::load(path).map_err(ServeError::Exposed)?,
+            path.clone(),
+        )),
+        None => None,
+    };
     // The address is taken now (a port in use fails before the store is read), but connections
     // are accepted only once the store is loaded: until then a client is refused at once
     // instead of hanging on a port nobody serves yet.
@@ -198,7 +219,7 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
             addr: config.listen,
             source,
         })?;
-    launch(listener, Arc::new(db), config, topology, tuning).await
+    launch(listener, Arc::new(db), config, topology, tuning, tls, keys).await
 }
 
 /// Runs a manager until `shutdown` resolves (the caller handles SIGINT/SIGTERM) or a fatal
@@ -259,6 +280,8 @@ async fn launch(
     config: ServeConfig,
     topology: Option<topology::Topology>,
     tuning: Tuning,
+    tls: Option<proto::tls::TlsMaterial>,
+    keys: Option<(crate::cluster_key::ClusterKeys, PathBuf)>,
 ) -> Result<RunningManager, ServeError> {
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
@@ -299,6 +322,8 @@ async fn launch(
             .iter()
             .map(|(name, addr)| (name.to_string(), addr.clone()))
             .collect(),
+        tls.as_ref().map(|t| t.client_config()),
+        keys,
     );
     let raft = Raft::new(
         node_id,
@@ -366,19 +391,26 @@ async fn launch(
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let agent = pb::agent_registry_server::AgentRegistryServer::new(AgentRegistryService::new(
-        engine.clone(),
-    ))
+    let access = Arc::new(config.security.access(config.group.as_ref()));
+    let agent = pb::agent_registry_server::AgentRegistryServer::new(
+        AgentRegistryService::with_access(engine.clone(), Arc::clone(&access)),
+    )
     .max_decoding_message_size(tuning.max_agent_request)
     .max_encoding_message_size(tuning.max_response);
-    let admin = pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
-        .max_decoding_message_size(tuning.max_admin_request)
-        .max_encoding_message_size(tuning.max_response);
-    let member = pb::member_server::MemberServer::new(MemberService::new(engine.clone()))
-        .max_decoding_message_size(MAX_MEMBER_MESSAGE)
-        .max_encoding_message_size(MAX_MEMBER_MESSAGE);
+    let admin = pb::admin_server::AdminServer::new(AdminService::with_access(
+        engine.clone(),
+        Arc::clone(&access),
+    ))
+    .max_decoding_message_size(tuning.max_admin_request)
+    .max_encoding_message_size(tuning.max_response);
+    let member = pb::member_server::MemberServer::new(MemberService::with_access(
+        engine.clone(),
+        Arc::clone(&access),
+    ))
+    .max_decoding_message_size(MAX_MEMBER_MESSAGE)
+    .max_encoding_message_size(MAX_MEMBER_MESSAGE);
 
-    let server = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(tuning.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -388,18 +420,42 @@ async fn launch(
         .add_service(reflection_v1alpha)
         .add_service(agent)
         .add_service(admin)
-        .add_service(member)
-        .serve_with_incoming_shutdown(
-            accept_with_backoff(listener),
-            cancel.clone().cancelled_owned(),
-        );
+        .add_service(member);
     let server_cancel = cancel.clone();
-    let server = tokio::spawn(async move {
-        let result = server.await;
-        // However the server ended, the rest of the manager stops with it.
-        server_cancel.cancel();
-        result
-    });
+    let server = match &tls {
+        None => tokio::spawn(async move {
+            let result = builder
+                .serve_with_incoming_shutdown(
+                    accept_with_backoff(listener),
+                    server_cancel.clone().cancelled_owned(),
+                )
+                .await;
+            // However the server ended, the rest of the manager stops with it.
+            server_cancel.cancel();
+            result
+        }),
+        Some(material) => {
+            let (sorted, accept) =
+                crate::tls_accept::sort(listener, material.server_config()?, cancel.clone());
+            tasks.push(accept);
+            tasks.push(spawn_plaintext_refuser(
+                sorted.plain,
+                engine.clone(),
+                health_service_for_refuser(),
+                cancel.clone(),
+            ));
+            tokio::spawn(async move {
+                let result = builder
+                    .serve_with_incoming_shutdown(
+                        sorted.tls,
+                        server_cancel.clone().cancelled_owned(),
+                    )
+                    .await;
+                server_cancel.cancel();
+                result
+            })
+        }
+    };
 
     if let Some(topology) = topology {
         tasks.push(tokio::spawn(seed_topology(engine.clone(), topology)));
@@ -415,6 +471,53 @@ async fn launch(
         cancel,
         server,
         tasks,
+    })
+}
+
+/// A fresh health service for the plaintext refuser (every call is refused before it).
+fn health_service_for_refuser(
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    tonic_health::server::health_reporter().1
+}
+
+/// Serves plaintext connections of a TLS manager: every call of every service is answered
+/// `UNAUTHENTICATED` with [`crate::tls_accept::PLAINTEXT_REFUSED`].
+fn spawn_plaintext_refuser(
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>>,
+    engine: Engine,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    fn refuse(_: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        Err(tonic::Status::unauthenticated(
+            crate::tls_accept::PLAINTEXT_REFUSED,
+        ))
+    }
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            pb::agent_registry_server::AgentRegistryServer::with_interceptor(
+                AgentRegistryService::new(engine.clone()),
+                refuse,
+            ),
+        )
+        .add_service(pb::admin_server::AdminServer::with_interceptor(
+            AdminService::new(engine.clone()),
+            refuse,
+        ))
+        .add_service(pb::member_server::MemberServer::with_interceptor(
+            MemberService::new(engine),
+            refuse,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            health, refuse,
+        ))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned());
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "the plaintext refuser stopped");
+        }
     })
 }
 

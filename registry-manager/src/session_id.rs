@@ -25,9 +25,10 @@ impl SessionId {
     }
 }
 
+/// Redacted: a session id is a credential, and debug output ends up in logs.
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        f.write_str("SessionId(<redacted>)")
     }
 }
 

@@ -71,6 +71,7 @@ impl Fixture {
                     session_ttl: Duration::from_secs(3_600),
                     group: None,
                     http_listen: None,
+                    security: Default::default(),
                 },
                 Tuning::default(),
             ))

@@ -388,10 +388,8 @@ async fn topology_apply_mid_stream_ends_removed_sessions_and_keeps_moved_ones() 
         .find(|x| x.host == "agent-4")
         .expect("agent-4 listed");
     assert_eq!(a4.domain, "subdomain-1");
-    assert!(
-        a4.session_live && a4.session_id.is_empty(),
-        "live, and no id is listed"
-    );
+    // Live; the listing has no field for a session id at all (the proto reserves it).
+    assert!(a4.session_live, "live");
     assert!(hosts.hosts.iter().all(|x| x.host != "s2-host"));
     let show = h
         .admin
@@ -585,10 +583,7 @@ async fn explain_diff_and_list_answer_from_the_live_registry() -> Result<()> {
         "{a2:?}"
     );
     let a1 = hosts.hosts.iter().find(|x| x.host == "agent-1").unwrap();
-    assert!(
-        a1.session_live && a1.session_id.is_empty() && a1.packages.len() == 1,
-        "{a1:?}"
-    );
+    assert!(a1.session_live && a1.packages.len() == 1, "{a1:?}");
     h.shutdown().await
 }
 

@@ -192,6 +192,12 @@ impl Drop for Proc {
     }
 }
 
+/// The cluster key every member of a fleet built with [`FleetBuilder::cluster_key`] starts with.
+pub const CLUSTER_KEY: &str = "fleet-test-cluster-key-0123456789abcdef";
+
+/// The operator of a TLS fleet: the managers' admin.
+pub const OPERATOR: &str = "ops";
+
 /// Builder of a [`Fleet`]: `Fleet::from_topology(yaml).manager().agent("agent-4")...start()`.
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
@@ -209,6 +215,8 @@ pub struct FleetBuilder {
     srv: Option<(String, SocketAddr)>,
     /// The single manager serves its HTTP side port (status page, metrics) on a free port.
     manager_http: bool,
+    tls: bool,
+    cluster_key: bool,
 }
 
 impl FleetBuilder {
@@ -307,6 +315,22 @@ impl FleetBuilder {
         self
     }
 
+    /// Runs the fleet with mutual TLS, from certificates made by the real `registry-manager
+    /// certs init|issue` in the fleet's directory: one per member (`m1`..), one per agent
+    /// host, and the operator `ops` (the managers' only admin), which the harness's own calls
+    /// and [`Fleet::manager_cli`] use.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Members of a group sign their RPCs with a cluster key (`group.key_file`); each member
+    /// reads its own copy, [`Fleet::cluster_key_file`], so a test can give one another key.
+    pub fn cluster_key(mut self) -> Self {
+        self.cluster_key = true;
+        self
+    }
+
     /// Starts every process and waits until each agent answers on its local API.
     pub async fn start(self) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new().prefix("fleet-").tempdir()?;
@@ -327,6 +351,9 @@ impl FleetBuilder {
         };
         if self.manager_http && self.members <= 1 {
             fleet.manager_http = Some(loopback(free_port()?));
+        }
+        if self.tls {
+            fleet.make_certs()?;
         }
         if self.manager && self.members > 1 {
             fleet.start_group(self.members).await?;
@@ -410,6 +437,8 @@ impl Fleet {
             grpc: false,
             srv: None,
             manager_http: false,
+            tls: false,
+            cluster_key: false,
         }
     }
 
@@ -461,6 +490,11 @@ impl Fleet {
         if let Some(http) = self.manager_http_addr() {
             *args.last_mut().expect("an --http-listen value") = http.to_string();
         }
+        if self.spec.tls {
+            let path = self.dir().join("manager-tls.yaml");
+            std::fs::write(&path, self.tls_yaml("m1"))?;
+            args.extend(["--config".into(), path.display().to_string()]);
+        }
         Ok(Proc::new(
             "registry-manager",
             bin_path("registry-manager")?,
@@ -472,14 +506,16 @@ impl Fleet {
     /// Starts (or restarts) the manager and waits until it answers.
     pub async fn start_manager(&mut self) -> anyhow::Result<()> {
         let addr = self.manager_addr;
-        let m = self.manager.as_mut().context("fleet has no manager")?;
-        m.spawn()?;
+        self.manager
+            .as_mut()
+            .context("fleet has no manager")?
+            .spawn()?;
         let r = wait_until(
             "the registry manager to answer",
             Duration::from_secs(20),
             || async {
-                let uri = format!("http://{addr}");
-                let ch = Endpoint::from_shared(uri)
+                let ch = self
+                    .admin_endpoint(addr)
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_millis(500))
                     .connect()
@@ -540,6 +576,22 @@ impl Fleet {
                 self.spec.session_ttl,
                 i + 1,
             );
+            let config = if self.spec.tls {
+                config + &self.tls_yaml(&format!("m{}", i + 1))
+            } else {
+                config
+            };
+            let config = if self.spec.cluster_key {
+                let path = self.cluster_key_file(&format!("m{}", i + 1));
+                std::fs::write(&path, format!("{CLUSTER_KEY}\n"))?;
+                config.replacen(
+                    "group:\n",
+                    &format!("group:\n  key_file: \"{}\"\n", path.display()),
+                    1,
+                )
+            } else {
+                config
+            };
             let path = self.dir().join(format!("m{}.yaml", i + 1));
             std::fs::write(&path, config)?;
             let mut proc = Proc::new(
@@ -586,6 +638,12 @@ impl Fleet {
             self.dir().join(format!("{name}-data")).display(),
             self.spec.session_ttl,
         );
+        let config = if self.spec.tls {
+            self.issue(name)?;
+            config + &self.tls_yaml(name)
+        } else {
+            config
+        };
         let path = self.dir().join(format!("{name}.yaml"));
         std::fs::write(&path, config)?;
         let mut proc = Proc::new(
@@ -614,7 +672,8 @@ impl Fleet {
             "a registry group member to answer a current read",
             Duration::from_secs(30),
             || async {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                let ch = self
+                    .admin_endpoint(addr)
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(5))
@@ -930,6 +989,16 @@ impl Fleet {
                 }
             }
         }
+        if self.spec.tls {
+            let (cert, key, ca) = self.cert_files(host);
+            let _ = writeln!(
+                y,
+                "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}",
+                cert.display(),
+                key.display(),
+                ca.display()
+            );
+        }
         if !forwards.is_empty() {
             let _ = writeln!(y, "forward:");
             for (ty, addr) in forwards {
@@ -1148,14 +1217,123 @@ impl Fleet {
         addr: SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<std::process::Output> {
+        self.cli_as(self.spec.tls.then_some(OPERATOR), addr, args)
+    }
+
+    /// Runs the real `registry-manager` command line against the member at `addr`, showing
+    /// the certificate of `identity` (none: plaintext, no certificate).
+    pub fn cli_as(
+        &self,
+        identity: Option<&str>,
+        addr: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.push("--manager".into());
         full.push(addr.to_string());
+        if let Some(name) = identity {
+            let (cert, key, ca) = self.cert_files(name);
+            for (flag, path) in [("--ca", ca), ("--cert", cert), ("--key", key)] {
+                full.push(flag.into());
+                full.push(path.display().to_string());
+            }
+        }
         let out = Command::new(bin_path("registry-manager")?)
             .args(&full)
             .stdin(Stdio::null())
             .output()?;
         Ok(out)
+    }
+
+    /// The cluster key file member `name` reads (with [`FleetBuilder::cluster_key`]).
+    pub fn cluster_key_file(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("cluster-{name}.key"))
+    }
+
+    /// The directory of the fleet's certificates (with [`FleetBuilder::tls`]).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir().join("certs")
+    }
+
+    /// (certificate, key, CA) files of `name` in [`Fleet::certs_dir`].
+    pub fn cert_files(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.certs_dir();
+        (
+            d.join(format!("{name}.crt")),
+            d.join(format!("{name}.key")),
+            d.join("ca.crt"),
+        )
+    }
+
+    /// Issues a certificate for `name` (valid at 127.0.0.1) with the real `certs issue`.
+    pub fn issue(&self, name: &str) -> anyhow::Result<()> {
+        let dir = self.certs_dir().display().to_string();
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(["certs", "issue", "--dir", &dir, name, "--ip", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs issue {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `certs init`, then a certificate for every member, agent host and the operator.
+    fn make_certs(&self) -> anyhow::Result<()> {
+        let dir = self.certs_dir().display().to_string();
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(["certs", "init", "--dir", &dir])
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let members = (1..=self.spec.members.max(1)).map(|i| format!("m{i}"));
+        for name in members
+            .chain(self.spec.agents.iter().cloned())
+            .chain([OPERATOR.to_string()])
+        {
+            self.issue(&name)?;
+        }
+        Ok(())
+    }
+
+    /// The `tls:` and `admins:` keys of a manager's configuration (member `name`).
+    fn tls_yaml(&self, name: &str) -> String {
+        let (cert, key, ca) = self.cert_files(name);
+        format!(
+            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}\nadmins: [{OPERATOR}]\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        )
+    }
+
+    /// An endpoint to a manager for the harness's own admin calls: over TLS as the operator
+    /// when the fleet runs TLS.
+    pub fn admin_endpoint(&self, addr: SocketAddr) -> anyhow::Result<Endpoint> {
+        self.endpoint_as(self.spec.tls.then_some(OPERATOR), addr)
+    }
+
+    /// An endpoint to a manager showing the certificate of `identity` (none: plaintext).
+    pub fn endpoint_as(
+        &self,
+        identity: Option<&str>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Endpoint> {
+        let tls = match identity {
+            Some(name) => {
+                let (cert, key, ca) = self.cert_files(name);
+                let m = proto::tls::TlsFiles { cert, key, ca }.load()?;
+                Some(m.client_config())
+            }
+            None => None,
+        };
+        proto::tls::endpoint(&addr.to_string(), tls.as_ref()).map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Runs an operator command and fails with its stderr if it fails.

@@ -5,6 +5,7 @@
 //! - [`fleet`]: the [`Fleet`] builder and the processes it owns (every one reaped on drop).
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
 //! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
+//! - [`pki`]: certificates `certs` never makes (expired ones), for refusal tests.
 //! - [`relay`]: a loopback relay a test can cut so packets vanish without a reset (blackhole).
 //! - [`tooling`]: HTTP GET and Prometheus samples, gRPC reflection — for every crate's tests.
 //! - [`wait`]: waiting on conditions with deadlines.
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod dns;
 pub mod fleet;
 pub mod load;
+pub mod pki;
 pub mod relay;
 pub mod standin;
 pub mod tooling;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use proto::admin_client::AdminClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::offline::{file_name, read_text};
 use super::render::{from_wire, print_explained};
 use super::report::InvalidFile;
+use super::ManagerAddr;
 
 /// Runs a live command on a small runtime of its own.
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
@@ -32,15 +33,17 @@ pub enum Action {
     Restore,
 }
 
-/// A gRPC address as the command line takes it, `HOST:PORT` or `http://HOST:PORT` (a trailing
-/// `/` is ignored), without the scheme. Every port is plaintext: other schemes are refused.
+/// A gRPC address as the command line takes it, `HOST:PORT`, `http://HOST:PORT` or
+/// `https://HOST:PORT` (a trailing `/` is ignored), without the scheme; the scheme says
+/// nothing more: TLS is used when certificates are given.
 pub fn host_port(addr: &str) -> anyhow::Result<&str> {
-    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+    let rest = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains("://") {
-        anyhow::bail!(
-            "address {addr:?}: only plaintext gRPC is served (TLS is not built yet); write HOST:PORT or http://HOST:PORT"
-        );
+        anyhow::bail!("address {addr:?}: write HOST:PORT (or http://HOST:PORT, https://HOST:PORT)");
     }
     if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
         anyhow::bail!("bad address {addr:?}; expected HOST:PORT or http://HOST:PORT");
@@ -48,32 +51,54 @@ pub fn host_port(addr: &str) -> anyhow::Result<&str> {
     Ok(rest)
 }
 
-/// Connects to a manager's Admin service, with a bounded connect time so a dead address fails fast.
-pub async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let uri = format!("http://{}", host_port(addr)?);
-    let channel = Endpoint::from_shared(uri)
-        .with_context(|| format!("bad manager address {addr:?}; expected HOST:PORT"))?
+/// Connects to a manager's Admin service, with a bounded connect time so a dead address fails
+/// fast; over mutual TLS when `--ca/--cert/--key` (or their environment variables) are given.
+pub async fn connect(manager: &ManagerAddr) -> anyhow::Result<AdminClient<Channel>> {
+    let addr = &manager.addr;
+    let tls = match manager.tls_files() {
+        Some(files) => {
+            let material = files.load()?;
+            material.check_valid_at(std::time::SystemTime::now())?;
+            Some(material.client_config())
+        }
+        None => None,
+    };
+    if tls.is_none() && addr.starts_with("https://") {
+        anyhow::bail!(
+            "address {addr:?} asks for TLS but no certificate is given; give --ca, --cert and --key (or FLEET_REGISTRY_CA, FLEET_REGISTRY_CERT, FLEET_REGISTRY_KEY)"
+        );
+    }
+    let channel = proto::tls::endpoint(host_port(addr)?, tls.as_ref())
+        .map_err(|e| anyhow::anyhow!("bad manager address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect()
         .await
-        .with_context(|| {
-            format!("cannot reach a registry manager at {addr}; is `registry-manager serve` running there? (set --manager ADDR)")
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach a registry manager at {addr} ({}); is `registry-manager serve` running there? (set --manager ADDR); {}",
+                proto::tls::error_chain(&e),
+                proto::tls::connect_hint(tls.is_some())
+            )
         })?;
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Turns a gRPC status into a one-line error that keeps the manager's message.
-fn status_error(what: &str, addr: &str, status: tonic::Status) -> anyhow::Error {
+fn status_error(what: &str, addr: &ManagerAddr, status: tonic::Status) -> anyhow::Error {
+    // A transport failure (a certificate refused mid-call, say) hides its cause in the source.
+    let cause = std::error::Error::source(&status)
+        .map(|s| format!(" ({})", proto::tls::error_chain(s)))
+        .unwrap_or_default();
     anyhow::anyhow!(
-        "{what} refused by the manager at {addr} ({:?}): {}",
+        "{what} refused by the manager at {addr} ({:?}): {}{cause}",
         status.code(),
         status.message()
     )
 }
 
 pub async fn apply(
-    addr: &str,
+    addr: &ManagerAddr,
     path: &Path,
     yes: bool,
     max_move: f64,
@@ -144,7 +169,7 @@ pub async fn apply(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn diff(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn diff(addr: &ManagerAddr, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let yaml = read_text(path)?;
     if let Err(errors) = topology::Topology::from_yaml(&file_name(path), &yaml) {
         return Err(InvalidFile {
@@ -228,7 +253,7 @@ pub async fn diff(addr: &str, path: &Path, json: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn show(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn show(addr: &ManagerAddr, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
         .show_topology(proto::ShowTopologyRequest { stale })
@@ -250,7 +275,7 @@ pub async fn show(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCod
 }
 
 pub async fn explain(
-    addr: &str,
+    addr: &ManagerAddr,
     host: &str,
     package_type: &str,
     stale: bool,
@@ -269,7 +294,7 @@ pub async fn explain(
     print_explained(&from_wire(&resp), json, &format!("the registry at {addr}"))
 }
 
-pub async fn export(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn export(addr: &ManagerAddr, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
         .export_registry(proto::ExportRegistryRequest { stale })
@@ -286,7 +311,7 @@ pub async fn export(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn hosts(addr: &str, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn hosts(addr: &ManagerAddr, stale: bool, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
         .list_hosts(proto::ListHostsRequest { stale })
@@ -347,7 +372,7 @@ fn status_name(status: i32) -> &'static str {
 }
 
 pub async fn package(
-    addr: &str,
+    addr: &ManagerAddr,
     action: Action,
     host: &str,
     package_type: &str,
@@ -384,7 +409,7 @@ pub async fn package(
 
 /// `route coverage` against the live registry (its current topology and registry).
 pub async fn coverage(
-    addr: &str,
+    addr: &ManagerAddr,
     package_type: Option<&str>,
     stale: bool,
     json: bool,
@@ -412,7 +437,7 @@ pub async fn coverage(
 }
 
 /// `backup FILE`: a consistent copy of the live registry.
-pub async fn backup(addr: &str, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn backup(addr: &ManagerAddr, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr).await?;
     let resp = client
         .backup(proto::BackupRequest {})
@@ -450,8 +475,8 @@ mod tests {
         );
         assert_eq!(host_port("http://m1:7400/").unwrap(), "m1:7400");
         assert_eq!(host_port("[::1]:7400").unwrap(), "[::1]:7400");
-        let err = host_port("https://m1:7400").unwrap_err().to_string();
-        assert!(err.contains("TLS is not built"), "{err}");
+        assert_eq!(host_port("https://m1:7400").unwrap(), "m1:7400");
+        assert!(host_port("ftp://m1:7400").is_err());
         assert!(host_port("m1").is_err());
         assert!(host_port("http://").is_err());
     }

@@ -2,12 +2,14 @@
 //!
 //! - `serve.rs`: the daemon (`serve`), its config file and flags.
 //! - `offline.rs`: commands that need no manager (`topology check|schema`, `route explain` with files).
+//! - `certs.rs`: the fleet's CA and certificates (`certs init|issue`).
 //! - `live.rs`: commands that talk to a live manager over gRPC (`--manager ADDR`).
 //! - `events.rs`: `events`, every registry change as it happens (a watch stream that resumes).
 //! - `render.rs`: how a route explanation is printed (the form shared with `registry-agent`).
 //! - `report.rs`: exit codes and how errors are printed (one line, or one JSON object with
 //!   `--json`), completions and man pages.
 
+mod certs;
 mod events;
 mod ha;
 mod live;
@@ -61,6 +63,9 @@ enum Command {
     /// The registry manager group: status, leadership moves, membership changes.
     #[command(subcommand)]
     Ha(ha::HaCommand),
+    /// Make the fleet's certificates: a CA, then one certificate per host, member and operator.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Write a consistent copy of the whole live registry to FILE (JSON, with a checksum).
     Backup {
         /// The backup file to write.
@@ -245,11 +250,49 @@ struct PackageArgs {
     out: Output,
 }
 
-#[derive(Debug, Args)]
-struct ManagerAddr {
-    /// Address of a live registry manager: HOST:PORT or http://HOST:PORT.
+/// Which live manager a command talks to, and the certificate it shows there.
+#[derive(Debug, Args, Clone)]
+pub struct ManagerAddr {
+    /// Address of a live registry manager: HOST:PORT (or http://HOST:PORT, https://HOST:PORT).
     #[arg(long = "manager", value_name = "ADDR", default_value = DEFAULT_MANAGER)]
     addr: String,
+    /// The fleet's CA certificate (PEM): with --cert and --key, talk to the manager over mutual TLS.
+    #[arg(long, value_name = "FILE", env = "FLEET_REGISTRY_CA", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This operator's certificate (PEM), made by `registry-manager certs issue`.
+    #[arg(long, value_name = "FILE", env = "FLEET_REGISTRY_CERT", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", env = "FLEET_REGISTRY_KEY", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+}
+
+impl ManagerAddr {
+    /// The same certificate, toward another manager.
+    fn at(&self, addr: &str) -> ManagerAddr {
+        ManagerAddr {
+            addr: addr.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The TLS files given, if any.
+    fn tls_files(&self) -> Option<proto::tls::TlsFiles> {
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(proto::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ManagerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
 }
 
 #[derive(Debug, Args, Clone, Copy)]
@@ -261,11 +304,11 @@ struct ReadOpts {
 }
 
 #[derive(Debug, Args, Clone, Copy)]
-struct Output {
+pub struct Output {
     /// Machine-readable output: the answer as JSON on stdout; an error as one JSON object,
     /// {"error": "..."}, on stderr.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs one command; the exit code on success, an error (printed on one line) otherwise.
@@ -280,12 +323,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             max_move,
             manager,
             out,
-        }) => live::block_on(live::apply(&manager.addr, &file, yes, max_move, out.json)),
+        }) => live::block_on(live::apply(&manager, &file, yes, max_move, out.json)),
         Command::Topology(TopologyCommand::Diff { file, manager, out }) => {
-            live::block_on(live::diff(&manager.addr, &file, out.json))
+            live::block_on(live::diff(&manager, &file, out.json))
         }
         Command::Topology(TopologyCommand::Show { manager, read, out }) => {
-            live::block_on(live::show(&manager.addr, read.stale, out.json))
+            live::block_on(live::show(&manager, read.stale, out.json))
         }
         Command::Route(RouteCommand::Explain(args)) => match (&args.topology, &args.registry) {
             (Some(topology), Some(registry)) => offline::explain(
@@ -296,7 +339,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.out.json,
             ),
             _ => live::block_on(live::explain(
-                &args.manager.addr,
+                &args.manager,
                 &args.host,
                 &args.package_type,
                 args.read.stale,
@@ -311,21 +354,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.out.json,
             ),
             _ => live::block_on(live::coverage(
-                &args.manager.addr,
+                &args.manager,
                 args.package_type.as_deref(),
                 args.read.stale,
                 args.out.json,
             )),
         },
         Command::Registry(RegistryCommand::Export { manager, read, out }) => {
-            live::block_on(live::export(&manager.addr, read.stale, out.json))
+            live::block_on(live::export(&manager, read.stale, out.json))
         }
         Command::Registry(RegistryCommand::Hosts { manager, read, out }) => {
-            live::block_on(live::hosts(&manager.addr, read.stale, out.json))
+            live::block_on(live::hosts(&manager, read.stale, out.json))
         }
         Command::Ha(cmd) => live::block_on(ha::run(cmd)),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Backup { file, manager, out } => {
-            live::block_on(live::backup(&manager.addr, &file, out.json))
+            live::block_on(live::backup(&manager, &file, out.json))
         }
         Command::Restore {
             file,
@@ -342,7 +386,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 PackageCommand::Restore(a) => (live::Action::Restore, a),
             };
             live::block_on(live::package(
-                &args.manager.addr,
+                &args.manager,
                 action,
                 &args.host,
                 &args.package_type,

@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// HTTP address of /metrics and /healthz, or `none` for no HTTP port [default: 127.0.0.1:7480].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<registry_manager::HttpListen>,
+    /// Serve plaintext gRPC on an address other than loopback (without TLS anyone who reaches it can act as any host).
+    #[arg(long)]
+    insecure: bool,
     /// Log lines on stderr as text (colour only on a terminal) or as one JSON object per line; RUST_LOG filters them (default info,openraft=warn).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +75,20 @@ struct ServeFile {
     session_ttl: Option<String>,
     group: Option<GroupFile>,
     http_listen: Option<String>,
+    tls: Option<TlsFile>,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+/// The `tls:` section: this manager's certificate and key, and the fleet's CA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 /// The `group:` section: this member, every voter, optional learners, failback target, hook.
@@ -86,6 +103,7 @@ struct GroupFile {
     #[serde(default)]
     dial: std::collections::BTreeMap<String, String>,
     hook: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 fn group_config(file: GroupFile, path: &str) -> anyhow::Result<registry_manager::GroupConfig> {
@@ -129,7 +147,7 @@ fn load_file(path: &PathBuf) -> anyhow::Result<ServeFile> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: ServeFile = serde_saphyr::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, http_listen, group (name, members, learners, preferred, dial, hook)",
+            "{}: {}; allowed keys: listen, data_dir, topology, session_ttl, http_listen, tls (cert, key, ca), admins, insecure, group (name, members, learners, preferred, dial, hook, key_file)",
             path.display(),
             e.to_string().replace('\n', " ")
         )
@@ -189,10 +207,30 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    let key_file = file.group.as_ref().and_then(|g| g.key_file.clone());
     let group = file
         .group
         .map(|g| group_config(g, &config_name))
         .transpose()?;
+    for a in &file.admins {
+        registry_manager::certs::check_name(a)
+            .map_err(|e| anyhow::anyhow!("{config_name}: admins: {e}"))?;
+    }
+    let security = registry_manager::Security {
+        tls: file.tls.map(|t| proto::tls::TlsFiles {
+            cert: t.cert,
+            key: t.key,
+            ca: t.ca,
+        }),
+        admins: file.admins,
+        insecure: args.insecure || file.insecure,
+        key_file,
+    };
+    if !security.admins.is_empty() && security.tls.is_none() {
+        anyhow::bail!(
+            "{config_name}: admins is set but tls is not; admins are certificate names, so configure `tls: {{ cert, key, ca }}` too (see docs/security.md)"
+        );
+    }
     let listen = args.listen.or(file.listen).or_else(|| {
         // A member listens on its own address in the group unless told otherwise.
         group
@@ -216,6 +254,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         topology,
         session_ttl,
+        security,
     })
 }
 
@@ -267,6 +306,7 @@ mod tests {
             session_ttl: None,
             http_listen: None,
             log_format: LogFormat::Text,
+            insecure: false,
         }
     }
 

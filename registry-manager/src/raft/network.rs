@@ -19,7 +19,7 @@ use proto::v1 as pb;
 use proto::v1::member_client::MemberClient;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::raft::types::{MemberNode, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -33,17 +33,80 @@ pub struct Peers {
     /// NAT, a proxy or a test relay); others are reached at their address in the membership.
     routes: Arc<HashMap<String, String>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// This member's TLS client side (its own certificate), when the group serves TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The cluster key every member RPC is signed with (and checked against), if configured,
+    /// and the file it is kept in (rewritten at each step of a rotation).
+    keys: Option<Arc<std::sync::RwLock<crate::cluster_key::ClusterKeys>>>,
+    key_file: Option<std::path::PathBuf>,
     /// Whether the last call to each address got through.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl Peers {
-    /// Peers reached at the configured addresses `routes` (member name -> address).
-    pub fn new(routes: HashMap<String, String>) -> Peers {
+    /// Peers reached at the configured addresses `routes` (member name -> address), over TLS
+    /// with this member's certificate when `tls` is given.
+    pub fn new(
+        routes: HashMap<String, String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        keys: Option<(crate::cluster_key::ClusterKeys, std::path::PathBuf)>,
+    ) -> Peers {
+        let (keys, key_file) = match keys {
+            Some((k, f)) => (Some(Arc::new(std::sync::RwLock::new(k))), Some(f)),
+            None => (None, None),
+        };
         Peers {
             routes: Arc::new(routes),
+            tls,
+            keys,
+            key_file,
             ..Default::default()
         }
+    }
+
+    /// The cluster key, if configured.
+    pub fn cluster_keys(&self) -> Option<crate::cluster_key::ClusterKeys> {
+        self.keys
+            .as_ref()
+            .map(|k| k.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// One step of a cluster key rotation: written to the key file first (so a restart keeps
+    /// it), then used. Errors name the file, never a key.
+    pub fn rotate_key(
+        &self,
+        step: &crate::cluster_key::Step,
+    ) -> Result<crate::cluster_key::ClusterKeys, String> {
+        let (Some(keys), Some(file)) = (&self.keys, &self.key_file) else {
+            return Err(
+                "this member has no cluster key (group.key_file); set one on every member first"
+                    .into(),
+            );
+        };
+        let mut keys = keys.write().unwrap_or_else(|p| p.into_inner());
+        let next = keys.after(step)?;
+        crate::cluster_key::write_key_file(file, &next.file_text())?;
+        *keys = next.clone();
+        Ok(next)
+    }
+
+    /// A `Member` RPC request for `method`, signed with the cluster key when there is one.
+    pub fn request<M: prost::Message>(&self, method: &str, message: M) -> tonic::Request<M> {
+        let mac = self.keys.as_ref().map(|k| {
+            k.read().unwrap_or_else(|p| p.into_inner()).sign(
+                method,
+                &message.encode_to_vec(),
+                crate::cluster_key::now_ms(),
+                rand_nonce(),
+            )
+        });
+        let mut request = tonic::Request::new(message);
+        if let Some(mac) = mac.and_then(|m| m.parse().ok()) {
+            request
+                .metadata_mut()
+                .insert(crate::cluster_key::METADATA, mac);
+        }
+        request
     }
 
     /// The address this member uses to reach `node`.
@@ -78,7 +141,7 @@ impl Peers {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| format!("member address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
@@ -95,6 +158,17 @@ impl Peers {
             .max_decoding_message_size(MAX_MEMBER_MESSAGE)
             .max_encoding_message_size(MAX_MEMBER_MESSAGE))
     }
+}
+
+/// A nonce for a MAC (unique enough within the replay window).
+fn rand_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// Makes a [`Connection`] per target member.
@@ -213,10 +287,13 @@ impl Connection {
             .peers
             .member(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-        let mut request = tonic::Request::new(pb::RaftMessage {
-            kind: kind.to_owned(),
-            payload,
-        });
+        let mut request = self.peers.request(
+            "Raft",
+            pb::RaftMessage {
+                kind: kind.to_owned(),
+                payload,
+            },
+        );
         request.set_timeout(timeout);
         let result = client.raft(request).await;
         self.peers.mark(&self.addr, result.is_ok());

@@ -18,12 +18,34 @@ const UNNAMED_FILE: &str = "<request>";
 #[derive(Debug, Clone)]
 pub struct AdminService {
     engine: Engine,
+    access: std::sync::Arc<crate::access::Access>,
 }
 
 impl AdminService {
     /// The service over `engine`.
     pub fn new(engine: Engine) -> Self {
-        AdminService { engine }
+        Self::with_access(engine, std::sync::Arc::new(crate::access::Access::open()))
+    }
+
+    /// The service over `engine`, every call authorized by `access`.
+    pub fn with_access(engine: Engine, access: std::sync::Arc<crate::access::Access>) -> Self {
+        AdminService { engine, access }
+    }
+
+    /// The caller's identity, once `access` allows it this Admin RPC.
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<crate::access::Identity, Status> {
+        let who = crate::access::identity_of(&self.access, request);
+        crate::service::agent_registry::authorize(
+            &self.access,
+            &self.engine,
+            &who,
+            crate::access::Rpc::Admin(rpc),
+        )?;
+        Ok(who)
     }
 }
 
@@ -65,16 +87,37 @@ fn name_list<T: ToString>(items: &[T]) -> Vec<String> {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn ha_cluster_key(
+        &self,
+        request: Request<pb::HaClusterKeyRequest>,
+    ) -> Result<Response<pb::HaClusterKeyResponse>, Status> {
+        let who = self.check(&request, "HaClusterKey")?;
+        Ok(Response::new(
+            self.cluster_key_step(who, request.into_inner()).await?,
+        ))
+    }
+
     async fn apply_topology(
         &self,
         request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::ApplyTopologyResponse>, Status> {
+        let who = self.check(&request, "ApplyTopology")?;
         let req = request.into_inner();
         let topology = parse_topology(&req.file_name, &req.yaml)?;
         let command = Command::ApplyTopology {
             yaml: topology.to_yaml(),
         };
+        let topology = &topology;
         let revision = self.engine.propose(command, None).await?;
+        tracing::info!(
+            target: "audit",
+            who = %who,
+            what = "topology apply",
+            file = %req.file_name.escape_debug(),
+            hosts = topology.hosts().count(),
+            %revision,
+            "admin write"
+        );
         Ok(Response::new(pb::ApplyTopologyResponse {
             revision: revision.0,
         }))
@@ -84,6 +127,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::DiffTopologyResponse>, Status> {
+        self.check(&request, "DiffTopology")?;
         let req = request.into_inner();
         let new = parse_topology(&req.file_name, &req.yaml)?;
         self.engine.read_barrier(false).await?;
@@ -140,6 +184,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ShowTopologyRequest>,
     ) -> Result<Response<pb::ShowTopologyResponse>, Status> {
+        self.check(&request, "ShowTopology")?;
         self.engine.read_barrier(request.get_ref().stale).await?;
         let state = self.engine.state().await;
         Ok(Response::new(pb::ShowTopologyResponse {
@@ -152,16 +197,28 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::PackageActionRequest>,
     ) -> Result<Response<pb::PackageActionResponse>, Status> {
+        let who = self.check(&request, "PackageAction")?;
         let req = request.into_inner();
         let host = HostName::new(req.host).map_err(RegistryError::from)?;
         let package_type = PackageType::new(req.r#type).map_err(RegistryError::from)?;
         let action = wire::action_from_proto(req.action)?;
+        let what = format!("package {action:?}").to_lowercase();
+        let (audit_host, audit_type) = (host.to_string(), package_type.to_string());
         let command = Command::OperatorAction {
             host,
             package_type,
             action,
         };
         let revision = self.engine.propose(command, None).await?;
+        tracing::info!(
+            target: "audit",
+            who = %who,
+            what,
+            host = audit_host,
+            r#type = audit_type,
+            %revision,
+            "admin write"
+        );
         Ok(Response::new(pb::PackageActionResponse {
             revision: revision.0,
         }))
@@ -171,6 +228,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ExportRegistryRequest>,
     ) -> Result<Response<pb::ExportRegistryResponse>, Status> {
+        self.check(&request, "ExportRegistry")?;
         self.engine.read_barrier(request.get_ref().stale).await?;
         let snapshot = self.engine.state().await.to_snapshot();
         let (revision, snapshot_json) =
@@ -185,6 +243,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ExplainRouteRequest>,
     ) -> Result<Response<pb::RouteExplanation>, Status> {
+        self.check(&request, "ExplainRoute")?;
         let req = request.into_inner();
         HostName::new(req.host.as_str()).map_err(RegistryError::from)?;
         PackageType::new(req.r#type.as_str()).map_err(RegistryError::from)?;
@@ -207,6 +266,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        self.check(&request, "ListHosts")?;
         self.engine.read_barrier(request.get_ref().stale).await?;
         let state = self.engine.state().await;
         let sessions = self.engine.sessions();
@@ -222,8 +282,6 @@ impl pb::admin_server::Admin for AdminService {
                 host: host.to_string(),
                 domain,
                 alive: rec.is_none_or(|r| r.alive()),
-                // Never the id itself: it is a credential.
-                session_id: String::new(),
                 session_live: live.is_some(),
                 last_heartbeat_ms,
                 packages: rec
@@ -254,8 +312,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn backup(
         &self,
-        _request: Request<pb::BackupRequest>,
+        request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.check(&request, "Backup")?;
         self.engine.read_barrier(false).await?;
         let state = self.engine.state().await;
         Ok(Response::new(pb::BackupResponse {
@@ -269,6 +328,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::HaStatusRequest>,
     ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        self.check(&request, "HaStatus")?;
         Ok(Response::new(
             self.engine.ha_status(request.get_ref().local_only).await,
         ))
@@ -278,57 +338,122 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::HaFailoverRequest>,
     ) -> Result<Response<pb::HaFailoverResponse>, Status> {
-        if let Some(mut leader) = self.leader_admin()? {
-            return leader.ha_failover(request.into_inner()).await;
-        }
+        let who = self.check(&request, "HaFailover")?;
         let req = request.into_inner();
-        let to = (!req.to.is_empty()).then_some(req.to);
-        let (leader, term) = self.engine.move_leadership(to, req.failback).await?;
-        tracing::info!(who = "local", what = "ha failover", %leader, term, "admin write");
-        Ok(Response::new(pb::HaFailoverResponse { leader, term }))
+        let what = if req.failback {
+            "ha failback"
+        } else {
+            "ha failover"
+        };
+        let answer = if let Some(mut leader) = self.leader_admin()? {
+            leader.ha_failover(req).await?.into_inner()
+        } else {
+            let to = (!req.to.is_empty()).then_some(req.to);
+            let (leader, term) = self.engine.move_leadership(to, req.failback).await?;
+            pb::HaFailoverResponse { leader, term }
+        };
+        tracing::info!(target: "audit", who = %who, what, leader = %answer.leader, term = answer.term, "admin write");
+        Ok(Response::new(answer))
     }
 
     async fn ha_add_learner(
         &self,
         request: Request<pb::HaMemberRequest>,
     ) -> Result<Response<pb::HaStatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_admin()? {
-            return leader.ha_add_learner(request.into_inner()).await;
-        }
+        let who = self.check(&request, "HaAddLearner")?;
         let req = request.into_inner();
-        self.engine.add_learner(&req.name, &req.address).await?;
-        tracing::info!(who = "local", what = "ha add-learner", member = %req.name, "admin write");
-        Ok(Response::new(self.engine.ha_status(false).await))
+        let name = req.name.clone();
+        let answer = if let Some(mut leader) = self.leader_admin()? {
+            leader.ha_add_learner(req).await?.into_inner()
+        } else {
+            self.engine.add_learner(&req.name, &req.address).await?;
+            self.engine.ha_status(false).await
+        };
+        tracing::info!(target: "audit", who = %who, what = "ha add-learner", member = %name.escape_debug(), revision = answer.revision, "admin write");
+        Ok(Response::new(answer))
     }
 
     async fn ha_promote(
         &self,
         request: Request<pb::HaMemberRequest>,
     ) -> Result<Response<pb::HaStatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_admin()? {
-            return leader.ha_promote(request.into_inner()).await;
-        }
+        let who = self.check(&request, "HaPromote")?;
         let req = request.into_inner();
-        self.engine.change_voters(&req.name, true).await?;
-        tracing::info!(who = "local", what = "ha promote", member = %req.name, "admin write");
-        Ok(Response::new(self.engine.ha_status(false).await))
+        let name = req.name.clone();
+        let answer = if let Some(mut leader) = self.leader_admin()? {
+            leader.ha_promote(req).await?.into_inner()
+        } else {
+            self.engine.change_voters(&req.name, true).await?;
+            self.engine.ha_status(false).await
+        };
+        tracing::info!(target: "audit", who = %who, what = "ha promote", member = %name.escape_debug(), revision = answer.revision, "admin write");
+        Ok(Response::new(answer))
     }
 
     async fn ha_remove(
         &self,
         request: Request<pb::HaMemberRequest>,
     ) -> Result<Response<pb::HaStatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_admin()? {
-            return leader.ha_remove(request.into_inner()).await;
-        }
+        let who = self.check(&request, "HaRemove")?;
         let req = request.into_inner();
-        self.engine.change_voters(&req.name, false).await?;
-        tracing::info!(who = "local", what = "ha remove", member = %req.name, "admin write");
-        Ok(Response::new(self.engine.ha_status(false).await))
+        let name = req.name.clone();
+        let answer = if let Some(mut leader) = self.leader_admin()? {
+            leader.ha_remove(req).await?.into_inner()
+        } else {
+            self.engine.change_voters(&req.name, false).await?;
+            self.engine.ha_status(false).await
+        };
+        tracing::info!(target: "audit", who = %who, what = "ha remove", member = %name.escape_debug(), revision = answer.revision, "admin write");
+        Ok(Response::new(answer))
     }
 }
 
 impl AdminService {
+    async fn cluster_key_step(
+        &self,
+        who: crate::access::Identity,
+        req: pb::HaClusterKeyRequest,
+    ) -> Result<pb::HaClusterKeyResponse, Status> {
+        use crate::cluster_key::Step;
+        let step = match req.step.as_str() {
+            "show" => None,
+            "stage" => Some(Step::Stage(req.key)),
+            "switch" => Some(Step::Switch(req.key_id)),
+            "retire" => Some(Step::Retire),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown cluster key step {other:?}; use stage, switch, retire or show"
+                )))
+            }
+        };
+        let peers = self.engine.peers();
+        let keys = match &step {
+            None => peers.cluster_keys().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "member {} has no cluster key (group.key_file)",
+                    self.engine.name()
+                ))
+            })?,
+            Some(step) => {
+                let keys = peers.rotate_key(step).map_err(|e| {
+                    Status::failed_precondition(format!("member {}: {e}", self.engine.name()))
+                })?;
+                let what = match step {
+                    Step::Stage(_) => "ha authkey stage",
+                    Step::Switch(_) => "ha authkey switch",
+                    Step::Retire => "ha authkey retire",
+                };
+                tracing::info!(target: "audit", who = %who, what, signing = keys.current_id(), accepted = ?keys.accepted_ids(), "admin write");
+                keys
+            }
+        };
+        Ok(pb::HaClusterKeyResponse {
+            member: self.engine.name().to_owned(),
+            signing_id: keys.current_id().to_owned(),
+            accepted_ids: keys.accepted_ids(),
+        })
+    }
+
     /// The leader's `Admin` client when another member leads (group changes run there).
     fn leader_admin(
         &self,

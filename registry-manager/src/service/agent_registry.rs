@@ -13,6 +13,7 @@ use proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 use topology::{HostName, PackageType};
 
+use crate::access::{identity_of, Access, Identity, Rpc};
 use crate::command::Command;
 use crate::engine::Engine;
 use crate::error::RegistryError;
@@ -24,13 +25,41 @@ use crate::wire;
 #[derive(Debug, Clone)]
 pub struct AgentRegistryService {
     engine: Engine,
+    access: Arc<Access>,
 }
 
 impl AgentRegistryService {
-    /// The service over `engine`.
+    /// The service over `engine`, without TLS (every caller is `local`).
     pub fn new(engine: Engine) -> Self {
-        AgentRegistryService { engine }
+        Self::with_access(engine, Arc::new(Access::open()))
     }
+
+    /// The service over `engine`, every call authorized by `access`.
+    pub fn with_access(engine: Engine, access: Arc<Access>) -> Self {
+        AgentRegistryService { engine, access }
+    }
+
+    fn authorize(&self, who: &Identity, rpc: Rpc<'_>) -> Result<(), Status> {
+        authorize(&self.access, &self.engine, who, rpc)
+    }
+}
+
+/// [`Access::authorize`] with the group's current membership; a refusal is logged.
+pub(crate) fn authorize(
+    access: &Access,
+    engine: &Engine,
+    who: &Identity,
+    rpc: Rpc<'_>,
+) -> Result<(), Status> {
+    let member = |name: &str| {
+        engine
+            .node(crate::group::node_id(name))
+            .is_some_and(|n| n.name == name)
+    };
+    access.authorize(who, rpc, &member).map_err(|refusal| {
+        tracing::warn!(target: "audit", who = %who, refused = %refusal, "request refused");
+        Status::from(refusal)
+    })
 }
 
 impl AgentRegistryService {
@@ -96,8 +125,8 @@ async fn heartbeat(
         None => Ok(pb::HeartbeatAck {
             ok: false,
             reason: format!(
-                "session {:?} is not the live session of host {:?} (expired, ended or unknown); open a new session",
-                hb.session_id, hb.host
+                "the session given is not the live session of host {:?} (expired, ended or unknown); open a new session",
+                hb.host
             ),
         }),
     }
@@ -109,7 +138,15 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let who = identity_of(&self.access, &request);
         let req = request.into_inner();
+        self.authorize(
+            &who,
+            Rpc::ForHost {
+                rpc: "OpenSession",
+                host: &req.host,
+            },
+        )?;
         let host = HostName::new(req.host).map_err(RegistryError::from)?;
         let packages = wire::registrations_from_proto(req.packages)?;
         let id = SessionId::random();
@@ -132,19 +169,39 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         &self,
         request: Request<Streaming<pb::Heartbeat>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let who = identity_of(&self.access, &request);
+        self.authorize(&who, Rpc::Read("KeepAlive"))?;
         self.refuse_if_cut_off()?;
         let engine = self.engine.clone();
         let cancel = engine.cancel_token().clone();
         let closing = engine.hub().closing();
         let inbound = request.into_inner();
+        let access = Arc::clone(&self.access);
         let acks = futures::stream::unfold(
             (inbound, None::<Arc<LiveSession>>, engine),
-            |(mut inbound, mut cached, engine)| async move {
-                let r = match inbound.next().await? {
-                    Ok(hb) => heartbeat(&engine, &mut cached, &hb).await,
-                    Err(e) => Err(e),
-                };
-                Some((r, (inbound, cached, engine)))
+            move |(mut inbound, mut cached, engine)| {
+                let (access, who) = (Arc::clone(&access), who.clone());
+                async move {
+                    let r = match inbound.next().await? {
+                        Ok(hb) => {
+                            // Every heartbeat, not just the first: the stream may name any host.
+                            match authorize(
+                                &access,
+                                &engine,
+                                &who,
+                                Rpc::ForHost {
+                                    rpc: "KeepAlive",
+                                    host: &hb.host,
+                                },
+                            ) {
+                                Ok(()) => heartbeat(&engine, &mut cached, &hb).await,
+                                Err(refused) => Err(refused),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
+                    Some((r, (inbound, cached, engine)))
+                }
             },
         )
         .take_until(cancel.cancelled_owned())
@@ -156,7 +213,15 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let who = identity_of(&self.access, &request);
         let req = request.into_inner();
+        self.authorize(
+            &who,
+            Rpc::ForHost {
+                rpc: "ReportStatus",
+                host: &req.host,
+            },
+        )?;
         let host = HostName::new(req.host).map_err(RegistryError::from)?;
         let package_type = PackageType::new(req.r#type).map_err(RegistryError::from)?;
         let status = wire::agent_status_from_proto(req.status, None)?;
@@ -193,6 +258,7 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorize(&identity_of(&self.access, &request), Rpc::Read("Watch"))?;
         let req = request.into_inner();
         if !req.host.is_empty() {
             HostName::new(req.host.as_str()).map_err(RegistryError::from)?;

@@ -18,12 +18,48 @@ use crate::raft::types::TypeConfig;
 #[derive(Debug, Clone)]
 pub struct MemberService {
     engine: Engine,
+    access: std::sync::Arc<crate::access::Access>,
 }
 
 impl MemberService {
     /// The service over `engine`.
     pub fn new(engine: Engine) -> Self {
-        MemberService { engine }
+        Self::with_access(engine, std::sync::Arc::new(crate::access::Access::open()))
+    }
+
+    /// The service over `engine`, every call authorized by `access`.
+    pub fn with_access(engine: Engine, access: std::sync::Arc<crate::access::Access>) -> Self {
+        MemberService { engine, access }
+    }
+
+    /// The caller's identity, once `access` allows it this Member RPC.
+    fn check<T: prost::Message>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<crate::access::Identity, Status> {
+        let who = crate::access::identity_of(&self.access, request);
+        crate::service::agent_registry::authorize(
+            &self.access,
+            &self.engine,
+            &who,
+            crate::access::Rpc::Member(rpc),
+        )?;
+        if let Some(keys) = self.engine.peers().cluster_keys() {
+            let mac = request
+                .metadata()
+                .get(crate::cluster_key::METADATA)
+                .and_then(|v| v.to_str().ok());
+            let body = request.get_ref().encode_to_vec();
+            if let Err(why) = keys.verify(rpc, &body, mac, crate::cluster_key::now_ms()) {
+                tracing::warn!(target: "audit", who = %who, rpc, refused = %why, "member request refused: cluster key");
+                return Err(Status::unauthenticated(format!(
+                    "{rpc} refused by member {}: {why}; every member needs the same group.key_file",
+                    self.engine.name()
+                )));
+            }
+        }
+        Ok(who)
     }
 }
 
@@ -42,6 +78,7 @@ impl pb::member_server::Member for MemberService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check(&request, "Raft")?;
         let msg = request.into_inner();
         let raft = self.engine.raft();
         let payload = match msg.kind.as_str() {
@@ -92,6 +129,7 @@ impl pb::member_server::Member for MemberService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.check(&request, "Propose")?;
         if !self.engine.is_leader() {
             // The sender retries on the leader it learns next.
             return Err(Status::failed_precondition(format!(
@@ -113,6 +151,7 @@ impl pb::member_server::Member for MemberService {
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
+        self.check(&request, "Touch")?;
         let sessions = self.engine.sessions();
         let req = request.into_inner();
         let via = crate::group::node_id(&req.member);
@@ -124,8 +163,9 @@ impl pb::member_server::Member for MemberService {
 
     async fn read_index(
         &self,
-        _request: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.check(&request, "ReadIndex")?;
         let log_id = self.engine.leader_read_point().await?;
         Ok(Response::new(pb::ReadIndexResponse {
             read_log_id: json(&log_id)?,
@@ -134,8 +174,9 @@ impl pb::member_server::Member for MemberService {
 
     async fn member_status(
         &self,
-        _request: Request<pb::HaStatusRequest>,
+        request: Request<pb::HaStatusRequest>,
     ) -> Result<Response<pb::HaMember>, Status> {
+        self.check(&request, "MemberStatus")?;
         Ok(Response::new(self.engine.member_status().await))
     }
 }

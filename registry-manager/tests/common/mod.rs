@@ -182,6 +182,7 @@ pub fn config(dir: &tempfile::TempDir, ttl: Duration, topology: Option<&str>) ->
         session_ttl: ttl,
         group: None,
         http_listen: None,
+        security: Default::default(),
     }
 }
 

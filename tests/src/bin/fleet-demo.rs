@@ -28,6 +28,9 @@ struct Args {
     /// Seconds to wait after each step, to watch it on the status page.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     pause: f64,
+    /// Run the whole fleet with mutual TLS, from certificates made by `registry-manager certs`.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// `--pause`, set once in `main`.
@@ -127,13 +130,19 @@ async fn show(
     Ok(())
 }
 
-async fn demo() -> anyhow::Result<()> {
-    let mut fleet = worked_example::fleet("1s")
+async fn demo(tls: bool) -> anyhow::Result<()> {
+    let builder = worked_example::fleet("1s")
         .managers(3)
         .default_checks()
-        .manager_http()
-        .start()
-        .await?;
+        .manager_http();
+    let builder = if tls { builder.tls() } else { builder };
+    let mut fleet = builder.start().await?;
+    if tls {
+        println!(
+            "mutual TLS on: certificates made by `registry-manager certs init|issue` in {} (m1..m3, one per agent host, the operator `ops`)",
+            fleet.certs_dir().display()
+        );
+    }
     let addrs: Vec<String> = fleet.members().iter().map(|m| m.addr.to_string()).collect();
     println!(
         "fleet up: a registry group of three managers m1, m2, m3 on {} (session_ttl 1s); {CCM} on fm, agent-1, agent-3 (and s2-host, not yet in the topology); agents use the default check and health settings",
@@ -318,7 +327,7 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(demo())?;
+        .block_on(demo(args.tls))?;
     println!("demo took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

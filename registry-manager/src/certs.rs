@@ -1,0 +1,401 @@
+//! The fleet's small PKI (`registry-manager certs init|issue`): a CA, and certificates for
+//! hosts, members and operators signed by it, as PEM files with fixed names (`D/ca.crt`,
+//! `D/ca.key`, `D/NAME.crt`, `D/NAME.key`). Keys are written readable by their owner only.
+//!
+//! The certificate of NAME carries NAME as its common name and first DNS name (the identity
+//! the managers read), then the addresses and DNS names it may be reached at, and may serve
+//! both sides of a connection (server and client authentication).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// How long the CA is valid.
+pub const CA_DAYS: i64 = 3_650;
+/// How long an issued certificate is valid.
+pub const LEAF_DAYS: i64 = 825;
+
+/// A certificate command that could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    /// `init` found a CA already there.
+    #[error("{0} already exists; refusing to overwrite the fleet's CA (every certificate it signed would stop working). Use another --dir, or remove ca.crt and ca.key first if you mean it")]
+    CaExists(String),
+    /// `issue` found no CA.
+    #[error("no CA in {dir}: {path} is missing; make one first with `registry-manager certs init --dir {dir}`")]
+    NoCa { dir: String, path: String },
+    /// A name that cannot be a certificate's identity.
+    #[error("certificate name {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    /// A file that cannot be read or written.
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    /// rcgen refused.
+    #[error("making the certificate: {0}")]
+    Make(String),
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> CertsError {
+    CertsError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn make_error(e: rcgen::Error) -> CertsError {
+    CertsError::Make(e.to_string())
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Pem {
+    /// The certificate.
+    pub cert: String,
+    /// Its private key (never printed).
+    pub key: String,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem").finish_non_exhaustive()
+    }
+}
+
+/// Makes a CA named `name`, valid from an hour ago for `days`.
+pub fn make_ca(name: &str, days: i64) -> Result<Pem, CertsError> {
+    let key = KeyPair::generate().map_err(make_error)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+    let cert = params.self_signed(&key).map_err(make_error)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// What to put in an issued certificate.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    /// The identity: common name and first DNS name.
+    pub name: String,
+    /// Addresses it may be reached at (IP subject alternative names).
+    pub ips: Vec<IpAddr>,
+    /// More DNS names it may be reached at.
+    pub dns: Vec<String>,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+}
+
+impl LeafSpec {
+    /// A certificate for `name`, valid from an hour ago for [`LEAF_DAYS`].
+    pub fn new(name: &str, ips: Vec<IpAddr>, dns: Vec<String>) -> LeafSpec {
+        let now = OffsetDateTime::now_utc();
+        LeafSpec {
+            name: name.to_owned(),
+            ips,
+            dns,
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(LEAF_DAYS),
+        }
+    }
+}
+
+/// Checks a certificate name: the section 2 rules for host names (letters, digits, `-`,
+/// `.`), so that an identity compares equal to the host, member or admin it stands for.
+pub fn check_name(name: &str) -> Result<(), CertsError> {
+    topology::HostName::new(name)
+        .map(|_| ())
+        .map_err(|e| CertsError::BadName {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Issues a certificate by `spec`, signed by the CA `ca`.
+pub fn issue(ca: &Pem, spec: &LeafSpec) -> Result<Pem, CertsError> {
+    check_name(&spec.name)?;
+    let ca_key = KeyPair::from_pem(&ca.key).map_err(make_error)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(make_error)?;
+    let key = KeyPair::generate().map_err(make_error)?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, &spec.name);
+    let mut sans = vec![SanType::DnsName(
+        spec.name.clone().try_into().map_err(make_error)?,
+    )];
+    for d in &spec.dns {
+        if *d != spec.name {
+            sans.push(SanType::DnsName(d.clone().try_into().map_err(|e| {
+                CertsError::BadName {
+                    name: d.clone(),
+                    reason: format!("not a DNS name: {e}"),
+                }
+            })?));
+        }
+    }
+    sans.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = spec.not_before;
+    params.not_after = spec.not_after;
+    let cert = params.signed_by(&key, &issuer).map_err(make_error)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Where `certs` keeps the files of NAME in `dir`: (`NAME.crt`, `NAME.key`).
+pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    )
+}
+
+/// Writes `text` to `path`; `secret`: readable by the owner only (0600), from its creation.
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(|e| file_error(path, e))?;
+    #[cfg(unix)]
+    if secret {
+        // An existing file keeps its mode on open: set it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| file_error(path, e))?;
+    }
+    f.write_all(text.as_bytes())
+        .map_err(|e| file_error(path, e))
+}
+
+/// `certs init --dir D`: makes `D/ca.crt` and `D/ca.key`; refuses to overwrite a CA.
+pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), CertsError> {
+    let (crt, key) = paths(dir, "ca");
+    for p in [&crt, &key] {
+        if p.exists() {
+            return Err(CertsError::CaExists(p.display().to_string()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    let ca = make_ca("fleet-registry CA", CA_DAYS)?;
+    write_file(&key, &ca.key, true)?;
+    write_file(&crt, &ca.cert, false)?;
+    Ok((crt, key))
+}
+
+/// Reads the CA of `dir`.
+pub fn read_ca(dir: &Path) -> Result<Pem, CertsError> {
+    let (crt, key) = paths(dir, "ca");
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CertsError::NoCa {
+                    dir: dir.display().to_string(),
+                    path: p.display().to_string(),
+                }
+            } else {
+                file_error(p, e)
+            }
+        })
+    };
+    Ok(Pem {
+        cert: read(&crt)?,
+        key: read(&key)?,
+    })
+}
+
+/// `certs issue --dir D NAME`: writes `D/NAME.crt` and `D/NAME.key`, signed by `D/ca.*`.
+pub fn issue_into(dir: &Path, spec: &LeafSpec) -> Result<(PathBuf, PathBuf), CertsError> {
+    check_name(&spec.name)?;
+    if spec.name == "ca" {
+        return Err(CertsError::BadName {
+            name: spec.name.clone(),
+            reason: "`ca` is the CA's own file name in --dir; choose another name".into(),
+        });
+    }
+    let ca = read_ca(dir)?;
+    let pem = issue(&ca, spec)?;
+    let (crt, key) = paths(dir, &spec.name);
+    write_file(&key, &pem.key, true)?;
+    write_file(&crt, &pem.cert, false)?;
+    Ok((crt, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(pem: &str) -> proto::tls::CertFacts {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        proto::tls::cert_facts(der.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn an_issued_certificate_names_its_holder_first_and_lists_its_addresses() {
+        let ca = make_ca("test CA", 1).unwrap();
+        let spec = LeafSpec::new(
+            "agent-4",
+            vec!["127.0.0.1".parse().unwrap()],
+            vec!["agent-4.example.org".into()],
+        );
+        let leaf = issue(&ca, &spec).unwrap();
+        assert_eq!(facts(&leaf.cert).name.as_deref(), Some("agent-4"));
+        use x509_parser::prelude::*;
+        let der = {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert.as_bytes()).unwrap()
+        };
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "DNSName(agent-4)",
+                "DNSName(agent-4.example.org)",
+                "IPAddress(7f:00:00:01)"
+            ]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth, "usable on both sides");
+        assert!(!cert.is_ca());
+        assert_eq!(
+            cert.issuer().to_string(),
+            facts_issuer(&ca.cert),
+            "signed by the CA"
+        );
+    }
+
+    fn facts_issuer(ca_pem: &str) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use x509_parser::prelude::*;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        cert.subject().to_string()
+    }
+
+    #[test]
+    fn init_writes_a_ca_with_a_private_key_and_refuses_to_overwrite_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = init(dir.path()).unwrap();
+        assert!(std::fs::read_to_string(&crt)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the CA key is the owner's only");
+        }
+        let before = std::fs::read(&key).unwrap();
+        let err = init(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("already exists") && err.contains("ca.crt"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&key).unwrap(), before, "nothing overwritten");
+    }
+
+    #[test]
+    fn issue_needs_the_ca_and_writes_the_key_for_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LeafSpec::new("m1", vec![], vec![]);
+        let err = issue_into(dir.path(), &spec).unwrap_err().to_string();
+        assert!(err.contains("certs init --dir"), "{err}");
+        init(dir.path()).unwrap();
+        let (crt, key) = issue_into(dir.path(), &spec).unwrap();
+        assert_eq!(crt, dir.path().join("m1.crt"));
+        assert_eq!(key, dir.path().join("m1.key"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let loaded = proto::tls::TlsFiles {
+            cert: crt,
+            key,
+            ca: dir.path().join("ca.crt"),
+        }
+        .load()
+        .unwrap();
+        assert_eq!(loaded.name(), "m1");
+        loaded.check_valid_at(std::time::SystemTime::now()).unwrap();
+        loaded.server_config().expect("usable by a server");
+    }
+
+    #[test]
+    fn names_outside_the_host_name_rules_are_refused() {
+        let ca = make_ca("test CA", 1).unwrap();
+        for bad in ["", "a b", "x/y", "-lead"] {
+            let err = issue(&ca, &LeafSpec::new(bad, vec![], vec![])).unwrap_err();
+            assert!(matches!(err, CertsError::BadName { .. }), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_is_told_apart_before_it_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        let mut spec = LeafSpec::new("agent-4", vec![], vec![]);
+        spec.not_before = OffsetDateTime::now_utc() - Duration::days(30);
+        spec.not_after = OffsetDateTime::now_utc() - Duration::days(1);
+        let (cert, key) = issue_into(dir.path(), &spec).unwrap();
+        let loaded = proto::tls::TlsFiles {
+            cert,
+            key,
+            ca: dir.path().join("ca.crt"),
+        }
+        .load()
+        .unwrap();
+        let err = loaded
+            .check_valid_at(std::time::SystemTime::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expired") && err.contains("certs issue"),
+            "{err}"
+        );
+    }
+}

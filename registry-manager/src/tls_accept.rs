@@ -1,0 +1,102 @@
+//! The manager's TLS front door: every accepted connection is sorted by its first byte. A TLS
+//! handshake is completed here (mutual TLS: the client's certificate must be signed by the
+//! CA), so that a refused certificate (expired, from another CA, none) is logged with the
+//! reason and the peer's address; the connection then goes to the gRPC server. Anything else
+//! is a plaintext client: it goes to a server that answers every call `UNAUTHENTICATED`,
+//! saying that TLS is required and how to give a certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// Connections accepted at once before the accept loop waits for the servers.
+const BACKLOG: usize = 256;
+/// A client that sends nothing, or does not finish its handshake, within this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What every call over plaintext is answered, on a manager that serves TLS.
+pub const PLAINTEXT_REFUSED: &str = "this registry manager serves TLS only (mutual TLS): plaintext is refused. Connect with a certificate signed by the fleet's CA: --ca, --cert and --key (or FLEET_REGISTRY_CA, FLEET_REGISTRY_CERT, FLEET_REGISTRY_KEY) on the command lines, `tls: { cert, key, ca }` in an agent's configuration";
+
+/// The two streams of connections a TLS listener sorts its clients into.
+pub struct Sorted {
+    /// Connections whose TLS handshake succeeded.
+    pub tls: ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+    /// Plaintext connections (to be refused with [`PLAINTEXT_REFUSED`]).
+    pub plain: ReceiverStream<std::io::Result<TcpStream>>,
+}
+
+impl std::fmt::Debug for Sorted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sorted").finish_non_exhaustive()
+    }
+}
+
+/// Accepts on `listener` until `cancel`, sorting connections by their first byte.
+pub fn sort(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    cancel: CancellationToken,
+) -> (Sorted, tokio::task::JoinHandle<()>) {
+    let (tls_tx, tls_rx) = mpsc::channel(BACKLOG);
+    let (plain_tx, plain_rx) = mpsc::channel(BACKLOG);
+    let acceptor = TlsAcceptor::from(config);
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection (out of file descriptors?); pausing accepts for 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tls_tx, plain_tx) = (acceptor.clone(), tls_tx.clone(), plain_tx.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) => {}
+                    // Closed at once (a TCP probe), an error, or silence: nothing to serve.
+                    _ => return,
+                }
+                if first[0] != TLS_HANDSHAKE {
+                    tracing::warn!(%peer, "refused a plaintext client: this manager serves TLS only");
+                    let _ = plain_tx.send(Ok(stream)).await;
+                    return;
+                }
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tls_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(
+                        %peer,
+                        error = %proto::tls::error_chain(&e),
+                        "refused a TLS connection (the client's certificate must be signed by this fleet's CA and be valid now)"
+                    ),
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused a TLS connection: no handshake within 10s")
+                    }
+                }
+            });
+        }
+    });
+    (
+        Sorted {
+            tls: ReceiverStream::new(tls_rx),
+            plain: ReceiverStream::new(plain_rx),
+        },
+        task,
+    )
+}
