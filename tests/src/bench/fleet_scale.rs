@@ -73,12 +73,22 @@ struct Shared {
     /// Heartbeat round trips (ms) seen while `measuring`.
     rtts: Mutex<Vec<f32>>,
     measuring: AtomicBool,
-    /// Heartbeats answered `ok = false`, keep-alive or watch streams that failed.
+    /// Heartbeats answered `ok = false` (the session was unknown or lapsed).
     refused: AtomicUsize,
-    streams_failed: AtomicUsize,
+    /// Connections, sessions or streams that failed and were tried again (as a real agent does).
+    retries: AtomicUsize,
     last_error: Mutex<Option<String>>,
-    /// Agents whose session is open and whose watch stream is open.
-    ready: AtomicUsize,
+    /// Agents whose session is open and kept alive.
+    sessions: AtomicUsize,
+    /// Agents whose watch stream is open too.
+    watching: AtomicUsize,
+}
+
+impl Shared {
+    fn retry(&self, e: impl std::fmt::Display) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("lock") = Some(e.to_string());
+    }
 }
 
 /// One watch event, for timing changes.
@@ -100,29 +110,45 @@ struct SimAgents {
     /// When each agent last sent a heartbeat, in microseconds after `base`.
     last_beat: Arc<Vec<AtomicU64>>,
     base: Instant,
+    /// Once set, every agent opens its watch stream from this revision.
+    watch_from: tokio::sync::watch::Sender<Option<u64>>,
     _tasks: JoinSet<()>,
 }
 
 const NOBODY: usize = usize::MAX;
 
+/// What an agent task shares with the others.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Arrival>,
+    silence: Arc<AtomicUsize>,
+    last_beat: Arc<Vec<AtomicU64>>,
+    base: Instant,
+    gate: Arc<tokio::sync::Semaphore>,
+    watch_from: tokio::sync::watch::Receiver<Option<u64>>,
+}
+
 async fn own_channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))?
+    Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let mut last = None;
-    for _ in 0..20 {
-        match ep.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last.expect("tried")).with_context(|| format!("cannot connect to {addr}"))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
+/// A pause before trying again: 200 ms to 1 s, spread so that retries do not come in waves.
+async fn backoff(i: usize, attempt: u32) {
+    let ms = (200u64 << attempt.min(2)).min(1000) + (i as u64 * 7919) % 200;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 impl SimAgents {
-    /// Starts an agent per host (`i`-th on `members[i % len]`), `opening` at a time, and waits
-    /// until every one has its session and its watch stream, or `deadline` passes.
+    /// Starts an agent per host (`i`-th on `members[i % len]`), `opening` at a time: first every
+    /// session (connection, `OpenSession`, keep-alive stream), then, once all are kept alive,
+    /// every watch stream from the registry's revision then (as agents that already hold a
+    /// copy resume). Returns when all watch, or fails after `deadline`.
     async fn start(
         members: &[SocketAddr],
         hosts: Vec<(String, Vec<proto::Package>)>,
@@ -131,55 +157,77 @@ impl SimAgents {
     ) -> anyhow::Result<SimAgents> {
         let started = Instant::now();
         let n = hosts.len();
-        let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        let silence = Arc::new(AtomicUsize::new(NOBODY));
-        let base = Instant::now();
-        let last_beat: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-        let gate = Arc::new(tokio::sync::Semaphore::new(opening.max(1)));
+        let (watch_from, watch_rx) = tokio::sync::watch::channel(None);
+        let ctx = Ctx {
+            shared: Arc::new(Shared::default()),
+            tx,
+            silence: Arc::new(AtomicUsize::new(NOBODY)),
+            last_beat: Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()),
+            base: Instant::now(),
+            gate: Arc::new(tokio::sync::Semaphore::new(opening.max(1))),
+            watch_from: watch_rx,
+        };
         let mut tasks = JoinSet::new();
         for (i, (host, packages)) in hosts.into_iter().enumerate() {
             let addr = members[i % members.len()];
-            let (shared, tx, silence, gate, last_beat) = (
-                shared.clone(),
-                tx.clone(),
-                silence.clone(),
-                gate.clone(),
-                last_beat.clone(),
-            );
-            tasks.spawn(async move {
-                let beat_clock = (last_beat, base);
-                let r = agent(
-                    i, addr, host, packages, &shared, tx, silence, beat_clock, gate,
-                )
-                .await;
-                if let Err(e) = r {
-                    shared.streams_failed.fetch_add(1, Ordering::Relaxed);
-                    *shared.last_error.lock().expect("lock") = Some(format!("{e:#}"));
-                }
-            });
+            let ctx = ctx.clone();
+            tasks.spawn(async move { agent(i, addr, host, packages, ctx).await });
         }
-        drop(tx);
         let sim = SimAgents {
             n,
-            shared,
+            shared: ctx.shared.clone(),
             arrivals: rx,
-            silence,
-            last_beat,
-            base,
+            silence: ctx.silence.clone(),
+            last_beat: ctx.last_beat.clone(),
+            base: ctx.base,
+            watch_from,
             _tasks: tasks,
         };
+        drop(ctx);
+        sim.wait_for(
+            "sessions",
+            |s| s.sessions.load(Ordering::Relaxed),
+            started,
+            deadline,
+        )
+        .await?;
+        let mut admin = AdminClient::new(channel(members[0]).await?);
+        let revision = admin
+            .list_hosts(proto::ListHostsRequest { stale: false })
+            .await?
+            .into_inner()
+            .revision;
+        sim.watch_from.send_replace(Some(revision));
+        sim.wait_for(
+            "watch streams",
+            |s| s.watching.load(Ordering::Relaxed),
+            started,
+            deadline,
+        )
+        .await?;
+        Ok(sim)
+    }
+
+    async fn wait_for(
+        &self,
+        what: &str,
+        count: impl Fn(&Shared) -> usize,
+        started: Instant,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
         loop {
-            let ready = sim.shared.ready.load(Ordering::Relaxed);
-            if ready >= n {
-                return Ok(sim);
+            let done = count(&self.shared);
+            if done >= self.n {
+                return Ok(());
             }
-            let failed = sim.shared.streams_failed.load(Ordering::Relaxed);
-            if failed > 0 || started.elapsed() > deadline {
+            if started.elapsed() > deadline {
                 anyhow::bail!(
-                    "only {ready} of {n} simulated agents started within {:?} ({failed} failed; last error: {})",
+                    "only {done} of {} simulated agents had their {what} within {:?} ({} retries; last error: {})",
+                    self.n,
                     started.elapsed(),
-                    sim.last_error().unwrap_or_else(|| "none".into())
+                    self.shared.retries.load(Ordering::Relaxed),
+                    self.last_error().unwrap_or_else(|| "none".into())
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,98 +268,159 @@ impl SimAgents {
     }
 }
 
-/// One simulated agent: own connection, session, keep-alive stream and watch stream.
-#[allow(clippy::too_many_arguments)]
+/// One simulated agent: its own connection carrying its session's keep-alive stream and, once
+/// every session is open, its watch stream. Whatever fails is tried again after a backoff, as
+/// a real agent would: the connection, `OpenSession`, the keep-alive stream (resuming the same
+/// session) and the watch stream (from the last revision it saw).
 async fn agent(
     i: usize,
     addr: SocketAddr,
     host: String,
     packages: Vec<proto::Package>,
-    shared: &Arc<Shared>,
-    tx: mpsc::UnboundedSender<Arrival>,
-    silence: Arc<AtomicUsize>,
-    beat_clock: (Arc<Vec<AtomicU64>>, Instant),
-    gate: Arc<tokio::sync::Semaphore>,
-) -> anyhow::Result<()> {
-    let permit = gate.acquire_owned().await?;
-    let ch = own_channel(addr).await?;
-    let mut client = AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
-    let opened = client
-        .open_session(proto::OpenSessionRequest {
-            host: host.clone(),
-            packages,
-        })
-        .await
-        .with_context(|| format!("OpenSession for {host}"))?
-        .into_inner();
-    let every = (Duration::from_millis(opened.ttl_ms) / 3).max(Duration::from_millis(10));
-    let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
-    let beats = {
-        let sent = sent.clone();
-        let beat = proto::Heartbeat {
-            session_id: opened.session_id,
-            host,
-        };
-        let silence = silence.clone();
-        futures::stream::unfold(true, move |first| {
-            let (beat, sent, silence) = (beat.clone(), sent.clone(), silence.clone());
-            let (last_beat, base) = (beat_clock.0.clone(), beat_clock.1);
-            async move {
-                if !first {
-                    tokio::time::sleep(every).await;
-                }
-                // A silenced agent stops sending but keeps its stream open.
-                while silence.load(Ordering::Relaxed) == i {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-                let now = Instant::now();
-                sent.lock().expect("lock").push_back(now);
-                last_beat[i].store(
-                    now.saturating_duration_since(base).as_micros() as u64,
-                    Ordering::Relaxed,
-                );
-                Some((beat, false))
+    mut ctx: Ctx,
+) {
+    let mut attempt = 0u32;
+    // The session: a connection and OpenSession, tried until they work.
+    let (mut client, opened) = loop {
+        let permit = ctx.gate.clone().acquire_owned().await;
+        let r: anyhow::Result<_> = async {
+            let ch = own_channel(addr).await?;
+            let mut client =
+                AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+            let opened = client
+                .open_session(proto::OpenSessionRequest {
+                    host: host.clone(),
+                    packages: packages.clone(),
+                })
+                .await
+                .with_context(|| format!("OpenSession for {host}"))?
+                .into_inner();
+            Ok((client, opened))
+        }
+        .await;
+        drop(permit);
+        match r {
+            Ok(v) => break v,
+            Err(e) => {
+                ctx.shared.retry(format!("{e:#}"));
+                backoff(i, attempt).await;
+                attempt += 1;
             }
-        })
+        }
     };
-    let mut acks = client.keep_alive(beats).await?.into_inner();
-    let mut watch = client
-        .watch(proto::WatchRequest {
-            from_revision: opened.revision,
-            host: String::new(),
-            history: String::new(),
-        })
-        .await?
-        .into_inner();
-    shared.ready.fetch_add(1, Ordering::Relaxed);
-    drop(permit);
-    let mut parts = proto::watch_parts::Reassembler::default();
+    let every = (Duration::from_millis(opened.ttl_ms) / 3).max(Duration::from_millis(10));
+    let mut counted_session = false;
+    let mut counted_watch = false;
+    let mut last_revision = opened.revision;
     loop {
-        tokio::select! {
-            ack = acks.message() => match ack? {
-                Some(a) => {
-                    let at = Instant::now();
-                    let t = sent.lock().expect("lock").pop_front();
-                    if !a.ok {
-                        shared.refused.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(t) = t {
-                        if shared.measuring.load(Ordering::Relaxed) {
-                            let ms = at.saturating_duration_since(t).as_secs_f64() * 1e3;
-                            shared.rtts.lock().expect("lock").push(ms as f32);
+        // One connection's life: keep-alive stream, then the watch stream when asked for.
+        let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        let beats = {
+            let (sent, silence, last_beat, base) = (
+                sent.clone(),
+                ctx.silence.clone(),
+                ctx.last_beat.clone(),
+                ctx.base,
+            );
+            let beat = proto::Heartbeat {
+                session_id: opened.session_id.clone(),
+                host: host.clone(),
+            };
+            futures::stream::unfold(true, move |first| {
+                let (beat, sent, silence, last_beat) = (
+                    beat.clone(),
+                    sent.clone(),
+                    silence.clone(),
+                    last_beat.clone(),
+                );
+                async move {
+                    if !first {
+                        tokio::time::sleep(every).await;
+                    }
+                    // A silenced agent stops sending but keeps its stream open.
+                    while silence.load(Ordering::Relaxed) == i {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    let now = Instant::now();
+                    sent.lock().expect("lock").push_back(now);
+                    last_beat[i].store(
+                        now.saturating_duration_since(base).as_micros() as u64,
+                        Ordering::Relaxed,
+                    );
+                    Some((beat, false))
+                }
+            })
+        };
+        let r: anyhow::Result<()> = async {
+            let mut acks = client.keep_alive(beats).await?.into_inner();
+            if !counted_session {
+                counted_session = true;
+                ctx.shared.sessions.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut watch: Option<tonic::Streaming<proto::WatchEvent>> = None;
+            let mut parts = proto::watch_parts::Reassembler::default();
+            loop {
+                if watch.is_none() {
+                    let asked = *ctx.watch_from.borrow();
+                    if let Some(from) = asked {
+                        let from = from.max(last_revision);
+                        watch = Some(
+                            client
+                                .watch(proto::WatchRequest {
+                                    from_revision: from,
+                                    host: String::new(),
+                                    history: String::new(),
+                                })
+                                .await?
+                                .into_inner(),
+                        );
+                        if !counted_watch {
+                            counted_watch = true;
+                            ctx.shared.watching.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                None => anyhow::bail!("the manager ended the keep-alive stream"),
-            },
-            ev = watch.message() => match ev? {
-                Some(ev) => {
-                    let at = Instant::now();
-                    if let Some(ev) = parts.push(ev)? {
-                        let _ = tx.send(Arrival { agent: i, revision: ev.revision, at });
-                    }
+                tokio::select! {
+                    ack = acks.message() => match ack? {
+                        Some(a) => {
+                            let at = Instant::now();
+                            let t = sent.lock().expect("lock").pop_front();
+                            if !a.ok {
+                                ctx.shared.refused.fetch_add(1, Ordering::Relaxed);
+                            } else if let Some(t) = t {
+                                if ctx.shared.measuring.load(Ordering::Relaxed) {
+                                    let ms = at.saturating_duration_since(t).as_secs_f64() * 1e3;
+                                    ctx.shared.rtts.lock().expect("lock").push(ms as f32);
+                                }
+                            }
+                        }
+                        None => anyhow::bail!("the manager ended the keep-alive stream"),
+                    },
+                    ev = async { watch.as_mut().expect("watching").message().await }, if watch.is_some() => match ev? {
+                        Some(ev) => {
+                            let at = Instant::now();
+                            if let Some(ev) = parts.push(ev)? {
+                                last_revision = last_revision.max(ev.revision);
+                                let _ = ctx.tx.send(Arrival { agent: i, revision: ev.revision, at });
+                            }
+                        }
+                        None => anyhow::bail!("the manager ended the watch stream"),
+                    },
+                    _ = ctx.watch_from.changed(), if watch.is_none() => {}
                 }
-                None => anyhow::bail!("the manager ended the watch stream"),
-            },
+            }
+        }
+        .await;
+        if let Err(e) = r {
+            ctx.shared.retry(format!("{e:#}"));
+        }
+        backoff(i, attempt).await;
+        attempt += 1;
+        match own_channel(addr).await {
+            Ok(ch) => {
+                client = AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024)
+            }
+            Err(e) => ctx.shared.retry(format!("{e:#}")),
         }
     }
 }
@@ -426,6 +535,7 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     sim.shared.rtts.lock().expect("lock").clear();
     let refused_before = sim.shared.refused.load(Ordering::Relaxed);
+    let retries_before = sim.shared.retries.load(Ordering::Relaxed);
     sim.shared.measuring.store(true, Ordering::Relaxed);
     let cores = cores_over(&pids, plan.window).await?;
     sim.shared.measuring.store(false, Ordering::Relaxed);
@@ -465,6 +575,10 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
             "on one manager".to_string()
         },
         started_in.as_secs_f64()
+    ) + &format!(
+        " (sessions first, then watch streams; {} connections, sessions or streams tried again \
+         while starting)",
+        retries_before
     );
     for f in [
         &mut cpu,
@@ -565,7 +679,8 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
     false_exp.push(lapsed.len() as f64);
     false_exp.note(format!(
         "sessions not live at the end other than the silenced host's: {}{}; heartbeats refused \
-         (session unknown) during the run: {refused}; streams failed: {}",
+         (session unknown) during the run: {refused}; connections or streams the agents had to try \
+         again after the start: {}",
         lapsed.len(),
         if lapsed.is_empty() {
             String::new()
@@ -580,7 +695,7 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
                     .join(", ")
             )
         },
-        sim.shared.streams_failed.load(Ordering::Relaxed)
+        sim.shared.retries.load(Ordering::Relaxed) - retries_before
     ));
     for p in problems {
         prop.note(p);
