@@ -42,6 +42,7 @@ pub mod backup;
 pub mod certs;
 pub mod cluster_key;
 pub mod command;
+pub mod conn_limit;
 pub mod delta;
 mod engine;
 pub mod error;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::Command;
@@ -81,6 +80,8 @@ pub struct Tuning {
     pub proposal_queue: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Connections one client address may hold (loopback not counted; 0: no limit).
+    pub max_connections_per_client: usize,
     /// Largest request decoded by `AgentRegistry`.
     pub max_agent_request: usize,
     /// Largest request decoded by `Admin` (topology files).
@@ -97,6 +98,7 @@ impl Default for Tuning {
             max_batch: 1_024,
             proposal_queue: 16_384,
             max_concurrent_streams: 16_384,
+            max_connections_per_client: 256,
             max_agent_request: 4 << 20,
             max_admin_request: (topology::MAX_FILE_BYTES + (1 << 20)).max(4 << 20),
             max_response: 256 << 20,
@@ -422,21 +424,28 @@ async fn launch(
         .add_service(admin)
         .add_service(member);
     let server_cancel = cancel.clone();
+    let slots = crate::conn_limit::Slots::new(tuning.max_connections_per_client);
     let server = match &tls {
-        None => tokio::spawn(async move {
-            let result = builder
-                .serve_with_incoming_shutdown(
-                    accept_with_backoff(listener),
-                    server_cancel.clone().cancelled_owned(),
-                )
-                .await;
-            // However the server ended, the rest of the manager stops with it.
-            server_cancel.cancel();
-            result
-        }),
+        None => {
+            let (incoming, accept) = crate::conn_limit::accept_plain(
+                listener,
+                slots,
+                crate::conn_limit::FIRST_BYTES_TIMEOUT,
+                cancel.clone(),
+            );
+            tasks.push(accept);
+            tokio::spawn(async move {
+                let result = builder
+                    .serve_with_incoming_shutdown(incoming, server_cancel.clone().cancelled_owned())
+                    .await;
+                // However the server ended, the rest of the manager stops with it.
+                server_cancel.cancel();
+                result
+            })
+        }
         Some(material) => {
             let (sorted, accept) =
-                crate::tls_accept::sort(listener, material.server_config()?, cancel.clone());
+                crate::tls_accept::sort(listener, material.server_config()?, slots, cancel.clone());
             tasks.push(accept);
             tasks.push(spawn_plaintext_refuser(
                 sorted.plain,
@@ -560,24 +569,6 @@ async fn seed_topology(engine: Engine, topology: topology::Topology) {
             }
         }
     }
-}
-
-/// The listener's connections; an accept error (descriptors exhausted, say) is logged and
-/// followed by a short pause instead of a busy loop of failing accepts.
-fn accept_with_backoff(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).filter_map(|r| async move {
-        match r {
-            Ok(s) => Some(Ok(s)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept a connection (out of file descriptors?); pausing accepts for 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                None
-            }
-        }
-    })
 }
 
 /// The services a manager serves, as gRPC reflection lists them. The descriptor set of

@@ -28,7 +28,7 @@ pub const PLAINTEXT_REFUSED: &str = "this registry manager serves TLS only (mutu
 /// The two streams of connections a TLS listener sorts its clients into.
 pub struct Sorted {
     /// Connections whose TLS handshake succeeded.
-    pub tls: ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+    pub tls: ReceiverStream<std::io::Result<TlsStream<crate::conn_limit::Counted<TcpStream>>>>,
     /// Plaintext connections (to be refused with [`PLAINTEXT_REFUSED`]).
     pub plain: ReceiverStream<std::io::Result<TcpStream>>,
 }
@@ -43,6 +43,7 @@ impl std::fmt::Debug for Sorted {
 pub fn sort(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    slots: Arc<crate::conn_limit::Slots>,
     cancel: CancellationToken,
 ) -> (Sorted, tokio::task::JoinHandle<()>) {
     let (tls_tx, tls_rx) = mpsc::channel(BACKLOG);
@@ -62,20 +63,24 @@ pub fn sort(
                     continue;
                 }
             };
+            let Some(slot) = slots.take(peer.ip()) else {
+                slots.log_refusal(peer);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (acceptor, tls_tx, plain_tx) = (acceptor.clone(), tls_tx.clone(), plain_tx.clone());
             tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) => {}
-                    // Closed at once (a TCP probe), an error, or silence: nothing to serve.
-                    _ => return,
-                }
-                if first[0] != TLS_HANDSHAKE {
+                // Closed at once (a TCP probe), an error, or silence: nothing to serve.
+                let Some(first) = crate::conn_limit::first_byte(&stream, HANDSHAKE_TIMEOUT).await
+                else {
+                    return;
+                };
+                if first != TLS_HANDSHAKE {
                     tracing::warn!(%peer, "refused a plaintext client: this manager serves TLS only");
                     let _ = plain_tx.send(Ok(stream)).await;
                     return;
                 }
+                let stream = crate::conn_limit::Counted::new(stream, slot);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let _ = tls_tx.send(Ok(tls)).await;
