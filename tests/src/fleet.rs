@@ -662,6 +662,19 @@ impl Fleet {
             proc,
             addr,
         });
+        // A manager listens once its store is loaded: wait for that, so that the group can
+        // reach the learner as soon as it is added.
+        wait_until(
+            &format!("learner {name} to listen"),
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
         Ok(self.members.len() - 1)
     }
 
