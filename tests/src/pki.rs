@@ -1,5 +1,6 @@
-//! Certificates the real `certs` command never makes, for tests of refusals: one that has
-//! expired, signed by a fleet's own CA.
+//! Certificates made in process, signed by a fleet's own CA (made by the real `certs init`):
+//! one that has expired, for tests of refusals, and valid ones in bulk, for benchmarks of
+//! thousands of simulated agents (each needs a certificate naming its host).
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +15,58 @@ pub fn issue_expired(
     identity: &str,
     expired_days_ago: i64,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let now = OffsetDateTime::now_utc();
+    let (cert, key) = issue(
+        &ca(dir)?,
+        identity,
+        now - Duration::days(30),
+        now - Duration::days(expired_days_ago),
+    )?;
+    let (crt_path, key_path) = (
+        dir.join(format!("{file_name}.crt")),
+        dir.join(format!("{file_name}.key")),
+    );
+    std::fs::write(&crt_path, cert)?;
+    std::fs::write(&key_path, key)?;
+    Ok((crt_path, key_path))
+}
+
+/// The CA of `dir` (`ca.crt`, `ca.key`), to sign with.
+pub fn ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
     let ca_cert = std::fs::read_to_string(dir.join("ca.crt"))?;
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key"))?)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
+    Ok(Issuer::from_ca_cert_pem(&ca_cert, ca_key)?)
+}
+
+/// A client TLS configuration for `identity`: a certificate valid for a day, signed by
+/// `issuer`, and the CA of `dir` as the only root (made in memory, nothing written).
+pub fn client_config(
+    dir: &Path,
+    issuer: &Issuer<'static, KeyPair>,
+    identity: &str,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let now = OffsetDateTime::now_utc();
+    let (cert, key) = issue(
+        issuer,
+        identity,
+        now - Duration::hours(1),
+        now + Duration::days(1),
+    )?;
+    let ca = std::fs::read_to_string(dir.join("ca.crt"))?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .timeout(std::time::Duration::from_secs(5)))
+}
+
+/// (certificate PEM, key PEM) for `identity` (its common name and first DNS name).
+fn issue(
+    issuer: &Issuer<'static, KeyPair>,
+    identity: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, identity);
@@ -25,15 +75,8 @@ pub fn issue_expired(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::days(30);
-    params.not_after = now - Duration::days(expired_days_ago);
-    let cert = params.signed_by(&key, &issuer)?;
-    let (crt_path, key_path) = (
-        dir.join(format!("{file_name}.crt")),
-        dir.join(format!("{file_name}.key")),
-    );
-    std::fs::write(&crt_path, cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    Ok((crt_path, key_path))
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }

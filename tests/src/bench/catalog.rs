@@ -34,11 +34,13 @@ pub enum Group {
     Heartbeat,
     /// The same spread over a group of three.
     HeartbeatGroup,
+    /// The one-manager setup with mutual TLS on every connection.
+    HeartbeatTls,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 14] = [
+    pub const ALL: [Group; 15] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -53,6 +55,7 @@ impl Group {
         Group::PropagationGroup,
         Group::Heartbeat,
         Group::HeartbeatGroup,
+        Group::HeartbeatTls,
     ];
 
     /// The name accepted on the command line.
@@ -72,6 +75,7 @@ impl Group {
             Group::PropagationGroup => "propagation_group",
             Group::Heartbeat => "heartbeat",
             Group::HeartbeatGroup => "heartbeat_group",
+            Group::HeartbeatTls => "heartbeat_tls",
         }
     }
 }
@@ -423,6 +427,48 @@ pub const FIGURES: &[FigureDef] = &[
         Target::Below(100.0),
         Group::HeartbeatGroup,
         "one change to 10,000 agents on their own connections (3 members): p99 over agents",
+    ),
+    entry(
+        "heartbeat_tls_manager_cpu_10k",
+        "cores",
+        Target::None,
+        Group::HeartbeatTls,
+        "heartbeat_manager_cpu_10k with mutual TLS on every connection (against: TLS off)",
+    ),
+    entry(
+        "heartbeat_tls_manager_rss_10k",
+        "MB",
+        Target::Below(1024.0),
+        Group::HeartbeatTls,
+        "manager VmRSS under that load, TLS on",
+    ),
+    entry(
+        "heartbeat_tls_rtt_p99_10k",
+        "ms",
+        Target::None,
+        Group::HeartbeatTls,
+        "heartbeat round trip p99 under that load, TLS on",
+    ),
+    entry(
+        "heartbeat_tls_false_expiries_10k",
+        "count",
+        Target::AtMost(0.0),
+        Group::HeartbeatTls,
+        "sessions lapsed that were kept alive, TLS on",
+    ),
+    entry(
+        "heartbeat_tls_silent_detect_10k",
+        "ms",
+        Target::Below(1200.0),
+        Group::HeartbeatTls,
+        "a host falls silent until every agent's watch hears it (p99 over agents), TLS on",
+    ),
+    entry(
+        "propagation_10k_tls_own_connections_p99",
+        "ms",
+        Target::Below(100.0),
+        Group::HeartbeatTls,
+        "one change to 10,000 agents on their own TLS connections: p99 over agents",
     ),
 ];
 

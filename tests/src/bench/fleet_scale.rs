@@ -24,9 +24,9 @@ use proto::agent_registry_client::AgentRegistryClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::agents::{channel, running, toggle_drain};
+use super::agents::{running, toggle_drain};
 use super::figure::Figure;
 use super::gen::{GeneratedFleet, CCM};
 use super::stats::{self, fmt_num};
@@ -117,6 +117,14 @@ struct SimAgents {
 
 const NOBODY: usize = usize::MAX;
 
+/// One simulated host: its name, its packages, and its certificate when the fleet runs TLS.
+#[derive(Clone)]
+struct SimHost {
+    host: String,
+    packages: Vec<proto::Package>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
 /// What an agent task shares with the others.
 #[derive(Clone)]
 struct Ctx {
@@ -129,8 +137,12 @@ struct Ctx {
     watch_from: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
-async fn own_channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+async fn own_channel(
+    addr: SocketAddr,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<Channel> {
+    proto::tls::endpoint(&addr.to_string(), tls)
+        .map_err(|e| anyhow::anyhow!(e))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
@@ -151,7 +163,8 @@ impl SimAgents {
     /// copy resume). Returns when all watch, or fails after `deadline`.
     async fn start(
         members: &[SocketAddr],
-        hosts: Vec<(String, Vec<proto::Package>)>,
+        hosts: Vec<SimHost>,
+        admin: &mut AdminClient<Channel>,
         opening: usize,
         deadline: Duration,
     ) -> anyhow::Result<SimAgents> {
@@ -169,10 +182,10 @@ impl SimAgents {
             watch_from: watch_rx,
         };
         let mut tasks = JoinSet::new();
-        for (i, (host, packages)) in hosts.into_iter().enumerate() {
+        for (i, host) in hosts.into_iter().enumerate() {
             let addr = members[i % members.len()];
             let ctx = ctx.clone();
-            tasks.spawn(async move { agent(i, addr, host, packages, ctx).await });
+            tasks.spawn(async move { agent(i, addr, host, ctx).await });
         }
         let sim = SimAgents {
             n,
@@ -192,7 +205,6 @@ impl SimAgents {
             deadline,
         )
         .await?;
-        let mut admin = AdminClient::new(channel(members[0]).await?);
         let revision = admin
             .list_hosts(proto::ListHostsRequest { stale: false })
             .await?
@@ -272,19 +284,18 @@ impl SimAgents {
 /// every session is open, its watch stream. Whatever fails is tried again after a backoff, as
 /// a real agent would: the connection, `OpenSession`, the keep-alive stream (resuming the same
 /// session) and the watch stream (from the last revision it saw).
-async fn agent(
-    i: usize,
-    addr: SocketAddr,
-    host: String,
-    packages: Vec<proto::Package>,
-    mut ctx: Ctx,
-) {
+async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
+    let SimHost {
+        host,
+        packages,
+        tls,
+    } = sim;
     let mut attempt = 0u32;
     // The session: a connection and OpenSession, tried until they work.
     let (mut client, opened) = loop {
         let permit = ctx.gate.clone().acquire_owned().await;
         let r: anyhow::Result<_> = async {
-            let ch = own_channel(addr).await?;
+            let ch = own_channel(addr, tls.as_ref()).await?;
             let mut client =
                 AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
             let opened = client
@@ -416,7 +427,7 @@ async fn agent(
         }
         backoff(i, attempt).await;
         attempt += 1;
-        match own_channel(addr).await {
+        match own_channel(addr, tls.as_ref()).await {
             Ok(ch) => {
                 client = AgentRegistryClient::new(ch).max_decoding_message_size(64 * 1024 * 1024)
             }
@@ -473,13 +484,31 @@ const GROUP: Names = Names {
     propagation: "propagation_group_10k_own_connections_p99",
 };
 
-/// Measures the `heartbeat_*` figures against one manager (`members == 1`) or a group of three.
-pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
+const TLS: Names = Names {
+    cpu: "heartbeat_tls_manager_cpu_10k",
+    rss: "heartbeat_tls_manager_rss_10k",
+    rtt: "heartbeat_tls_rtt_p99_10k",
+    false_expiries: "heartbeat_tls_false_expiries_10k",
+    silent: "heartbeat_tls_silent_detect_10k",
+    propagation: "propagation_10k_tls_own_connections_p99",
+};
+
+/// Measures the `heartbeat_*` figures against one manager (`members == 1`) or a group of three,
+/// with every connection on mutual TLS when `tls` (each simulated agent with a certificate of
+/// its own host, as the manager requires).
+pub async fn run(mode: Mode, members: usize, tls: bool) -> anyhow::Result<Vec<Figure>> {
     let plan = Plan::of(mode);
-    let names = if members > 1 { GROUP } else { ONE };
+    let names = match (members > 1, tls) {
+        (true, _) => GROUP,
+        (false, true) => TLS,
+        (false, false) => ONE,
+    };
     let g = GeneratedFleet::new(plan.domains, plan.hosts, 8);
     let with_manager: std::collections::BTreeSet<&str> = g.managers(1).into_iter().collect();
     let mut builder = Fleet::from_topology(&g.to_yaml()).session_ttl("1s");
+    if tls {
+        builder = builder.tls();
+    }
     builder = if members > 1 {
         builder.managers(members)
     } else {
@@ -501,30 +530,45 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
         fleet.manager().and_then(|m| m.pid()).into_iter().collect()
     };
     anyhow::ensure!(pids.len() == members, "a manager is not running");
-    let hosts: Vec<(String, Vec<proto::Package>)> = g
-        .host_names()
-        .map(|h| {
-            let pkgs = if with_manager.contains(h) {
-                vec![running(CCM, "127.0.0.1:7001")]
-            } else {
-                Vec::new()
-            };
-            (h.to_string(), pkgs)
-        })
-        .collect();
+    let issuer = if tls {
+        Some(crate::pki::ca(&fleet.certs_dir())?)
+    } else {
+        None
+    };
+    let certs_started = Instant::now();
+    let mut hosts: Vec<SimHost> = Vec::with_capacity(plan.hosts);
+    for h in g.host_names() {
+        let packages = if with_manager.contains(h) {
+            vec![running(CCM, "127.0.0.1:7001")]
+        } else {
+            Vec::new()
+        };
+        let tls = match &issuer {
+            Some(ca) => Some(crate::pki::client_config(&fleet.certs_dir(), ca, h)?),
+            None => None,
+        };
+        hosts.push(SimHost {
+            host: h.to_string(),
+            packages,
+            tls,
+        });
+    }
+    let certs_took = certs_started.elapsed();
     let victim_host = hosts
         .iter()
-        .position(|(h, p)| p.is_empty() && !h.is_empty())
+        .position(|h| h.packages.is_empty() && !h.host.is_empty())
         .unwrap_or(0);
     let changed_host = hosts
         .iter()
-        .find(|(_, p)| !p.is_empty())
-        .map(|(h, _)| h.clone())
+        .find(|h| !h.packages.is_empty())
+        .map(|h| h.host.clone())
         .context("the generated fleet has no manager package")?;
+    let mut admin = AdminClient::new(fleet.admin_endpoint(addrs[0])?.connect().await?);
     let t = Instant::now();
     let mut sim = SimAgents::start(
         &addrs,
         hosts.clone(),
+        &mut admin,
         plan.opening,
         Duration::from_secs(240),
     )
@@ -577,18 +621,28 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
         started_in.as_secs_f64()
     ) + &format!(
         " (sessions first, then watch streams; {} connections, sessions or streams tried again \
-         while starting)",
-        retries_before
+         while starting){}",
+        retries_before,
+        if tls {
+            format!(
+                "; mutual TLS on every connection, each agent with a certificate of its own host \
+                 (made in {:.1} s)",
+                certs_took.as_secs_f64()
+            )
+        } else {
+            String::new()
+        }
     );
+    // The setup once, on the first figure; the others refer to it.
+    cpu.note(setup);
     for f in [
-        &mut cpu,
         &mut rss_fig,
         &mut rtt,
         &mut false_exp,
         &mut silent,
         &mut prop,
     ] {
-        f.note(setup.clone());
+        f.note(format!("setup: see {}", names.cpu));
     }
     let per_member = |v: &[f64], unit: &str| {
         v.iter()
@@ -620,7 +674,6 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
     ));
 
     // One change to every agent on its own connection.
-    let mut admin = AdminClient::new(channel(addrs[0]).await?);
     let mut problems = Vec::new();
     for run in 0..plan.changes {
         sim.drain();
@@ -658,7 +711,7 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
             "{} stops heartbeating with its connection open (as a SIGSTOPped host); timed from \
              its last heartbeat to each agent's watch event of the lapse: p50 {p50:.0} ms, p99 over agents; \
              {missing} agents missed it",
-            hosts[victim_host].0
+            hosts[victim_host].host
         ));
     } else {
         silent.error = Some("no agent heard the silent host lapse within 10 s".into());
@@ -672,7 +725,7 @@ pub async fn run(mode: Mode, members: usize) -> anyhow::Result<Vec<Figure>> {
     let lapsed: Vec<&str> = listing
         .hosts
         .iter()
-        .filter(|h| !h.session_live && h.host != hosts[victim_host].0)
+        .filter(|h| !h.session_live && h.host != hosts[victim_host].host)
         .map(|h| h.host.as_str())
         .collect();
     let refused = sim.shared.refused.load(Ordering::Relaxed) - refused_before;

@@ -69,7 +69,7 @@ impl Mode {
             (Mode::Full, Group::Propagation10k) => 120,
             (Mode::Full, Group::Crash | Group::Silent | Group::SilentLoaded) => 120,
             (Mode::Full, Group::Leader) => 180,
-            (Mode::Full, Group::Heartbeat | Group::HeartbeatGroup) => 360,
+            (Mode::Full, Group::Heartbeat | Group::HeartbeatGroup | Group::HeartbeatTls) => 360,
             (Mode::Full, _) => 60,
         };
         Duration::from_secs(secs)
@@ -156,8 +156,9 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::Leader => leader::run(mode).await,
         Group::GroupWrites => leader::throughput(mode).await,
         Group::PropagationGroup => propagation::run_group(mode).await,
-        Group::Heartbeat => fleet_scale::run(mode, 1).await,
-        Group::HeartbeatGroup => fleet_scale::run(mode, 3).await,
+        Group::Heartbeat => fleet_scale::run(mode, 1, false).await,
+        Group::HeartbeatGroup => fleet_scale::run(mode, 3, false).await,
+        Group::HeartbeatTls => fleet_scale::run(mode, 1, true).await,
     }
 }
 
