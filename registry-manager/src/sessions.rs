@@ -38,9 +38,14 @@ pub struct LiveSession {
     touched: AtomicBool,
     /// Its expiry was proposed; not proposed again until this member leads anew.
     expiring: AtomicBool,
-    /// The member (raft node id) that last passed a heartbeat on; 0: heard here directly.
+    /// The member (raft node id) that last passed a heartbeat on; 0: heard here directly;
+    /// [`NOT_HEARD_YET`]: no heartbeat since it was opened (through any member).
     via: AtomicU64,
 }
+
+/// `via` of a session no heartbeat has reached yet: it may have been opened through a member
+/// that is lost before it passed a single heartbeat on, so every lost member's grace covers it.
+const NOT_HEARD_YET: u64 = u64::MAX;
 
 impl LiveSession {
     /// True once the session lapsed or was ended.
@@ -100,7 +105,7 @@ impl SessionTable {
             ended: AtomicBool::new(false),
             touched: AtomicBool::new(false),
             expiring: AtomicBool::new(false),
-            via: AtomicU64::new(0),
+            via: AtomicU64::new(NOT_HEARD_YET),
         });
         let mut inner = self.lock();
         if let Some(old) = inner.by_host.insert(host.clone(), session) {
@@ -154,15 +159,17 @@ impl SessionTable {
         }
     }
 
-    /// The member `via` was lost: the sessions last heard through it get `grace` beyond a
-    /// fresh TTL to reach another member. Losing the member an agent talks to never lapses
-    /// its session. Returns how many sessions got the grace.
+    /// The member `via` was lost: the sessions last heard through it, and those not heard from
+    /// at all since they were opened (perhaps through it), get `grace` beyond a fresh TTL to
+    /// reach another member. Losing the member an agent talks to never lapses its session.
+    /// Returns how many sessions got the grace.
     pub fn grace_via(&self, via: u64, grace: Duration) -> usize {
         let until = self.now_ms() + u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let inner = self.lock();
         let mut n = 0;
         for s in inner.by_host.values() {
-            if s.via.load(Ordering::Relaxed) == via {
+            let heard_via = s.via.load(Ordering::Relaxed);
+            if heard_via == via || heard_via == NOT_HEARD_YET {
                 s.last_seen_ms.fetch_max(until, Ordering::Relaxed);
                 n += 1;
             }
@@ -379,6 +386,21 @@ mod tests {
         assert!(table.take_expired(table.now_ms(), ttl).is_empty());
         tokio::time::advance(Duration::from_millis(400)).await;
         assert_eq!(table.take_expired(table.now_ms(), ttl).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_not_heard_yet_gets_the_grace_of_any_member_lost() {
+        // Opened through a member that is lost before it passed a heartbeat on: the leader
+        // cannot know which member that was.
+        let table = SessionTable::new();
+        let ttl = Duration::from_millis(300);
+        table.insert(host("b"), SessionId::new("sb"));
+        assert_eq!(table.grace_via(9, ttl), 1);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        // Once heard here directly, a lost member is no longer its concern.
+        table.touch(&table.by_host("b").unwrap());
+        assert_eq!(table.grace_via(9, ttl), 0);
     }
 
     #[test]
