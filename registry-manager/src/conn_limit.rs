@@ -175,22 +175,21 @@ pub async fn first_byte(stream: &TcpStream, within: Duration) -> Option<u8> {
     }
 }
 
-/// The plaintext front door: accepts on `listener` until `cancel`, refuses a client address
-/// past its share of connections, drops connections silent for `silence` (in the manager
-/// [`FIRST_BYTES_TIMEOUT`]), and
-/// hands the rest to the gRPC server. Out of descriptors, it pauses accepting for 100 ms and
-/// says so instead of spinning.
-pub fn accept_plain(
+/// The accept loop both front doors share: accepts on `listener` until `cancel`; refuses an
+/// address past its share of connections (logged, at most once a second); out of descriptors,
+/// pauses accepting for 100 ms and says so instead of spinning; hands every other connection,
+/// with its slot, to `serve` on a task of its own (so a slow client never holds up the loop).
+pub fn accept_each<F, Fut>(
     listener: TcpListener,
     slots: Arc<Slots>,
-    silence: Duration,
     cancel: CancellationToken,
-) -> (
-    ReceiverStream<std::io::Result<Counted<TcpStream>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(BACKLOG);
-    let task = tokio::spawn(async move {
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream, std::net::SocketAddr, Option<Slot>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -209,14 +208,31 @@ pub fn accept_plain(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if first_byte(&stream, silence).await.is_none() {
-                    tracing::debug!(%peer, ?silence, "closed a connection that sent nothing");
-                    return;
-                }
-                let _ = tx.send(Ok(Counted::new(stream, slot))).await;
-            });
+            tokio::spawn(serve(stream, peer, slot));
+        }
+    })
+}
+
+/// The plaintext front door: [`accept_each`], dropping connections silent for `silence` (in
+/// the manager [`FIRST_BYTES_TIMEOUT`]) and handing the rest to the gRPC server.
+pub fn accept_plain(
+    listener: TcpListener,
+    slots: Arc<Slots>,
+    silence: Duration,
+    cancel: CancellationToken,
+) -> (
+    ReceiverStream<std::io::Result<Counted<TcpStream>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    let task = accept_each(listener, slots, cancel, move |stream, peer, slot| {
+        let tx = tx.clone();
+        async move {
+            if first_byte(&stream, silence).await.is_none() {
+                tracing::debug!(%peer, ?silence, "closed a connection that sent nothing");
+                return;
+            }
+            let _ = tx.send(Ok(Counted::new(stream, slot))).await;
         }
     });
     (ReceiverStream::new(rx), task)

@@ -49,27 +49,13 @@ pub fn sort(
     let (tls_tx, tls_rx) = mpsc::channel(BACKLOG);
     let (plain_tx, plain_rx) = mpsc::channel(BACKLOG);
     let acceptor = TlsAcceptor::from(config);
-    let task = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a connection (out of file descriptors?); pausing accepts for 100 ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = slots.take(peer.ip()) else {
-                slots.log_refusal(peer);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+    let task = crate::conn_limit::accept_each(
+        listener,
+        slots,
+        cancel,
+        move |stream, peer, slot| {
             let (acceptor, tls_tx, plain_tx) = (acceptor.clone(), tls_tx.clone(), plain_tx.clone());
-            tokio::spawn(async move {
+            async move {
                 // Closed at once (a TCP probe), an error, or silence: nothing to serve.
                 let Some(first) = crate::conn_limit::first_byte(&stream, HANDSHAKE_TIMEOUT).await
                 else {
@@ -94,9 +80,9 @@ pub fn sort(
                         tracing::warn!(%peer, "refused a TLS connection: no handshake within 10s")
                     }
                 }
-            });
-        }
-    });
+            }
+        },
+    );
     (
         Sorted {
             tls: ReceiverStream::new(tls_rx),

@@ -134,20 +134,9 @@ mod tests {
     use super::*;
     use crate::snapshot::PackageStatus;
 
-    const CCM: &str = "command-control-manager";
+    use crate::fixtures::CCM;
 
-    /// The routing rule (docs/routing.md) worked example's tree.
-    const TREE: &str = "\
-version: 1
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-";
+    use crate::fixtures::TREE;
 
     const HOSTS: [&str; 5] = ["agent-1", "agent-2", "agent-3", "agent-4", "fm"];
 
