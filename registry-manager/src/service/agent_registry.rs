@@ -177,31 +177,30 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let closing = engine.hub().closing();
         let inbound = request.into_inner();
         let access = Arc::clone(&self.access);
+        // The stream's state moves from one heartbeat to the next: nothing is cloned per
+        // heartbeat.
         let acks = futures::stream::unfold(
-            (inbound, None::<Arc<LiveSession>>, engine),
-            move |(mut inbound, mut cached, engine)| {
-                let (access, who) = (Arc::clone(&access), who.clone());
-                async move {
-                    let r = match inbound.next().await? {
-                        Ok(hb) => {
-                            // Every heartbeat, not just the first: the stream may name any host.
-                            match authorize(
-                                &access,
-                                &engine,
-                                &who,
-                                Rpc::ForHost {
-                                    rpc: "KeepAlive",
-                                    host: &hb.host,
-                                },
-                            ) {
-                                Ok(()) => heartbeat(&engine, &mut cached, &hb).await,
-                                Err(refused) => Err(refused),
-                            }
+            (inbound, None::<Arc<LiveSession>>, engine, access, who),
+            |(mut inbound, mut cached, engine, access, who)| async move {
+                let r = match inbound.next().await? {
+                    Ok(hb) => {
+                        // Every heartbeat, not just the first: the stream may name any host.
+                        match authorize(
+                            &access,
+                            &engine,
+                            &who,
+                            Rpc::ForHost {
+                                rpc: "KeepAlive",
+                                host: &hb.host,
+                            },
+                        ) {
+                            Ok(()) => heartbeat(&engine, &mut cached, &hb).await,
+                            Err(refused) => Err(refused),
                         }
-                        Err(e) => Err(e),
-                    };
-                    Some((r, (inbound, cached, engine)))
-                }
+                    }
+                    Err(e) => Err(e),
+                };
+                Some((r, (inbound, cached, engine, access, who)))
             },
         )
         .take_until(cancel.cancelled_owned())
