@@ -216,11 +216,13 @@ pub use crate::error::LocatedError as SnapshotError;
 impl RegistrySnapshot {
     /// Parses a snapshot: JSON when the first non-blank character is `{`, YAML otherwise.
     pub fn parse(file_name: &str, text: &str) -> Result<Self, SnapshotError> {
+        // One line per error: a value quoted in the message (an unknown status, say) may hold
+        // line breaks, which are written escaped.
         let err = |line: usize, column: usize, message: String| SnapshotError {
             file: file_name.to_owned(),
             line,
             column,
-            message,
+            message: message.replace('\r', "\\r").replace('\n', "\\n"),
         };
         if text.len() > MAX_SNAPSHOT_BYTES {
             return Err(err(

@@ -828,3 +828,14 @@ fn regression_duplicate_hosts_and_packages_in_json_are_refused() {
     let e = RegistrySnapshot::parse(FILE, "hosts:\n  a: {}\n  a: {}\n").unwrap_err();
     assert!(e.to_string().starts_with("fuzz.yaml:3:"), "{e}");
 }
+
+/// An unknown status holding a line break (`"drain\ng"` in JSON) made an error message of two
+/// lines: every message is one line, with line breaks written escaped.
+/// Found by `mutated_snapshots_never_panic`.
+#[test]
+fn regression_a_value_with_a_line_break_gives_a_one_line_error() {
+    let text = "{\"hosts\": {\"a\": {\"packages\": {\"t\": {\"endpoint\": \"x:1\", \"status\": \"drain\\ng\"}}}}}";
+    let e = RegistrySnapshot::parse(FILE, text).unwrap_err().to_string();
+    assert!(!e.contains('\n'), "{e}");
+    assert!(e.contains("drain\\ng"), "{e}");
+}
