@@ -13,11 +13,11 @@
 //!   `registry-manager route explain` plus `revision` and `stale`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use proto::v1 as pb;
 use proto::v1::agent_client::AgentClient;
 use serde_json::{json, Value};
@@ -29,9 +29,10 @@ use crate::config::{AgentConfig, DEFAULT_LISTEN};
 const BIN: &str = "registry-agent";
 
 /// Exit code of a command that could not do its work.
-pub const EXIT_FAILURE: u8 = 1;
+pub use cli_kit::EXIT_FAILURE;
 /// Exit code of a bad command line (clap's).
-pub const EXIT_USAGE: u8 = 2;
+pub use cli_kit::EXIT_USAGE;
+use cli_kit::{json_requested, usage_error, write_man_pages};
 /// Exit code of `resolve` when no manager of the type is eligible; the answer is printed.
 pub const EXIT_NO_MANAGER: u8 = 3;
 
@@ -185,50 +186,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// Whether `--json` was given to the command that runs.
-fn json_requested(m: &ArgMatches) -> bool {
-    let here = m
-        .try_get_one::<bool>("json")
-        .ok()
-        .flatten()
-        .copied()
-        .unwrap_or(false);
-    here || m.subcommand().is_some_and(|(_, sub)| json_requested(sub))
-}
-
-/// A bad command line (exit 2), or `--help` / `--version` (exit 0), as clap prints it; as one
-/// JSON object on stderr when the command line asks for `--json`.
-fn usage_error(e: clap::Error) -> ExitCode {
-    let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
-    let json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if e.use_stderr() && json {
-        eprintln!("{}", json!({ "error": usage_message(&e.to_string()) }));
-    } else {
-        let _ = e.print();
-    }
-    ExitCode::from(code)
-}
-
-/// clap's error text in one line: its first paragraph without `error: `, and the usage.
-pub fn usage_message(text: &str) -> String {
-    let first = text.split("\n\n").next().unwrap_or_default();
-    let mut msg = first
-        .trim()
-        .trim_start_matches("error: ")
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ");
-    if let Some(usage) = text.lines().find_map(|l| l.trim().strip_prefix("Usage: ")) {
-        msg.push_str("; usage: ");
-        msg.push_str(usage.trim());
-    }
-    msg
-}
-
 /// What is printed on stderr for a failed command: the located errors of a file then one line,
 /// or one JSON object (`{"error": ..., "errors": [...]}` for a file's errors).
 pub fn error_report(reason: &str, located: &[topology::LocatedError], json: bool) -> String {
@@ -250,46 +207,6 @@ pub fn error_report(reason: &str, located: &[topology::LocatedError], json: bool
         out.push_str(&format!("{e}\n"));
     }
     out.push_str(&format!("{BIN}: {reason}\n"));
-    out
-}
-
-/// Writes one man page per command and subcommand (`NAME-SUB.1`) into `dir`, creating it.
-pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, String> {
-    fn walk(cmd: clap::Command, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        out.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            walk(sub.clone(), dir, out)?;
-        }
-        Ok(())
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut cmd = cmd.disable_help_subcommand(true);
-    cmd.build();
-    let mut pages = Vec::new();
-    walk(cmd, dir, &mut pages)
-        .map_err(|e| format!("cannot write a man page into {}: {e}", dir.display()))?;
-    Ok(pages)
-}
-
-/// Every argument and subcommand of `cmd`'s tree that has no help text, as `command path: id`.
-pub fn undocumented(cmd: &mut clap::Command) -> Vec<String> {
-    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
-        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
-            if a.get_help().is_none() && a.get_long_help().is_none() {
-                out.push(format!("{path}: argument {}", a.get_id()));
-            }
-        }
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_path = format!("{path} {}", sub.get_name());
-            if sub.get_about().is_none() && sub.get_long_about().is_none() {
-                out.push(format!("{sub_path}: no description"));
-            }
-            walk(sub, &sub_path, out);
-        }
-    }
-    cmd.build();
-    let mut out = Vec::new();
-    walk(cmd, cmd.get_name(), &mut out);
     out
 }
 
@@ -512,6 +429,7 @@ async fn routes(mut c: Client, as_json: bool) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cli_kit::{undocumented, usage_message};
 
     #[test]
     fn the_command_line_definition_is_consistent() {
@@ -522,15 +440,6 @@ mod tests {
     fn every_argument_and_subcommand_of_the_command_line_has_help() {
         let missing = undocumented(&mut Cli::command());
         assert!(missing.is_empty(), "without help text: {missing:#?}");
-        // The walk itself finds what lacks help, however deep.
-        let mut bare = clap::Command::new("x")
-            .about("x")
-            .disable_help_subcommand(true)
-            .subcommand(clap::Command::new("y").arg(clap::Arg::new("z")));
-        assert_eq!(
-            undocumented(&mut bare),
-            ["x y: no description", "x y: argument z"]
-        );
     }
 
     #[test]

@@ -30,9 +30,7 @@ pub const DEFAULT_MANAGER: &str = "127.0.0.1:7400";
 
 /// Exit code of a command that could not do its work (an invalid file, a manager that
 /// cannot be reached, a refused request).
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code of a bad command line (clap's).
-pub const EXIT_USAGE: u8 = 2;
+pub use cli_kit::EXIT_FAILURE;
 /// Exit code of `route explain` when no manager is eligible; the answer is printed.
 pub const EXIT_NO_MANAGER: u8 = 3;
 
