@@ -42,31 +42,7 @@ async fn start_manager_ttl(
     listen: SocketAddr,
     session_ttl: Duration,
 ) -> Result<RunningManager> {
-    let config = ServeConfig {
-        listen,
-        data_dir: data_dir.to_path_buf(),
-        topology: Some(("tree.yaml".into(), TREE.into())),
-        session_ttl,
-        group: None,
-        http_listen: None,
-        security: Default::default(),
-    };
-    // A restarted manager may find its port briefly busy; retry within the deadline.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match registry_manager::start(config.clone()).await {
-            Ok(m) => return Ok(m),
-            Err(e) if Instant::now() < deadline => {
-                tracing_like(&format!("manager start retry: {e}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(anyhow!("manager did not start: {e}")),
-        }
-    }
-}
-
-fn tracing_like(msg: &str) {
-    eprintln!("{msg}");
+    tests::inproc::start_manager_at(data_dir, listen, TREE, session_ttl).await
 }
 
 /// An in-process TCP echo server standing in for a manager package; `kill` drops its

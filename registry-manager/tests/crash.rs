@@ -2,7 +2,7 @@
 //! of a stream of acknowledged writes from concurrent clients; after a restart on the same data
 //! directory every acknowledged write is found at its revision, and numbering continues.
 
-mod common;
+use tests::inproc as common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

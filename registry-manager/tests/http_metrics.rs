@@ -3,7 +3,7 @@
 //! several run in one process), `/healthz` (200 serving, 503 with the reason when cut off from
 //! the group's majority), and a clear error when the port cannot be bound.
 
-mod common;
+use tests::inproc as common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

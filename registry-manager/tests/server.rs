@@ -1,7 +1,7 @@
 //! In-process tests of a real manager on 127.0.0.1:0: sessions, expiry, watch with resume,
 //! operator actions, topology changes mid-stream, bad input, restart.
 
-mod common;
+use tests::inproc as common;
 
 use std::time::Duration;
 

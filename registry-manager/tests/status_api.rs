@@ -3,7 +3,7 @@
 //! events that follow a write, and the admin endpoints refuse another origin or a body that is
 //! not JSON, preview without writing, and write through the same path as the command line.
 
-mod common;
+use tests::inproc as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

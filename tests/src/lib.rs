@@ -2,6 +2,7 @@
 //! fleet on loopback, with stand-in manager packages, and breaks it the ways real fleets break.
 //!
 //! - [`dns`]: a small DNS server on loopback answering SRV questions from a table.
+//! - [`inproc`]: a registry manager in the test's own process, with clients and watch helpers.
 //! - [`fleet`]: the [`Fleet`] builder and the processes it owns (every one reaped on drop).
 //! - [`standin`]: stand-in manager packages: TCP servers that answer with their host name.
 //! - [`load`]: loads that run beside a fault (writes through a group, forwarded connections).
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod dns;
 pub mod fleet;
+pub mod inproc;
 pub mod load;
 pub mod pki;
 pub mod relay;

@@ -1,7 +1,6 @@
-//! Shared harness of the in-process manager tests: a real manager on 127.0.0.1:0 with a
-//! temporary data directory, real gRPC clients, and helpers that wait on conditions with
-//! deadlines.
-#![allow(dead_code)]
+//! A registry manager in the test's own process (the `registry-manager` library): a real
+//! manager on 127.0.0.1:0 with a temporary data directory, real gRPC clients, and helpers that
+//! wait on conditions with deadlines. The manager's and the agent's integration tests use it.
 
 use std::time::Duration;
 
@@ -48,6 +47,7 @@ pub const CCM: &str = "command-control-manager";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A manager under test with its clients.
+#[derive(Debug)]
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub manager: Option<RunningManager>,
@@ -186,6 +186,37 @@ pub fn config(dir: &tempfile::TempDir, ttl: Duration, topology: Option<&str>) ->
     }
 }
 
+/// Starts a manager of one on `listen` with `data_dir`, the topology `tree` and `session_ttl`;
+/// a restarted manager may find its port briefly busy, so the start is tried again until
+/// [`WAIT`] has passed.
+pub async fn start_manager_at(
+    data_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    tree: &str,
+    session_ttl: Duration,
+) -> Result<RunningManager> {
+    let config = ServeConfig {
+        listen,
+        data_dir: data_dir.to_path_buf(),
+        topology: Some(("tree.yaml".into(), tree.into())),
+        session_ttl,
+        group: None,
+        http_listen: None,
+        security: Default::default(),
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match registry_manager::start(config.clone()).await {
+            Ok(m) => return Ok(m),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!("the manager did not start within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// A plaintext channel to a manager.
 pub async fn connect(addr: std::net::SocketAddr) -> Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?
         .connect()
@@ -220,6 +251,7 @@ impl Event {
     }
 }
 
+#[derive(Debug)]
 pub struct Watcher {
     stream: tonic::Streaming<pb::WatchEvent>,
     parts: proto::watch_parts::Reassembler,
