@@ -452,7 +452,7 @@ fn mutate(text: &str, m: &Mutation) -> String {
     lines.join("\n")
 }
 
-const SPEC_CONFIG: &str = r#"host: agent-4
+const DOC_CONFIG: &str = r#"host: agent-4
 managers: ["127.0.0.1:7400", "dns+srv:_registry._tcp.example.org"]
 data_dir: ./agent-data
 listen: 127.0.0.1:7401
@@ -473,7 +473,7 @@ forward:
 
 fn config_corpus() -> impl Strategy<Value = String> {
     prop_oneof![
-        2 => Just(SPEC_CONFIG.to_owned()),
+        2 => Just(DOC_CONFIG.to_owned()),
         3 => agent_config().prop_map(|c| render_block(&c)),
         1 => agent_config().prop_map(|c| render_flow(&c)),
     ]
@@ -483,7 +483,7 @@ fn config_corpus() -> impl Strategy<Value = String> {
 
 #[test]
 fn spec_config_parses() {
-    let c = check_config(SPEC_CONFIG).expect("the SPEC example parses");
+    let c = check_config(DOC_CONFIG).expect("the documented example parses");
     assert_eq!(c.packages.len(), 2);
     assert_eq!(c.packages[1].interval, Duration::from_millis(100));
 }

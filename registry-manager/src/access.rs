@@ -2,7 +2,7 @@
 //! when the manager serves no TLS) and the pure decision [`Access::authorize`] every RPC is
 //! put through before it does anything.
 //!
-//! The rules (SPEC section 8): an agent may open a session, keep it alive and report only for
+//! The rules (docs/security.md): an agent may open a session, keep it alive and report only for
 //! the host its certificate names; admin RPCs need a certificate named in `admins` (or a
 //! member's: members forward admin requests to the leader); member RPCs need a member's
 //! certificate; reads an agent needs (watch, health) need any certificate the CA signed.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::access::Access;
 use crate::group::GroupConfig;
 
-/// TLS and access settings of a manager (SPEC section 8).
+/// TLS and access settings of a manager (docs/security.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Security {
     /// Mutual TLS on the gRPC port; none: plaintext, and every caller is `local`.

@@ -45,7 +45,7 @@ pub struct ServeConfig {
     /// HTTP port for `/metrics` and `/healthz`; none: no HTTP port. Port 0 picks a free port
     /// ([`RunningManager::http_addr`] tells which).
     pub http_listen: Option<SocketAddr>,
-    /// TLS, admins, `insecure` and the cluster key (SPEC section 8).
+    /// TLS, admins, `insecure` and the cluster key (docs/security.md).
     pub security: Security,
 }
 

@@ -1,4 +1,4 @@
-//! Security on real processes and real sockets (SPEC section 8): fleets run with mutual TLS
+//! Security on real processes and real sockets (docs/security.md): fleets run with mutual TLS
 //! from certificates made by `registry-manager certs`, and clients that try to break the rules
 //! are refused — an agent acting for another host (even holding its session id), a non-admin
 //! running admin commands, plaintext, a certificate from another CA, an expired certificate, a

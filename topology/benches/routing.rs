@@ -1,4 +1,4 @@
-//! SPEC §9 routing figures: route lookup, full table rebuild for 100,000 hosts in 5,000
+//! The routing figures of the performance targets (BENCHMARKS.md): route lookup, full table rebuild for 100,000 hosts in 5,000
 //! domains, the incremental update after one status change, and route coverage.
 //!
 //! Run: `cargo bench -p topology --bench routing`

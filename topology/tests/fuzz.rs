@@ -410,7 +410,7 @@ fn mutate(text: &str, m: &Mutation) -> String {
     }
 }
 
-const SPEC_EXAMPLE: &str = "\
+const DOC_EXAMPLE: &str = "\
 version: 1
 routing:                    # optional; the defaults are shown
   cross_branch: true
@@ -451,7 +451,7 @@ subdomains:
 
 fn corpus() -> impl Strategy<Value = String> {
     prop_oneof![
-        2 => Just(SPEC_EXAMPLE.to_owned()),
+        2 => Just(DOC_EXAMPLE.to_owned()),
         1 => Just(FLOW_EXAMPLE.to_owned()),
         1 => Just(ODD_EXAMPLE.to_owned()),
         3 => tree_plan().prop_map(|p| build(&p).to_yaml()),
@@ -463,7 +463,7 @@ fn corpus() -> impl Strategy<Value = String> {
 
 #[test]
 fn corpus_files_parse() {
-    for text in [SPEC_EXAMPLE, FLOW_EXAMPLE, ODD_EXAMPLE] {
+    for text in [DOC_EXAMPLE, FLOW_EXAMPLE, ODD_EXAMPLE] {
         let t = check_topology(text).unwrap_or_else(|| panic!("does not parse:\n{text}"));
         assert!(t.summary().hosts >= 3);
     }
