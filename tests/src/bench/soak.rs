@@ -80,6 +80,39 @@ pub async fn run(minutes: u64) -> anyhow::Result<String> {
     let churn_pool: Vec<String> = hosts.iter().skip(REAL_AGENTS).cloned().collect();
     let real_set: BTreeSet<String> = real.iter().cloned().collect();
 
+    // The churn starts once every real agent holds a live session (the fleet is up when the
+    // agents answer locally, which can be before their sessions are open).
+    crate::wait_until(
+        "every real agent's session",
+        Duration::from_secs(60),
+        || {
+            let (members, real_set) = (members.clone(), real_set.clone());
+            async move {
+                for m in &members {
+                    let Ok(ch) = channel(*m).await else { continue };
+                    let Ok(r) = AdminClient::new(ch)
+                        .list_hosts(proto::ListHostsRequest { stale: false })
+                        .await
+                    else {
+                        continue;
+                    };
+                    let live = r
+                        .into_inner()
+                        .hosts
+                        .iter()
+                        .filter(|h| real_set.contains(&h.host) && h.session_live)
+                        .count();
+                    return if live == real_set.len() {
+                        Ok(())
+                    } else {
+                        Err(format!("{live} of {} live", real_set.len()))
+                    };
+                }
+                Err("no member answered".to_string())
+            }
+        },
+    )
+    .await?;
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
