@@ -59,6 +59,20 @@ fn dir_mb(dir: &Path) -> f64 {
     walk(dir) as f64 / (1024.0 * 1024.0)
 }
 
+/// The host listing of the first member that answers (members restart during the soak).
+async fn host_listing(members: &[std::net::SocketAddr]) -> Option<proto::ListHostsResponse> {
+    for m in members {
+        let Ok(ch) = channel(*m).await else { continue };
+        if let Ok(r) = AdminClient::new(ch)
+            .list_hosts(proto::ListHostsRequest { stale: false })
+            .await
+        {
+            return Some(r.into_inner());
+        }
+    }
+    None
+}
+
 /// Runs the soak for `minutes` and returns the report (text). Fails only when the fleet
 /// cannot be set up; what goes wrong during the run is reported in the text.
 pub async fn run(minutes: u64) -> anyhow::Result<String> {
@@ -88,27 +102,19 @@ pub async fn run(minutes: u64) -> anyhow::Result<String> {
         || {
             let (members, real_set) = (members.clone(), real_set.clone());
             async move {
-                for m in &members {
-                    let Ok(ch) = channel(*m).await else { continue };
-                    let Ok(r) = AdminClient::new(ch)
-                        .list_hosts(proto::ListHostsRequest { stale: false })
-                        .await
-                    else {
-                        continue;
-                    };
-                    let live = r
-                        .into_inner()
-                        .hosts
-                        .iter()
-                        .filter(|h| real_set.contains(&h.host) && h.session_live)
-                        .count();
-                    return if live == real_set.len() {
-                        Ok(())
-                    } else {
-                        Err(format!("{live} of {} live", real_set.len()))
-                    };
+                let listing = host_listing(&members)
+                    .await
+                    .ok_or_else(|| "no member answered".to_string())?;
+                let live = listing
+                    .hosts
+                    .iter()
+                    .filter(|h| real_set.contains(&h.host) && h.session_live)
+                    .count();
+                if live == real_set.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{live} of {} live", real_set.len()))
                 }
-                Err("no member answered".to_string())
             }
         },
     )
@@ -222,18 +228,7 @@ pub async fn run(minutes: u64) -> anyhow::Result<String> {
 
         if now >= next_sample {
             next_sample += SAMPLE_EVERY;
-            let mut listing = None;
-            for m in &members {
-                let Ok(ch) = channel(*m).await else { continue };
-                if let Ok(r) = AdminClient::new(ch)
-                    .list_hosts(proto::ListHostsRequest { stale: false })
-                    .await
-                {
-                    listing = Some(r.into_inner());
-                    break;
-                }
-            }
-            if let Some(l) = listing {
+            if let Some(l) = host_listing(&members).await {
                 let lapsed: Vec<&str> = l
                     .hosts
                     .iter()
