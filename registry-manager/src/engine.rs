@@ -410,6 +410,10 @@ impl Engine {
                         Ok(Err(RaftError::APIError(e))) => {
                             return Err(RegistryError::Group(e.to_string()))
                         }
+                        Ok(Err(RaftError::Fatal(_))) if self.inner.cancel.is_cancelled() => {
+                            // Raft was stopped by a shutdown: the write is refused, nothing failed.
+                            return Err(self.closed_error());
+                        }
                         Ok(Err(RaftError::Fatal(f))) => {
                             let reason = format!("raft stopped: {f}");
                             self.fail(reason.clone());
