@@ -73,6 +73,9 @@ struct Inner {
     transfer_received: Mutex<Option<Instant>>,
     /// Cut off from the majority: watch and keep-alive streams are refused.
     cut_off: std::sync::atomic::AtomicBool,
+    /// This member's store was damaged and is being rebuilt from the group: it neither votes
+    /// nor serves agents until it has caught up.
+    rebuilding: std::sync::atomic::AtomicBool,
     hooks: Hooks,
     max_batch: usize,
     /// This member's metric families (`/metrics`).
@@ -112,6 +115,7 @@ impl Engine {
                 moving: Mutex::new(None),
                 transfer_received: Mutex::new(None),
                 cut_off: std::sync::atomic::AtomicBool::new(false),
+                rebuilding: std::sync::atomic::AtomicBool::new(false),
                 hooks,
                 max_batch: tuning.max_batch.max(1),
                 telemetry: ManagerMetrics::new(),
@@ -228,6 +232,22 @@ impl Engine {
             }
             _ => self.since_leader_contact().is_none_or(|d| d > CUT_OFF),
         }
+    }
+
+    /// True while this member's store is being rebuilt from the group (it was found damaged):
+    /// the member grants no vote, stands for no election and serves no agent until it has
+    /// caught up.
+    pub fn is_rebuilding(&self) -> bool {
+        self.inner
+            .rebuilding
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_rebuilding(&self, rebuilding: bool) {
+        self.inner
+            .rebuilding
+            .store(rebuilding, std::sync::atomic::Ordering::Release);
+        self.inner.raft.runtime_config().elect(!rebuilding);
     }
 
     pub(crate) fn set_cut_off(&self, cut: bool) -> bool {
@@ -628,7 +648,9 @@ impl Engine {
         let facts = StateFacts {
             role,
             stand_alone: voters.len() == 1 && membership.learner_ids().next().is_none(),
-            initialized: m.current_leader.is_some() && m.last_applied.is_some(),
+            initialized: m.current_leader.is_some()
+                && m.last_applied.is_some()
+                && !self.is_rebuilding(),
             preferred_or_unset: self
                 .inner
                 .group

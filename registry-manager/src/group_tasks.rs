@@ -222,3 +222,25 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
         }
     }
 }
+
+/// Stops the manager when raft stops on its own (its core failed): a member whose consensus
+/// engine is gone must not keep its port open as if it were a member. Exits with the others
+/// on a shutdown.
+pub(crate) async fn raft_guard(engine: Engine) {
+    let cancel = engine.cancel_token().clone();
+    use openraft::async_runtime::WatchReceiver as _;
+    let mut metrics = engine.raft().metrics();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    if !cancel.is_cancelled() {
+                        engine.fail("raft stopped: its core ended unexpectedly (see the log above)".into());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -56,6 +56,7 @@ pub mod log_record;
 mod metrics;
 mod page;
 pub mod raft;
+mod rebuild;
 pub mod security;
 mod server;
 pub mod service;

@@ -208,13 +208,28 @@ pub async fn start_with(config: ServeConfig, tuning: Tuning) -> Result<RunningMa
     // instead of hanging on a port nobody serves yet.
     let socket = bind(config.listen)?;
     let dir = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || RaftDb::open(&dir))
+    // A member with others to learn from rebuilds a damaged store from them; a manager alone
+    // refuses it (its remedy is a backup).
+    let rebuild = config
+        .group
+        .as_ref()
+        .is_some_and(|g| g.members.len() + g.learners.len() > 1);
+    let opened = tokio::task::spawn_blocking(move || RaftDb::open_or_rebuild(&dir, rebuild))
         .await
         .map_err(|e| ServeError::Fatal(format!("opening the store: {e}")))?;
-    let db = opened.map_err(|source| ServeError::Store {
+    let (db, set_aside) = opened.map_err(|source| ServeError::Store {
         data_dir: config.data_dir.clone(),
         source,
     })?;
+    if let Some(aside) = set_aside {
+        tracing::error!(
+            damage = %aside.damage,
+            kept_in = %aside.kept_in.display(),
+            vote_kept = aside.vote_kept,
+            "this member's store is damaged and is not served: its files are set aside and the \
+             member is rebuilt from the group (it votes and serves agents once it has caught up)"
+        );
+    }
     let listener = socket
         .listen(LISTEN_BACKLOG)
         .map_err(|source| ServeError::Bind {
@@ -340,7 +355,19 @@ async fn launch(
         .is_initialized()
         .await
         .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?;
-    if !initialized && group.members.contains_key(&group.name) {
+    let mut rebuilding = db.is_rebuilding().map_err(store_error)?;
+    if !rebuilding
+        && !initialized
+        && !group.is_stand_alone()
+        && crate::rebuild::joins_a_formed_group(&group, &peers).await
+    {
+        db.mark_rebuilding().map_err(store_error)?;
+        rebuilding = true;
+    }
+    if rebuilding {
+        // It waits for the leader to send it the log: it forms nothing and stands for nothing.
+        raft.runtime_config().elect(false);
+    } else if !initialized && group.members.contains_key(&group.name) {
         // Every voter forms the group with the same members; a learner waits to be added.
         let members: std::collections::BTreeMap<u64, MemberNode> = group
             .members
@@ -370,7 +397,15 @@ async fn launch(
         tokio::spawn(crate::expiry::run(engine.clone())),
         tokio::spawn(crate::group_tasks::watchdog(engine.clone())),
         tokio::spawn(crate::group_tasks::pass_heartbeats(engine.clone())),
+        tokio::spawn(crate::group_tasks::raft_guard(engine.clone())),
     ];
+    if rebuilding {
+        engine.set_rebuilding(true);
+        tasks.push(tokio::spawn(crate::rebuild::finish_rebuild(
+            engine.clone(),
+            Arc::clone(&db),
+        )));
+    }
 
     let mut topology = topology;
     if engine.group().is_stand_alone() {

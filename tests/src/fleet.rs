@@ -832,7 +832,7 @@ impl Fleet {
         self.wait_member(i).await
     }
 
-    /// The single manager's data directory.
+    /// Member `i`'s data directory.
     pub fn member_data_dir(&self, i: usize) -> PathBuf {
         self.dir().join(format!("m{}-data", i + 1))
     }

@@ -361,6 +361,118 @@ async fn a_killed_member_catches_up_after_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member whose store was damaged while it was down (one raft log record no longer matches
+/// its checksum) says so when started again, sets the damaged files aside and is rebuilt from the
+/// others; once caught up it counts like any other member: with the leader then killed, it and
+/// the third member elect a new leader, and every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_damaged_store_is_rebuilt_from_the_others() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let damaged = (leader + 1) % 3;
+    for action in ["drain", "withdraw", "restore"] {
+        fleet.operator(&["package", action, "--host", "fm", "--type", SPARE])?;
+    }
+    fleet.members()[damaged].proc.kill();
+    let dir = fleet.member_data_dir(damaged);
+    {
+        let db = sled::open(&dir)?;
+        let log = db.open_tree("raft_log")?;
+        let (k, v) = log
+            .last()?
+            .ok_or_else(|| anyhow::anyhow!("member {damaged} has no raft log"))?;
+        let mut v = v.to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        log.insert(k, v)?;
+        db.flush()?;
+    }
+    // Written while it is down: it learns this from the others only.
+    fleet.operator(&["package", "withdraw", "--host", "fm", "--type", SPARE])?;
+    fleet.restart_member(damaged).await?;
+    let caught_up = rebuilt_log(&mut fleet, damaged).await?;
+    assert!(
+        caught_up.contains("store is damaged and is not served")
+            && caught_up.contains("raft_log")
+            && caught_up.contains("does not match its content"),
+        "it says what was damaged:\n{caught_up}"
+    );
+    let kept = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("damaged-"))
+        .count();
+    assert_eq!(kept, 1, "the damaged files are kept aside");
+    counts_like_any_other(&mut fleet, damaged, leader).await
+}
+
+/// Waits until member `rebuilt` says it has caught up; its log.
+async fn rebuilt_log(fleet: &mut Fleet, rebuilt: usize) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let logs = fleet.members()[rebuilt].proc.log_tail(400);
+        if logs.contains("rebuilt from the group: this member has caught up") {
+            return Ok(logs);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "member {rebuilt} was not rebuilt:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rebuilt member is a follower that serves what the group holds, and votes: with the
+/// `leader` killed, it and the third member elect a new one and take writes.
+async fn counts_like_any_other(
+    fleet: &mut Fleet,
+    rebuilt: usize,
+    leader: usize,
+) -> anyhow::Result<()> {
+    let name = fleet.member_name(rebuilt).to_owned();
+    let status = fleet.ha_status(rebuilt)?;
+    let me = status["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["role"], "follower", "{status}");
+    assert_ne!(me["state"], "HA Initializing", "{status}");
+    assert_eq!(spare_status(fleet, rebuilt).await?, "withdrawn");
+
+    fleet.members()[leader].proc.kill();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    fleet.wait_leader_among(&rest, SETTLE).await?;
+    fleet.operator(&["package", "drain", "--host", "fm", "--type", SPARE])?;
+    for i in rest {
+        assert_eq!(spare_status(fleet, i).await?, "draining");
+    }
+    Ok(())
+}
+
+/// A member whose data directory was emptied while it was down (a replaced disk) finds its
+/// group formed when started again, is rebuilt from the others instead of forming a group of
+/// its own, and votes only once it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_an_emptied_data_directory_is_rebuilt_from_the_others() -> anyhow::Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    let emptied = (leader + 2) % 3;
+    fleet.operator(&["package", "drain", "--host", "fm", "--type", SPARE])?;
+    fleet.members()[emptied].proc.kill();
+    std::fs::remove_dir_all(fleet.member_data_dir(emptied))?;
+    fleet.operator(&["package", "withdraw", "--host", "fm", "--type", SPARE])?;
+    fleet.restart_member(emptied).await?;
+    let logs = rebuilt_log(&mut fleet, emptied).await?;
+    assert!(
+        logs.contains("store is empty but its group is formed"),
+        "it says why it is rebuilt:\n{logs}"
+    );
+    counts_like_any_other(&mut fleet, emptied, leader).await
+}
+
 /// One operation of the linearizability history: the spare package's status as a register.
 fn status_of_action(action: proto::PackageAction) -> &'static str {
     match action {

@@ -36,6 +36,10 @@ pub fn config(cluster: &str) -> openraft::Config {
         purge_batch_size: 256,
         // The state machine is in memory: a restarted leader stands for election again.
         enable_leader_restore: Some(false),
+        // A member that lost its store (set aside as damaged, or emptied) is rebuilt from the
+        // others: the leader starts its replication over instead of stopping. Such a member
+        // votes again only once it has caught up (`crate::rebuild`).
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
 }

@@ -66,6 +66,12 @@ impl AgentRegistryService {
     /// A member cut off from the group's majority serves no streams: its agents must move
     /// to a member of the majority.
     fn refuse_if_cut_off(&self) -> Result<(), Status> {
+        if self.engine.is_rebuilding() {
+            return Err(Status::unavailable(format!(
+                "registry manager {} is being rebuilt from its group (its store was damaged); use another member",
+                self.engine.name()
+            )));
+        }
         if self.engine.is_cut_off() {
             return Err(Status::unavailable(format!(
                 "registry manager {} is cut off from its group's majority; use another member",

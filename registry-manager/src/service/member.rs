@@ -96,6 +96,14 @@ impl pb::member_server::Member for MemberService {
                 json(&result)?
             }
             "vote" => {
+                if self.engine.is_rebuilding() {
+                    // Its log was lost with the damaged store: a vote now could elect a leader
+                    // missing acknowledged writes. No vote until it has caught up.
+                    return Err(Status::unavailable(format!(
+                        "{} is being rebuilt from the group and votes once it has caught up",
+                        self.engine.name()
+                    )));
+                }
                 let req: VoteRequest<TypeConfig> = decode(&msg.kind, &msg.payload)?;
                 json(&raft.vote(req).await)?
             }

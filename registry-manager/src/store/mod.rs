@@ -73,7 +73,29 @@ impl fmt::Debug for RaftDb {
 }
 
 fn engine(e: sled::Error) -> StoreError {
-    StoreError::Engine(e.to_string())
+    match e {
+        // sled's own files fail their checks: the store is damaged, not busy or unwritable.
+        sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Engine(e.to_string()),
+    }
+}
+
+/// The record that marks a store being rebuilt from the group (see [`RaftDb::open_or_rebuild`]).
+const REBUILDING: &[u8] = b"rebuilding";
+/// The vote record (the same key the log store uses).
+const VOTE: &[u8] = b"vote";
+/// Where a damaged store is set aside, inside the data directory.
+pub const DAMAGED_PREFIX: &str = "damaged-";
+
+/// A store found damaged at start and set aside; the member starts empty and is rebuilt.
+#[derive(Debug, Clone)]
+pub struct SetAside {
+    /// What was damaged (the message naming the file and record).
+    pub damage: String,
+    /// Where the damaged files are kept.
+    pub kept_in: PathBuf,
+    /// Whether the last vote could be carried over (its record was intact).
+    pub vote_kept: bool,
 }
 
 impl RaftDb {
@@ -100,6 +122,58 @@ impl RaftDb {
         Ok(raft)
     }
 
+    /// Opens the store in `dir` like [`RaftDb::open`]; when it is damaged and `rebuild` is set
+    /// (a member of a group with others to learn from), sets the damaged files aside in
+    /// `dir/damaged-<seconds since 1970>` (keeping only the latest such directory), carries the
+    /// last vote over when its record is intact, and starts an empty store marked as being
+    /// rebuilt: such a member does not stand for election nor grant votes until it has caught up
+    /// with the group ([`RaftDb::finish_rebuilding`]). A store already being rebuilt (a restart
+    /// before it caught up) stays marked. Blocking.
+    pub fn open_or_rebuild(
+        dir: &Path,
+        rebuild: bool,
+    ) -> Result<(RaftDb, Option<SetAside>), StoreError> {
+        let damage = match RaftDb::open(dir) {
+            Ok(db) => return Ok((db, None)),
+            Err(StoreError::Corrupt(damage)) if rebuild => damage,
+            Err(e) => return Err(e),
+        };
+        let vote = intact_vote(dir);
+        let kept_in = set_aside(dir)?;
+        let db = RaftDb::open(dir)?;
+        if let Some(v) = &vote {
+            db.meta.insert(VOTE, v.clone()).map_err(engine)?;
+        }
+        db.mark_rebuilding()?;
+        Ok((
+            db,
+            Some(SetAside {
+                damage,
+                kept_in,
+                vote_kept: vote.is_some(),
+            }),
+        ))
+    }
+
+    /// Marks the store as being rebuilt from the group. Durable.
+    pub fn mark_rebuilding(&self) -> Result<(), StoreError> {
+        self.meta.insert(REBUILDING, seal(b"1")).map_err(engine)?;
+        self.db.flush().map_err(engine)?;
+        Ok(())
+    }
+
+    /// True while the store is being rebuilt from the group.
+    pub fn is_rebuilding(&self) -> Result<bool, StoreError> {
+        self.meta.contains_key(REBUILDING).map_err(engine)
+    }
+
+    /// Ends the rebuild: the member has caught up with the group and votes again. Durable.
+    pub fn finish_rebuilding(&self) -> Result<(), StoreError> {
+        self.meta.remove(REBUILDING).map_err(engine)?;
+        self.db.flush().map_err(engine)?;
+        Ok(())
+    }
+
     /// An io error for a damaged record, naming the file and the remedy.
     pub fn damaged(&self, tree: &str, key: &[u8], what: &str) -> io::Error {
         io::Error::new(
@@ -111,12 +185,11 @@ impl RaftDb {
     fn damage_text(&self, tree: &str, key: &[u8], what: &str) -> String {
         format!(
             "{}: tree {tree}, record {}: {what}. This member's store is damaged and is not served. \
-             Remedy: stop this manager, move {} aside, and start it again with the same group \
-             configuration: a member of a group is rebuilt from the others; a manager alone is \
-             restored from a backup (`registry-manager restore`)",
+             Remedy: a member of a group sets the damaged files aside and rebuilds itself from \
+             the others when it is started again; a manager alone is restored from a backup \
+             (`registry-manager restore FILE --data-dir DIR` into an empty DIR)",
             self.path.join("db").display(),
             String::from_utf8_lossy(key).escape_debug(),
-            self.path.display()
         )
     }
 
@@ -232,6 +305,47 @@ impl RaftDb {
         );
         Ok(())
     }
+}
+
+/// The sealed vote record of the store in `dir` when it opens and the record is intact.
+fn intact_vote(dir: &Path) -> Option<Vec<u8>> {
+    let db = sled::Config::new().path(dir).open().ok()?;
+    let v = db.open_tree(META_TREE).ok()?.get(VOTE).ok()??;
+    unseal(&v).ok()?;
+    Some(v.to_vec())
+}
+
+/// Moves the store's files in `dir` into a new
+/// `dir/damaged-<seconds>`, and removes the earlier ones (the latest damage is kept).
+fn set_aside(dir: &Path) -> Result<PathBuf, StoreError> {
+    let io = |what: &str, p: &Path, e: io::Error| {
+        StoreError::Engine(format!(
+            "setting the damaged store aside: {what} {}: {e}",
+            p.display()
+        ))
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let kept_in = dir.join(format!("{DAMAGED_PREFIX}{secs}"));
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| io("reading", dir, e))? {
+        let e = e.map_err(|e| io("reading", dir, e))?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(DAMAGED_PREFIX) {
+            std::fs::remove_dir_all(&path).map_err(|e| io("removing", &path, e))?;
+        } else if matches!(name.as_str(), "conf" | "db" | "blobs") || name.starts_with("snap.") {
+            // sled's files; anything else an operator keeps here stays where it is.
+            entries.push((e.file_name(), path));
+        }
+    }
+    std::fs::create_dir_all(&kept_in).map_err(|e| io("creating", &kept_in, e))?;
+    for (name, path) in entries {
+        std::fs::rename(&path, kept_in.join(&name)).map_err(|e| io("moving", &path, e))?;
+    }
+    Ok(kept_in)
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! A member that lost its store rejoins its group by being rebuilt from the others (SPEC's
+//! "a damaged store is rebuilt from the others"):
+//! - a store found damaged at start is set aside ([`crate::store::RaftDb::open_or_rebuild`]);
+//! - an empty store whose peers already lead a formed group (a data directory emptied by hand,
+//!   a disk replaced) is marked the same way ([`joins_a_formed_group`]);
+//! - while marked, the member grants no vote, stands for no election and serves no agent: its
+//!   log was lost, and a vote could elect a leader missing acknowledged writes;
+//! - [`finish_rebuild`] lifts the mark once the member has applied a leader's read point.
+//!
+//! The leader accepts that a rebuilt member's log went back (openraft's `allow_log_reversion`)
+//! and replicates to it from the start or from a snapshot.
+
+use std::time::Duration;
+
+use proto::v1 as pb;
+
+use crate::engine::Engine;
+use crate::group::{self, GroupConfig};
+use crate::raft::network::Peers;
+
+/// How long the start waits for the other members' answers.
+const PROBE_DEADLINE: Duration = Duration::from_millis(1_500);
+
+/// True when a configured peer leads a formed group: this member, starting with an empty
+/// store, has lost its data and joins as a member being rebuilt rather than forming a group.
+/// Unanswered peers count as not leading (the first start of a group: nobody leads yet).
+pub(crate) async fn joins_a_formed_group(group: &GroupConfig, peers: &Peers) -> bool {
+    let asks = group
+        .members
+        .iter()
+        .chain(group.learners.iter())
+        .filter(|(name, _)| **name != group.name)
+        .map(|(name, addr)| {
+            let addr = peers.addr_of(&crate::raft::types::MemberNode {
+                name: name.to_string(),
+                addr: addr.clone(),
+            });
+            async move {
+                let mut client = peers.member(&addr).ok()?;
+                let mut request = peers.request("MemberStatus", pb::HaStatusRequest::default());
+                request.set_timeout(PROBE_DEADLINE);
+                let status = client.member_status(request).await.ok()?.into_inner();
+                (status.role == group::Role::Leader.as_str()).then_some(status.name)
+            }
+        });
+    let answers = tokio::time::timeout(PROBE_DEADLINE, futures::future::join_all(asks))
+        .await
+        .unwrap_or_default();
+    match answers.into_iter().flatten().next() {
+        Some(leader) => {
+            tracing::warn!(
+                member = group.name.as_str(),
+                leader,
+                "this member's store is empty but its group is formed (led by {leader}): it \
+                 lost its data and is rebuilt from the group"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ends the rebuild of a member being rebuilt: once it has caught up with
+/// a read point of the leader (everything committed when it asked is applied here), the store's
+/// mark is removed durably and the member votes, stands for election and serves agents again.
+/// Runs until then or until the manager is cancelled.
+pub(crate) async fn finish_rebuild(engine: Engine, db: std::sync::Arc<crate::store::RaftDb>) {
+    let cancel = engine.cancel_token().clone();
+    let started = std::time::Instant::now();
+    loop {
+        let led_by_other = engine
+            .leader()
+            .is_some_and(|(id, _)| id != group::node_id(engine.name()));
+        if led_by_other && engine.read_barrier(false).await.is_ok() {
+            let db = std::sync::Arc::clone(&db);
+            match tokio::task::spawn_blocking(move || db.finish_rebuilding()).await {
+                Ok(Ok(())) => {
+                    engine.set_rebuilding(false);
+                    let revision = engine.state().await.revision().0;
+                    tracing::info!(
+                        member = engine.name(),
+                        revision,
+                        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "rebuilt from the group: this member has caught up and votes and serves agents again"
+                    );
+                    return;
+                }
+                Ok(Err(e)) => engine.fail(format!("ending the rebuild: {e}")),
+                Err(e) => engine.fail(format!("ending the rebuild: {e}")),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
