@@ -96,3 +96,41 @@ pub(crate) async fn finish_rebuild(engine: Engine, db: std::sync::Arc<crate::sto
         }
     }
 }
+
+/// A registry that starts from a base state (a restored backup, a converted single-manager
+/// directory) keeps that state outside the raft log: a member rebuilt from the log alone, or a
+/// learner added later, would miss it. So once this member has applied its log, it takes a
+/// snapshot (base state included) and trims the log up to it: every member that needs the
+/// beginning is then sent the snapshot. Done once; a later start finds the log trimmed.
+pub(crate) async fn fold_base_state(engine: Engine) {
+    let m = engine.metrics();
+    if m.purged.is_some() || m.snapshot.is_some() {
+        return;
+    }
+    let raft = engine.raft();
+    let waiter = raft.wait(Some(Duration::from_secs(3_600)));
+    let applied = waiter.metrics(|m| m.last_applied.is_some(), "the log applied");
+    let applied = tokio::select! {
+        _ = engine.cancel_token().cancelled() => return,
+        m = applied => m,
+    };
+    if applied.is_err() || raft.trigger().snapshot().await.is_err() {
+        return;
+    }
+    let snapshot = raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.snapshot.is_some(), "a snapshot of the base state")
+        .await;
+    let Some(index) = snapshot.ok().and_then(|m| m.snapshot).map(|s| s.index) else {
+        tracing::warn!(
+            "could not snapshot the base state; a member rebuilt from the log would miss it"
+        );
+        return;
+    };
+    if raft.trigger().purge_log(index).await.is_ok() {
+        tracing::info!(
+            index,
+            "the base state is in a snapshot: members added or rebuilt later start from it"
+        );
+    }
+}

@@ -399,6 +399,11 @@ async fn launch(
         tokio::spawn(crate::group_tasks::pass_heartbeats(engine.clone())),
         tokio::spawn(crate::group_tasks::raft_guard(engine.clone())),
     ];
+    if db.base_state().map_err(store_error)?.is_some() {
+        tasks.push(tokio::spawn(crate::rebuild::fold_base_state(
+            engine.clone(),
+        )));
+    }
     if rebuilding {
         engine.set_rebuilding(true);
         tasks.push(tokio::spawn(crate::rebuild::finish_rebuild(

@@ -473,6 +473,91 @@ async fn a_member_with_an_emptied_data_directory_is_rebuilt_from_the_others() ->
     counts_like_any_other(&mut fleet, emptied, leader).await
 }
 
+/// A group restored from a backup starts from the backup's state, which is not in any raft
+/// log: a member rebuilt afterwards (its data directory emptied) must still get it. It does:
+/// the members fold the restored state into a snapshot, and the rebuilt member answers what the
+/// others answer (the topology included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rebuilt_after_a_group_restore_gets_the_restored_state() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = group(3).await?;
+    fleet.wait_leader(None, SETTLE).await?;
+    fleet.operator(&["package", "withdraw", "--host", "fm", "--type", SPARE])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("registry.backup.json");
+    let file_arg = file.display().to_string();
+    fleet.operator(&["backup", &file_arg])?;
+    for i in 0..3 {
+        fleet.members()[i].proc.kill();
+    }
+    for i in 0..3 {
+        let data = fleet.member_data_dir(i);
+        std::fs::remove_dir_all(&data)?;
+        let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
+            .args([
+                "restore",
+                &file_arg,
+                "--data-dir",
+                &data.display().to_string(),
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        fleet.members()[i].proc.spawn()?;
+    }
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    for i in 0..3 {
+        fleet.wait_member(i).await?;
+    }
+    let emptied = (leader + 1) % 3;
+    // Wait until the members have folded the restored state into a snapshot.
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !(0..3).all(|i| {
+        fleet.members()[i]
+            .proc
+            .log_tail(400)
+            .contains("the base state is in a snapshot")
+    }) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the restored state was not folded into a snapshot:\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.members()[emptied].proc.kill();
+    std::fs::remove_dir_all(fleet.member_data_dir(emptied))?;
+    fleet.restart_member(emptied).await?;
+    rebuilt_log(&mut fleet, emptied).await?;
+    let stale = |i: usize| {
+        fleet
+            .member_cli(
+                fleet.member_addr(i),
+                &["registry", "export", "--stale", "--json"],
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let rebuilt = stale(emptied)?;
+    let hosts = |text: &str| -> anyhow::Result<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        Ok(v["hosts"]["fm"]["packages"][SPARE]["status"].clone())
+    };
+    assert_eq!(hosts(&rebuilt)?, "withdrawn", "{rebuilt}");
+    let topology = |i: usize| -> anyhow::Result<String> {
+        let out = fleet.member_cli(fleet.member_addr(i), &["topology", "show", "--stale"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let shown = topology(emptied)?;
+    assert!(shown.contains("agent-4"), "the restored topology: {shown}");
+    assert_eq!(shown, topology(leader)?);
+    Ok(())
+}
+
 /// One operation of the linearizability history: the spare package's status as a register.
 fn status_of_action(action: proto::PackageAction) -> &'static str {
     match action {
