@@ -421,7 +421,9 @@ mod tests {
     use std::time::Duration;
     use topology::{HostState, PackageState, PackageStatus, RegistrySnapshot, Revision, Topology};
 
-    const TOPO: &str = "version: 1\nrouting: { revert_after: 5s }\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2]\n    subdomains:\n      - domain: subdomain-1a\n        hosts: [agent-3, agent-4]\n";
+    fn topo_text() -> String {
+        topology::fixtures::tree_with_routing("  revert_after: 5s\n", false)
+    }
     const CCM: &str = "command-control-manager";
 
     fn copy(rev: u64, pkgs: &[(&str, PackageStatus, bool)]) -> RegistryCopy {
@@ -444,8 +446,8 @@ mod tests {
             snapshot.hosts.insert(HostName::new(*h).unwrap(), st);
         }
         RegistryCopy {
-            topology_yaml: TOPO.into(),
-            topology: Some(Arc::new(Topology::from_yaml("t", TOPO).unwrap())),
+            topology_yaml: topo_text(),
+            topology: Some(Arc::new(Topology::from_yaml("t", &topo_text()).unwrap())),
             snapshot,
             history: String::new(),
         }

@@ -343,7 +343,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(1);
     const CCM: &str = "command-control-manager";
-    const TREE: &str = "version: 1\ndomain: framework\nhosts: [fm]\nsubdomains:\n  - domain: subdomain-1\n    hosts: [agent-1, agent-2]\n    subdomains:\n      - domain: subdomain-1a\n        hosts: [agent-3, agent-4]\n";
+    use topology::fixtures::TREE;
 
     fn h(s: &str) -> HostName {
         HostName::new(s).unwrap()

@@ -22,17 +22,7 @@ use registry_manager::{AgentStatus, OperatorAction, RunningManager, ServeConfig,
 use tonic::{Code, Request};
 use topology::{HostName, PackageType};
 
-const TREE: &str = "\
-version: 1
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-";
+use topology::fixtures::TREE;
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {

@@ -14,19 +14,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// The worked example of the routing rule (docs/routing.md), plus subdomain-2.
-pub const TREE: &str = "\
-version: 1
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-  - domain: subdomain-2
-    hosts: [s2-host]
-";
+pub use topology::fixtures::TREE_WITH_SUBDOMAIN_2 as TREE;
 
 /// TREE with s2-host removed and agent-4 moved to subdomain-1.
 pub const TREE_CHANGED: &str = "\
@@ -43,7 +31,7 @@ subdomains:
     hosts: []
 ";
 
-pub const CCM: &str = "command-control-manager";
+pub use topology::fixtures::CCM;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A manager under test with its clients.

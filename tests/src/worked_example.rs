@@ -2,32 +2,15 @@
 
 use crate::fleet::{Fleet, FleetBuilder};
 
-/// The manager type of the worked example.
-pub const CCM: &str = "command-control-manager";
+pub use topology::fixtures::CCM;
 
-/// The worked example's tree: `framework` (fm) > `subdomain-1` (agent-1, agent-2) >
-/// `subdomain-1a` (agent-3, agent-4); with `subdomain_2`, also `subdomain-2` (s2-host) under
-/// `framework`.
+/// The worked example's tree (`topology::fixtures`) with `cross_branch: true` and
+/// `revert_after`; with `subdomain_2`, also `subdomain-2` (s2-host) under `framework`.
 pub fn topology(revert_after: &str, subdomain_2: bool) -> String {
-    let mut t = format!(
-        "version: 1
-routing:
-  cross_branch: true
-  revert_after: {revert_after}
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-"
-    );
-    if subdomain_2 {
-        t.push_str("  - domain: subdomain-2\n    hosts: [s2-host]\n");
-    }
-    t
+    topology::fixtures::tree_with_routing(
+        &format!("  cross_branch: true\n  revert_after: {revert_after}\n"),
+        subdomain_2,
+    )
 }
 
 /// The whole worked-example fleet: a manager, an agent per host (s2-host's waits until

@@ -24,8 +24,7 @@ pub mod diff;
 pub mod error;
 pub mod explained;
 pub mod file_format;
-#[cfg(test)]
-mod fixtures;
+pub mod fixtures;
 pub mod gen;
 pub mod names;
 mod node;

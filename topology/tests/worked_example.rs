@@ -5,33 +5,7 @@ use topology::{
     explain, HostName, PackageStatus, PackageType, RegistrySnapshot, RouteTable, Topology,
 };
 
-const CCM: &str = "command-control-manager";
-
-const TREE: &str = "\
-version: 1
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-";
-
-const TREE_WITH_S2: &str = "\
-version: 1
-domain: framework
-hosts: [fm]
-subdomains:
-  - domain: subdomain-1
-    hosts: [agent-1, agent-2]
-    subdomains:
-      - domain: subdomain-1a
-        hosts: [agent-3, agent-4]
-  - domain: subdomain-2
-    hosts: [s2-host]
-";
+use topology::fixtures::{CCM, TREE, TREE_WITH_SUBDOMAIN_2 as TREE_WITH_S2};
 
 fn h(s: &str) -> HostName {
     HostName::new(s).unwrap()
