@@ -364,6 +364,7 @@ mod tests {
                 upserts: vec![entry("c")],
                 removed_hosts: vec!["a".into()],
                 topology_yaml: None,
+                status_changes: Vec::new(),
             })
             .await
             .unwrap();

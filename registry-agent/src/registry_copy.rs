@@ -109,17 +109,28 @@ impl RegistryCopy {
     }
 
     /// Applies a decoded delta. Deltas at or below the copy's revision are ignored; a delta that
-    /// skips revisions is a [`CopyError::Gap`].
+    /// skips revisions, or changes the status of a package the copy does not hold, is a
+    /// [`CopyError::Gap`] (nothing is applied: the stream restarts from a snapshot).
     pub fn apply_delta(&mut self, delta: &pb::Delta) -> Result<Applied, CopyError> {
         let have = self.revision();
         if delta.revision <= have {
             return Ok(Applied::Ignored);
         }
+        let gap = CopyError::Gap {
+            have,
+            got: delta.revision,
+        };
         if delta.revision != have + 1 {
-            return Err(CopyError::Gap {
-                have,
-                got: delta.revision,
-            });
+            return Err(gap);
+        }
+        let held = |c: &pb::StatusChange| {
+            self.snapshot
+                .hosts
+                .get(c.host.as_str())
+                .is_some_and(|h| h.packages.contains_key(c.r#type.as_str()))
+        };
+        if !delta.status_changes.iter().all(held) {
+            return Err(gap);
         }
         if let Some(yaml) = &delta.topology_yaml {
             self.set_topology(yaml);
@@ -132,8 +143,32 @@ impl RegistryCopy {
                 self.snapshot.hosts.insert(name, host);
             }
         }
+        for c in &delta.status_changes {
+            let package = self
+                .snapshot
+                .hosts
+                .get_mut(c.host.as_str())
+                .and_then(|h| h.packages.get_mut(c.r#type.as_str()));
+            if let Some(p) = package {
+                p.status = status_from_wire(c.status);
+            }
+        }
         self.snapshot.revision = Revision(delta.revision);
         Ok(Applied::Delta)
+    }
+
+    /// `delta` with its status changes turned into the whole entries of their hosts as this
+    /// copy now holds them (after [`RegistryCopy::apply_delta`]): what the stored copy writes.
+    fn with_whole_entries(&self, mut delta: pb::Delta) -> pb::Delta {
+        for c in std::mem::take(&mut delta.status_changes) {
+            if delta.upserts.iter().any(|u| u.host == c.host) {
+                continue;
+            }
+            if let Some((name, host)) = self.snapshot.hosts.get_key_value(c.host.as_str()) {
+                delta.upserts.push(host_to_wire(name, host));
+            }
+        }
+        delta
     }
 
     /// Decodes and applies one watch event. Returns what was done and the decoded payload
@@ -169,7 +204,7 @@ impl RegistryCopy {
                 if self.history.is_empty() {
                     self.history = ev.history.clone();
                 }
-                Ok((applied, Decoded::Delta(delta)))
+                Ok((applied, Decoded::Delta(self.with_whole_entries(delta))))
             }
             None => Err(CopyError::Empty(ev.revision)),
         }
@@ -213,7 +248,8 @@ impl RegistryCopy {
 pub enum Decoded {
     /// A full state.
     Snapshot(pb::RegistryState),
-    /// A delta.
+    /// A delta, status changes given as their hosts' whole entries (as the stored copy keeps
+    /// them).
     Delta(pb::Delta),
 }
 
@@ -344,6 +380,48 @@ mod tests {
     }
 
     #[test]
+    fn a_status_change_updates_one_package_and_is_stored_as_the_whole_entry() {
+        let mut c = RegistryCopy::default();
+        c.apply_event(&snapshot_event(5)).unwrap();
+        let change = |rev: u64, ty: &str| pb::Delta {
+            revision: rev,
+            status_changes: vec![pb::StatusChange {
+                host: "fm".into(),
+                r#type: ty.into(),
+                status: pb::PackageStatus::Draining as i32,
+            }],
+            ..Default::default()
+        };
+        let (applied, decoded) = c.apply_event(&delta_event(change(6, "ccm"))).unwrap();
+        assert_eq!(applied, Applied::Delta);
+        assert_eq!(c.revision(), 6);
+        let fm = &c.snapshot.hosts["fm"];
+        assert_eq!(fm.packages["ccm"].status, PackageStatus::Draining);
+        assert_eq!(
+            fm.packages["ccm"].endpoint, "127.0.0.1:7001",
+            "the rest is kept"
+        );
+        assert!(fm.alive);
+        let Decoded::Delta(stored) = decoded else {
+            panic!("a delta")
+        };
+        assert!(stored.status_changes.is_empty());
+        assert_eq!(
+            stored.upserts,
+            vec![entry(
+                "fm",
+                true,
+                &[("ccm", "127.0.0.1:7001", pb::PackageStatus::Draining)]
+            )],
+            "the store writes the host's whole entry"
+        );
+        // A change of a package the copy does not hold: the copies differ; resync, change nothing.
+        let err = c.apply_event(&delta_event(change(7, "other"))).unwrap_err();
+        assert_eq!(err, CopyError::Gap { have: 6, got: 7 });
+        assert_eq!(c.revision(), 6);
+    }
+
+    #[test]
     fn snapshot_then_deltas() {
         let mut c = RegistryCopy::default();
         assert!(!c.has_data());
@@ -367,6 +445,7 @@ mod tests {
             )],
             removed_hosts: vec!["fm".into()],
             topology_yaml: None,
+            status_changes: Vec::new(),
         };
         assert_eq!(
             c.apply_event(&delta_event(d.clone())).unwrap().0,
@@ -401,6 +480,7 @@ mod tests {
             upserts: vec![entry("Bad Host", true, &[])],
             removed_hosts: vec![],
             topology_yaml: Some(new_topo.into()),
+            status_changes: Vec::new(),
         };
         c.apply_delta(&d).unwrap();
         assert!(c.topology.as_ref().unwrap().host("x").is_some());

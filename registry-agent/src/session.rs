@@ -414,6 +414,7 @@ impl SessionClient {
             from_revision: from,
             host: self.host.as_str().to_owned(),
             history,
+            status_changes: true,
         };
         match tokio::time::timeout(self.timing.call_timeout, client.watch(req)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),

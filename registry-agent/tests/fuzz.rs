@@ -657,19 +657,29 @@ fn wire_state() -> impl Strategy<Value = pb::RegistryState> {
         })
 }
 
+fn wire_status_change() -> impl Strategy<Value = pb::StatusChange> {
+    (wire_name(), wire_name(), -2i32..9).prop_map(|(host, r#type, status)| pb::StatusChange {
+        host,
+        r#type,
+        status,
+    })
+}
+
 fn wire_delta() -> impl Strategy<Value = pb::Delta> {
     (
         0u64..12,
         prop::collection::vec(wire_host(), 0..6),
         prop::collection::vec(wire_name(), 0..4),
         prop::option::of(wire_topology()),
+        prop::collection::vec(wire_status_change(), 0..3),
     )
         .prop_map(
-            |(revision, upserts, removed_hosts, topology_yaml)| pb::Delta {
+            |(revision, upserts, removed_hosts, topology_yaml, status_changes)| pb::Delta {
                 revision,
                 upserts,
                 removed_hosts,
                 topology_yaml,
+                status_changes,
             },
         )
 }
@@ -764,11 +774,37 @@ fn check_delta(copy: &mut RegistryCopy, delta: &pb::Delta) {
             for h in now.keys() {
                 assert!(HostName::new(h.as_str()).is_ok());
             }
+            // Each status change (the last one of a package wins) is what the copy now holds.
+            let mut last = std::collections::BTreeMap::new();
+            for c in &delta.status_changes {
+                last.insert((c.host.clone(), c.r#type.clone()), c.status);
+            }
+            for ((h, t), status) in last {
+                let held = copy
+                    .snapshot
+                    .hosts
+                    .get(h.as_str())
+                    .and_then(|e| e.packages.get(t.as_str()));
+                if let Some(p) = held {
+                    assert_eq!(
+                        p.status,
+                        registry_agent::registry_copy::status_from_wire(status)
+                    );
+                }
+            }
         }
         Ok(Applied::Snapshot) => panic!("a delta replaced the copy"),
         Err(CopyError::Gap { have: h, got }) => {
             assert_eq!((h, got), (have, delta.revision));
-            assert!(got > have + 1);
+            // A revision skipped, or a status change of a package the copy does not hold.
+            let unknown = delta.status_changes.iter().any(|c| {
+                !before
+                    .snapshot
+                    .hosts
+                    .get(c.host.as_str())
+                    .is_some_and(|e| e.packages.contains_key(c.r#type.as_str()))
+            });
+            assert!(got > have + 1 || unknown);
             assert_eq!(
                 copy.to_state(),
                 before.to_state(),

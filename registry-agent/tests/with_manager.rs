@@ -811,6 +811,7 @@ async fn manager_snapshot(maddr: SocketAddr) -> Result<(pb::RegistryState, usize
             from_revision: 0,
             host: String::new(),
             history: String::new(),
+            status_changes: false,
         })
         .await?
         .into_inner();
@@ -918,6 +919,7 @@ async fn watch_statuses(
             from_revision: 0,
             host: String::new(),
             history: String::new(),
+            status_changes: false,
         })
         .await?
         .into_inner();

@@ -14,6 +14,21 @@ pub struct Delta {
     pub removed_hosts: Vec<HostName>,
     /// The new topology's canonical YAML, when the topology changed.
     pub topology_yaml: Option<String>,
+    /// Packages whose effective status alone changed. In the manager's own deltas each also has
+    /// its host in `upserts` (watchers that take status changes are sent these instead of those
+    /// hosts); a delta decoded from the compact encoding has them here only.
+    pub status_changes: Vec<StatusChange>,
+}
+
+/// One package's new effective status (its host's entry is otherwise unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The host.
+    pub host: HostName,
+    /// The package type.
+    pub package_type: PackageType,
+    /// The new effective status.
+    pub status: PackageStatus,
 }
 
 impl Delta {
@@ -24,6 +39,7 @@ impl Delta {
             upserts: Vec::new(),
             removed_hosts: Vec::new(),
             topology_yaml: None,
+            status_changes: Vec::new(),
         }
     }
 

@@ -200,6 +200,7 @@ impl EventCopy {
             upserts: hosts,
             removed_hosts: removed,
             topology_yaml: Some(topology_yaml),
+            status_changes: Vec::new(),
         };
         self.apply_delta(&delta)
     }
@@ -300,6 +301,7 @@ mod tests {
             upserts,
             removed_hosts: Vec::new(),
             topology_yaml: None,
+            status_changes: Vec::new(),
         }
     }
 

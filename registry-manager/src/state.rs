@@ -17,7 +17,7 @@ use topology::{
 };
 
 use crate::command::{AgentStatus, Command, Override, Registration};
-use crate::delta::{Delta, HostView, PackageView};
+use crate::delta::{Delta, HostView, PackageView, StatusChange};
 use crate::error::RegistryError;
 use crate::session_id::SessionId;
 
@@ -350,6 +350,11 @@ impl State {
                 if let Some(rec) = self.hosts.get_mut(host) {
                     if let Some(pkg) = rec.packages.get_mut(package_type) {
                         pkg.reported = *status;
+                        delta.status_changes.push(StatusChange {
+                            host: host.clone(),
+                            package_type: package_type.clone(),
+                            status: pkg.effective(),
+                        });
                         delta.upserts.push(view(host, rec));
                     }
                 }
@@ -362,6 +367,11 @@ impl State {
                 if let Some(rec) = self.hosts.get_mut(host) {
                     if let Some(pkg) = rec.packages.get_mut(package_type) {
                         pkg.operator = action.override_status();
+                        delta.status_changes.push(StatusChange {
+                            host: host.clone(),
+                            package_type: package_type.clone(),
+                            status: pkg.effective(),
+                        });
                         delta.upserts.push(view(host, rec));
                     }
                 }
@@ -585,6 +595,59 @@ mod tests {
         let mut s = State::new();
         run(&mut s, topo(TREE)).unwrap();
         s
+    }
+
+    #[test]
+    fn a_status_change_is_sent_alone_to_watchers_that_take_it() {
+        use prost::Message;
+        let mut s = with_topology();
+        let packages: Vec<Registration> = (0..MAX_PACKAGES_PER_HOST)
+            .map(|i| reg(&format!("manager-type-{i:02}"), AgentStatus::Running))
+            .collect();
+        run(&mut s, open("agent-1", "s1", packages)).unwrap();
+        for cmd in [
+            report("agent-1", "manager-type-07", AgentStatus::Failing),
+            act("agent-1", "manager-type-07", OperatorAction::Drain),
+        ] {
+            let d = run(&mut s, cmd).unwrap().expect("a change");
+            assert_eq!(
+                d.upserts.len(),
+                1,
+                "the whole entry, for the manager's own uses"
+            );
+            let enc = crate::wire::encode_delta(&d);
+            let full = proto::v1::Delta::decode(enc.full.clone()).unwrap();
+            assert_eq!(full.upserts[0].packages.len(), MAX_PACKAGES_PER_HOST);
+            assert!(
+                full.status_changes.is_empty(),
+                "older watchers: whole entries"
+            );
+            let compact = proto::v1::Delta::decode(enc.compact.clone().unwrap()).unwrap();
+            assert!(compact.upserts.is_empty());
+            assert_eq!(compact.status_changes.len(), 1);
+            let c = &compact.status_changes[0];
+            assert_eq!(
+                (c.host.as_str(), c.r#type.as_str()),
+                ("agent-1", "manager-type-07")
+            );
+            assert_eq!(
+                crate::wire::status_from_proto(c.status).unwrap(),
+                status_of(&s, "agent-1", "manager-type-07")
+            );
+            let (small, whole) = (enc.compact.unwrap().len(), enc.full.len());
+            assert!(
+                small * 20 < whole,
+                "sized by the change: {small} vs {whole} bytes"
+            );
+        }
+        // A session opening (or lapsing) is not a status change: one encoding.
+        let d = run(
+            &mut s,
+            open("agent-2", "s2", vec![reg(CCM, AgentStatus::Running)]),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(crate::wire::encode_delta(&d).compact.is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use topology::Revision;
 
 use crate::state::State;
-use crate::wire;
+use crate::wire::{self, EncodedDelta};
 
 /// How a watch stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn resume_plan(from: u64, head: u64, window: Option<(u64, u64)>) -> ResumePl
 #[derive(Debug)]
 struct DeltaWindow {
     capacity: usize,
-    deltas: VecDeque<(u64, Bytes)>,
+    deltas: VecDeque<(u64, EncodedDelta)>,
     /// Bytes of the deltas kept, bounded by [`WINDOW_BYTES`] as well as by count.
     bytes: usize,
 }
@@ -81,7 +81,8 @@ impl DeltaWindow {
         Some((self.deltas.front()?.0, self.deltas.back()?.0))
     }
 
-    fn push(&mut self, revision: u64, delta: Bytes) {
+    fn push(&mut self, revision: u64, delta: impl Into<EncodedDelta>) {
+        let delta = delta.into();
         if self.deltas.back().is_some_and(|(r, _)| *r + 1 != revision) {
             // Never expected: keep the window contiguous rather than serve a gap.
             self.clear();
@@ -102,7 +103,7 @@ impl DeltaWindow {
         self.bytes = 0;
     }
 
-    fn after(&self, from: u64) -> Vec<pb::WatchEvent> {
+    fn after(&self, from: u64, status_changes: bool) -> Vec<pb::WatchEvent> {
         let Some((first, _)) = self.bounds() else {
             return Vec::new();
         };
@@ -110,15 +111,34 @@ impl DeltaWindow {
         self.deltas
             .iter()
             .skip(skip)
-            .map(|(r, d)| wire::delta_event(*r, d.clone()))
+            .map(|(r, d)| wire::delta_event(*r, d.for_watcher(status_changes).clone()))
             .collect()
+    }
+}
+
+/// One published revision, in both encodings (the compact one only when it differs).
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Whole host entries for every host that changed.
+    pub full: pb::WatchEvent,
+    /// Status changes alone, for watchers that take them.
+    pub compact: Option<pb::WatchEvent>,
+}
+
+impl Published {
+    /// The event a watcher gets.
+    pub fn for_watcher(self, status_changes: bool) -> pb::WatchEvent {
+        match (self.compact, status_changes) {
+            (Some(compact), true) => compact,
+            (_, _) => self.full,
+        }
     }
 }
 
 /// The fan-out point of every revision.
 #[derive(Debug)]
 pub struct WatchHub {
-    tx: broadcast::Sender<pb::WatchEvent>,
+    tx: broadcast::Sender<Published>,
     /// The registry's history id, carried by every event.
     history: Mutex<String>,
     /// Bumped when the whole state is replaced: every stream resyncs.
@@ -195,24 +215,26 @@ impl WatchHub {
     }
 
     /// Records a delta in the window without pushing it (recovery at open).
-    pub fn remember(&self, revision: Revision, delta: Bytes) {
+    pub fn remember(&self, revision: Revision, delta: EncodedDelta) {
         self.window().push(revision.0, delta);
     }
 
     /// Publishes the delta of a new revision to every watcher. Called by the writer while it
     /// holds the state's write lock, so a watcher that subscribed before reading the state
     /// sees every later revision.
-    pub fn publish(&self, revision: Revision, delta: Bytes) {
+    pub fn publish(&self, revision: Revision, delta: EncodedDelta) {
         self.window().push(revision.0, delta.clone());
+        let full = self.stamp(wire::delta_event(revision.0, delta.full));
+        let compact = delta
+            .compact
+            .map(|c| self.stamp(wire::delta_event(revision.0, c)));
         // No receiver is not an error: nobody is watching.
-        let _ = self
-            .tx
-            .send(self.stamp(wire::delta_event(revision.0, delta)));
+        let _ = self.tx.send(Published { full, compact });
     }
 
     /// A receiver of every event published from now on, for readers that only need to know
     /// that the registry changed (the status page); not counted as a watch stream.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::WatchEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.tx.subscribe()
     }
 
@@ -241,12 +263,14 @@ impl WatchHub {
         (revision, bytes)
     }
 
-    /// Opens a watch stream for a watcher that has `from`. `state` is the registry's lock.
+    /// Opens a watch stream for a watcher that has `from`. `state` is the registry's lock;
+    /// `status_changes`: the watcher applies `Delta.status_changes` (see [`EncodedDelta`]).
     pub async fn watch(
         self: &Arc<Self>,
         state: Arc<tokio::sync::RwLock<State>>,
         from: u64,
         history: &str,
+        status_changes: bool,
     ) -> impl Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Send + 'static {
         // Subscribe before reading the state: every revision after the one read is received.
         let rx = self.tx.subscribe();
@@ -265,7 +289,9 @@ impl WatchHub {
                     let (rev, bytes) = self.snapshot_of(&guard).await;
                     (parts([self.stamp(wire::snapshot_event(rev, bytes))]), rev)
                 }
-                ResumePlan::Deltas { after } => (parts(self.window().after(after)), head),
+                ResumePlan::Deltas { after } => {
+                    (parts(self.window().after(after, status_changes)), head)
+                }
                 ResumePlan::UpToDate => (VecDeque::new(), head),
             }
         };
@@ -274,6 +300,7 @@ impl WatchHub {
             hub: Arc::clone(self),
             state,
             rx,
+            status_changes,
             pending,
             sent_one: false,
             last,
@@ -310,7 +337,9 @@ impl Drop for WatcherCount {
 struct Cursor {
     hub: Arc<WatchHub>,
     state: Arc<tokio::sync::RwLock<State>>,
-    rx: broadcast::Receiver<pb::WatchEvent>,
+    rx: broadcast::Receiver<Published>,
+    /// The watcher takes status changes alone (the compact encoding).
+    status_changes: bool,
     /// Events (parts) still to send, before any newer live one: the snapshot or resumed deltas
     /// decided at open, or the rest of a live event or resync cut into parts.
     pending: VecDeque<pb::WatchEvent>,
@@ -340,7 +369,7 @@ impl Cursor {
                 self.pending = parts([ev]);
                 return self.pop();
             }
-            match received {
+            match received.map(|p| p.for_watcher(self.status_changes)) {
                 Ok(ev) if ev.revision <= self.last => continue,
                 Ok(ev) if ev.revision == self.last + 1 => {
                     self.last = ev.revision;
@@ -406,7 +435,7 @@ mod tests {
         let hub = Arc::new(WatchHub::new(100, 2));
         let state = Arc::new(tokio::sync::RwLock::new(State::new()));
         write(&hub, &state).await;
-        let stream = hub.watch(Arc::clone(&state), 0, "").await;
+        let stream = hub.watch(Arc::clone(&state), 0, "", false).await;
         let mut stream = std::pin::pin!(stream);
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!((kind(&first), first.revision), ("snapshot", 1));
@@ -428,6 +457,70 @@ mod tests {
         assert_eq!((kind(&ev), ev.revision), ("delta", next));
     }
 
+    /// Applies `cmd` and publishes its delta, like the writer.
+    async fn write_cmd(hub: &WatchHub, state: &tokio::sync::RwLock<State>, cmd: Command) -> u64 {
+        let mut s = state.write().await;
+        let delta = s.apply(&cmd);
+        hub.publish(delta.revision, wire::encode_delta(&delta));
+        delta.revision.0
+    }
+
+    fn delta_of(ev: &pb::WatchEvent) -> pb::Delta {
+        let Some(pb::watch_event::Payload::Delta(bytes)) = &ev.payload else {
+            panic!("not a delta: {ev:?}")
+        };
+        pb::Delta::decode(bytes.clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_status_change_reaches_each_watcher_in_the_form_it_asked_for() {
+        use crate::command::{AgentStatus, Registration};
+        use topology::{HostName, PackageType};
+        let hub = Arc::new(WatchHub::new(100, 16));
+        let state = Arc::new(tokio::sync::RwLock::new(State::new()));
+        write(&hub, &state).await;
+        let opened = write_cmd(
+            &hub,
+            &state,
+            Command::OpenSession {
+                host: HostName::new("a").unwrap(),
+                session_id: crate::session_id::SessionId::new("s"),
+                packages: vec![Registration {
+                    package_type: PackageType::new("ccm").unwrap(),
+                    endpoint: "127.0.0.1:7001".into(),
+                    status: AgentStatus::Running,
+                }],
+            },
+        )
+        .await;
+        let report = Command::ReportStatus {
+            host: HostName::new("a").unwrap(),
+            package_type: PackageType::new("ccm").unwrap(),
+            status: AgentStatus::Failing,
+        };
+        let mut live = Vec::new();
+        for compact in [false, true] {
+            live.push(Box::pin(
+                hub.watch(Arc::clone(&state), opened, "", compact).await,
+            ));
+        }
+        let changed = write_cmd(&hub, &state, report).await;
+        for (compact, stream) in [false, true].into_iter().zip(live.iter_mut()) {
+            let d = delta_of(&stream.next().await.unwrap().unwrap());
+            assert_eq!(d.revision, changed);
+            assert_eq!(d.status_changes.len(), usize::from(compact));
+            assert_eq!(d.upserts.len(), usize::from(!compact));
+        }
+        // Resumed from the window: the same choice.
+        for compact in [false, true] {
+            let stream = hub.watch(Arc::clone(&state), opened, "", compact).await;
+            let mut stream = std::pin::pin!(stream);
+            let d = delta_of(&stream.next().await.unwrap().unwrap());
+            assert_eq!(d.status_changes.len(), usize::from(compact));
+            assert_eq!(d.upserts.len(), usize::from(!compact));
+        }
+    }
+
     #[tokio::test]
     async fn watchers_of_one_revision_share_one_encoded_snapshot() {
         let hub = Arc::new(WatchHub::new(100, 16));
@@ -435,7 +528,7 @@ mod tests {
         write(&hub, &state).await;
         let mut payloads = Vec::new();
         for _ in 0..3 {
-            let stream = hub.watch(Arc::clone(&state), 0, "").await;
+            let stream = hub.watch(Arc::clone(&state), 0, "", false).await;
             let mut stream = std::pin::pin!(stream);
             let ev = stream.next().await.unwrap().unwrap();
             let Some(pb::watch_event::Payload::Snapshot(bytes)) = ev.payload else {
@@ -464,7 +557,7 @@ mod tests {
         let (rev, whole) = hub.snapshot_of(&*state.read().await).await;
         assert!(whole.len() > 3 * PART_BYTES, "{} bytes", whole.len());
 
-        let stream = hub.watch(Arc::clone(&state), 0, "").await;
+        let stream = hub.watch(Arc::clone(&state), 0, "", false).await;
         let mut stream = std::pin::pin!(stream);
         let mut got = Vec::new();
         loop {
@@ -544,11 +637,11 @@ mod tests {
             w.push(r, Bytes::from(vec![r as u8]));
         }
         assert_eq!(w.bounds(), Some((3, 5)));
-        let revs: Vec<u64> = w.after(3).iter().map(|e| e.revision).collect();
+        let revs: Vec<u64> = w.after(3, false).iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![4, 5]);
-        let revs: Vec<u64> = w.after(2).iter().map(|e| e.revision).collect();
+        let revs: Vec<u64> = w.after(2, false).iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![3, 4, 5]);
-        assert!(w.after(5).is_empty());
+        assert!(w.after(5, false).is_empty());
         w.push(9, Bytes::new());
         assert_eq!(w.bounds(), Some((9, 9)), "a gap restarts the window");
     }

@@ -102,15 +102,85 @@ pub fn host_to_proto(view: &HostView) -> pb::HostEntry {
     }
 }
 
-/// A delta, encoded once (shared by every watcher of its revision).
-pub fn encode_delta(delta: &Delta) -> Bytes {
-    let msg = pb::Delta {
+/// A delta encoded for the two kinds of watchers, once (shared by every watcher of its revision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedDelta {
+    /// Whole host entries for every host that changed (every watcher understands it).
+    pub full: Bytes,
+    /// For watchers that take `status_changes`: a status change as that package's status
+    /// alone. `None` when the delta has no status change (the same as `full`).
+    pub compact: Option<Bytes>,
+}
+
+impl EncodedDelta {
+    /// The encoding a watcher gets.
+    pub fn for_watcher(&self, status_changes: bool) -> &Bytes {
+        match (&self.compact, status_changes) {
+            (Some(compact), true) => compact,
+            _ => &self.full,
+        }
+    }
+
+    /// Bytes held by both encodings.
+    pub fn len(&self) -> usize {
+        self.full.len() + self.compact.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// True when both encodings are empty (never: a delta carries its revision).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for EncodedDelta {
+    /// A delta with no status change: one encoding for every watcher.
+    fn from(full: Bytes) -> Self {
+        EncodedDelta {
+            full,
+            compact: None,
+        }
+    }
+}
+
+/// A delta, encoded once for each kind of watcher (see [`EncodedDelta`]).
+pub fn encode_delta(delta: &Delta) -> EncodedDelta {
+    let removed_hosts: Vec<String> = delta.removed_hosts.iter().map(|h| h.to_string()).collect();
+    let full = pb::Delta {
         revision: delta.revision.0,
         upserts: delta.upserts.iter().map(host_to_proto).collect(),
-        removed_hosts: delta.removed_hosts.iter().map(|h| h.to_string()).collect(),
+        removed_hosts: removed_hosts.clone(),
         topology_yaml: delta.topology_yaml.clone(),
+        status_changes: Vec::new(),
     };
-    Bytes::from(msg.encode_to_vec())
+    let compact = (!delta.status_changes.is_empty()).then(|| {
+        let changed: std::collections::BTreeSet<&topology::HostName> =
+            delta.status_changes.iter().map(|c| &c.host).collect();
+        let msg = pb::Delta {
+            revision: delta.revision.0,
+            upserts: delta
+                .upserts
+                .iter()
+                .filter(|v| !changed.contains(&v.host))
+                .map(host_to_proto)
+                .collect(),
+            removed_hosts,
+            topology_yaml: delta.topology_yaml.clone(),
+            status_changes: delta
+                .status_changes
+                .iter()
+                .map(|c| pb::StatusChange {
+                    host: c.host.to_string(),
+                    r#type: c.package_type.to_string(),
+                    status: status_to_proto(c.status) as i32,
+                })
+                .collect(),
+        };
+        Bytes::from(msg.encode_to_vec())
+    });
+    EncodedDelta {
+        full: Bytes::from(full.encode_to_vec()),
+        compact,
+    }
 }
 
 /// The whole registry, encoded once per revision for every watcher that needs a snapshot.
@@ -171,6 +241,17 @@ pub fn decode_delta(bytes: &[u8]) -> Result<Delta, String> {
             .map(|h| topology::HostName::new(h).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
         topology_yaml: d.topology_yaml,
+        status_changes: d
+            .status_changes
+            .into_iter()
+            .map(|c| {
+                Ok(crate::delta::StatusChange {
+                    host: topology::HostName::new(c.host).map_err(|e| e.to_string())?,
+                    package_type: PackageType::new(c.r#type).map_err(|e| e.to_string())?,
+                    status: status_from_proto(c.status)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
     })
 }
 

@@ -226,6 +226,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() -> Result<()> {
         from_revision: lowest - 1,
         host: String::new(),
         history: String::new(),
+        status_changes: false,
     };
     let mut w = Watcher::from(agent.watch(req).await?.into_inner());
     let mut deltas = BTreeMap::new();

@@ -617,6 +617,7 @@ async fn many_watchers_each_receive_every_change_in_order() -> Result<()> {
             from_revision: 0,
             host: format!("watcher-{i}"),
             history: String::new(),
+            status_changes: false,
         };
         watchers.push(Watcher::from(client.watch(req).await?.into_inner()));
     }

@@ -135,11 +135,23 @@ impl Harness {
         Ok(self.admin.apply_topology(req).await?.into_inner().revision)
     }
 
+    /// A watch from `from_revision` that takes whole host entries (as tools do).
     pub async fn watch(&mut self, from_revision: u64) -> Result<Watcher> {
+        self.watch_with(from_revision, false).await
+    }
+
+    /// A watch from `from_revision`; with `status_changes`, status changes come alone (as
+    /// agents take them).
+    pub async fn watch_with(
+        &mut self,
+        from_revision: u64,
+        status_changes: bool,
+    ) -> Result<Watcher> {
         let req = pb::WatchRequest {
             from_revision,
             host: String::new(),
             history: String::new(),
+            status_changes,
         };
         let stream = self.agent.watch(req).await?.into_inner();
         Ok(Watcher::from(stream))

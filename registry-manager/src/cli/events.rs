@@ -94,6 +94,7 @@ async fn watch_once(
             from_revision: copy.revision,
             host: String::new(),
             history: copy.history.clone(),
+            status_changes: false,
         })
         .await
         .map_err(|s| anyhow::anyhow!("watch refused by {addr}: {}", s.message()))?

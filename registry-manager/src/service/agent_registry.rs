@@ -277,6 +277,7 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
                 Arc::clone(self.engine.state_lock()),
                 req.from_revision,
                 &req.history,
+                req.status_changes,
             )
             .await
             .take_until(cancel.cancelled_owned())

@@ -374,7 +374,7 @@ mod tests {
                 let delta = s.apply(c);
                 let rec = LogRecord {
                     command: c.clone(),
-                    delta: crate::wire::encode_delta(&delta),
+                    delta: crate::wire::encode_delta(&delta).full,
                 };
                 log.insert((i as u64 + 1).to_be_bytes(), rec.encode())
                     .unwrap();

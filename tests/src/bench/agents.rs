@@ -273,6 +273,7 @@ impl WatchFanout {
                     from_revision,
                     host: String::new(),
                     history: String::new(),
+                    status_changes: true,
                 };
                 let result: anyhow::Result<()> = async {
                     let mut events = client.watch(req).await?.into_inner();

@@ -381,6 +381,7 @@ async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
                                     from_revision: from,
                                     host: String::new(),
                                     history: String::new(),
+                                    status_changes: true,
                                 })
                                 .await?
                                 .into_inner(),
