@@ -36,11 +36,15 @@ pub enum Group {
     HeartbeatGroup,
     /// The one-manager setup with mutual TLS on every connection.
     HeartbeatTls,
+    /// The capacity model checked beyond the 10,000 it was measured at: 15,000 agents on their
+    /// own connections at `session_ttl: 1500ms` (the same 30,000 heartbeats a second), one
+    /// manager.
+    HeartbeatModel,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 15] = [
+    pub const ALL: [Group; 16] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -56,6 +60,7 @@ impl Group {
         Group::Heartbeat,
         Group::HeartbeatGroup,
         Group::HeartbeatTls,
+        Group::HeartbeatModel,
     ];
 
     /// The name accepted on the command line.
@@ -76,6 +81,7 @@ impl Group {
             Group::Heartbeat => "heartbeat",
             Group::HeartbeatGroup => "heartbeat_group",
             Group::HeartbeatTls => "heartbeat_tls",
+            Group::HeartbeatModel => "heartbeat_model",
         }
     }
 }
@@ -469,6 +475,48 @@ pub const FIGURES: &[FigureDef] = &[
         Target::Below(100.0),
         Group::HeartbeatTls,
         "one change to 10,000 agents on their own TLS connections: p99 over agents",
+    ),
+    entry(
+        "heartbeat_model_manager_cpu_15k",
+        "cores",
+        Target::None,
+        Group::HeartbeatModel,
+        "manager CPU, 15,000 agents on own connections at session_ttl 1500ms (30,000 heartbeats/s), one manager: the capacity model's check",
+    ),
+    entry(
+        "heartbeat_model_manager_rss_15k",
+        "MB",
+        Target::None,
+        Group::HeartbeatModel,
+        "manager VmRSS under that load",
+    ),
+    entry(
+        "heartbeat_model_rtt_p99_15k",
+        "ms",
+        Target::None,
+        Group::HeartbeatModel,
+        "heartbeat round trip p99 under that load",
+    ),
+    entry(
+        "heartbeat_model_false_expiries_15k",
+        "count",
+        Target::AtMost(0.0),
+        Group::HeartbeatModel,
+        "sessions lapsed that were kept alive, under that load",
+    ),
+    entry(
+        "heartbeat_model_silent_detect_15k",
+        "ms",
+        Target::None,
+        Group::HeartbeatModel,
+        "a host falls silent under that load until every agent's watch hears it (p99 over agents; TTL 1500ms)",
+    ),
+    entry(
+        "propagation_model_15k_own_connections_p99",
+        "ms",
+        Target::None,
+        Group::HeartbeatModel,
+        "one change to 15,000 agents on their own connections (one manager): p99 over agents",
     ),
 ];
 

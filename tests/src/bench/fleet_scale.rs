@@ -37,6 +37,8 @@ use crate::Fleet;
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     hosts: usize,
+    /// The registry's `session_ttl` (a heartbeat every third of it).
+    ttl: Duration,
     domains: usize,
     /// How long the steady load is measured (CPU, heartbeat round trips, false expiries).
     window: Duration,
@@ -51,6 +53,7 @@ impl Plan {
         match mode {
             Mode::Full => Plan {
                 hosts: 10_000,
+                ttl: Duration::from_secs(1),
                 domains: 500,
                 window: Duration::from_secs(20),
                 changes: 5,
@@ -58,6 +61,7 @@ impl Plan {
             },
             Mode::Quick => Plan {
                 hosts: 200,
+                ttl: Duration::from_secs(1),
                 domains: 10,
                 window: Duration::from_secs(3),
                 changes: 2,
@@ -498,15 +502,45 @@ const TLS: Names = Names {
 /// with every connection on mutual TLS when `tls` (each simulated agent with a certificate of
 /// its own host, as the manager requires).
 pub async fn run(mode: Mode, members: usize, tls: bool) -> anyhow::Result<Vec<Figure>> {
-    let plan = Plan::of(mode);
     let names = match (members > 1, tls) {
         (true, _) => GROUP,
         (false, true) => TLS,
         (false, false) => ONE,
     };
+    measure(Plan::of(mode), members, tls, names).await
+}
+
+const MODEL: Names = Names {
+    cpu: "heartbeat_model_manager_cpu_15k",
+    rss: "heartbeat_model_manager_rss_15k",
+    rtt: "heartbeat_model_rtt_p99_15k",
+    false_expiries: "heartbeat_model_false_expiries_15k",
+    silent: "heartbeat_model_silent_detect_15k",
+    propagation: "propagation_model_15k_own_connections_p99",
+};
+
+/// The capacity model's check (docs/capacity.md): one manager with half as many agents again as
+/// it was measured with (15,000 on their own connections) at `session_ttl: 1500ms`, so the
+/// heartbeat rate is the same 30,000 a second: the model predicts the same CPU and 15,000
+/// connections' worth of memory.
+pub async fn run_model(mode: Mode) -> anyhow::Result<Vec<Figure>> {
+    let mut plan = Plan::of(mode);
+    plan.hosts = plan.hosts * 3 / 2;
+    plan.domains = plan.domains * 3 / 2;
+    plan.ttl = Duration::from_millis(1500);
+    measure(plan, 1, false, MODEL).await
+}
+
+async fn measure(
+    plan: Plan,
+    members: usize,
+    tls: bool,
+    names: Names,
+) -> anyhow::Result<Vec<Figure>> {
     let g = GeneratedFleet::new(plan.domains, plan.hosts, 8);
     let with_manager: std::collections::BTreeSet<&str> = g.managers(1).into_iter().collect();
-    let mut builder = Fleet::from_topology(&g.to_yaml()).session_ttl("1s");
+    let mut builder =
+        Fleet::from_topology(&g.to_yaml()).session_ttl(&format!("{}ms", plan.ttl.as_millis()));
     if tls {
         builder = builder.tls();
     }
@@ -610,11 +644,17 @@ pub async fn run(mode: Mode, members: usize, tls: bool) -> anyhow::Result<Vec<Fi
     rtt.push(stats::percentile_sorted(&rtts, 99.0));
     let setup = format!(
         "{} simulated agents ({} domains), each with its own TCP connection, session, keep-alive \
-         stream (a heartbeat every {} ms: the default 1 s TTL) and watch stream, {}; started in \
+         stream (a heartbeat every {} ms: a {} ms TTL{}) and watch stream, {}; started in \
          {:.1} s",
         fmt_num(sim.n as f64),
         plan.domains,
-        1000 / 3,
+        plan.ttl.as_millis() / 3,
+        plan.ttl.as_millis(),
+        if plan.ttl == Duration::from_secs(1) {
+            ", the default"
+        } else {
+            ""
+        },
         if members > 1 {
             format!("spread evenly over {members} members")
         } else {

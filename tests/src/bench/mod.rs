@@ -159,6 +159,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::Heartbeat => fleet_scale::run(mode, 1, false).await,
         Group::HeartbeatGroup => fleet_scale::run(mode, 3, false).await,
         Group::HeartbeatTls => fleet_scale::run(mode, 1, true).await,
+        Group::HeartbeatModel => fleet_scale::run_model(mode).await,
     }
 }
 
