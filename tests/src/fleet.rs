@@ -37,6 +37,20 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `registry-manager restore BACKUP --data-dir DATA_DIR [extra...]` (offline) and returns
+/// its output.
+pub fn restore_cli(
+    backup: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let data = data_dir.display().to_string();
+    Ok(Command::new(bin_path("registry-manager")?)
+        .args(["restore", backup, "--data-dir", &data])
+        .args(extra)
+        .output()?)
+}
+
 /// A free loopback port for a child process to bind.
 ///
 /// Taken below the kernel's ephemeral range (32768 and up by default), so that no outgoing

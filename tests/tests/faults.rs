@@ -364,15 +364,7 @@ async fn a_restored_backup_is_a_new_history_and_agents_resync_with_a_full_snapsh
     fleet.kill_manager();
     let data = fleet.manager_data_dir();
     std::fs::remove_dir_all(&data)?;
-    let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
-        .args([
-            "restore",
-            &file_arg,
-            "--data-dir",
-            &data.display().to_string(),
-            "--json",
-        ])
-        .output()?;
+    let out = tests::fleet::restore_cli(&file_arg, &data, &["--json"])?;
     anyhow::ensure!(
         out.status.success(),
         "restore failed: {}",
@@ -399,14 +391,7 @@ async fn a_restored_backup_is_a_new_history_and_agents_resync_with_a_full_snapsh
     );
     // A restore refuses a directory that holds a registry.
     fleet.kill_manager();
-    let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
-        .args([
-            "restore",
-            &file_arg,
-            "--data-dir",
-            &data.display().to_string(),
-        ])
-        .output()?;
+    let out = tests::fleet::restore_cli(&file_arg, &data, &[])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a registry"));
     Ok(())

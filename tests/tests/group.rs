@@ -493,14 +493,7 @@ async fn a_member_rebuilt_after_a_group_restore_gets_the_restored_state() -> any
     for i in 0..3 {
         let data = fleet.member_data_dir(i);
         std::fs::remove_dir_all(&data)?;
-        let out = std::process::Command::new(tests::fleet::bin_path("registry-manager")?)
-            .args([
-                "restore",
-                &file_arg,
-                "--data-dir",
-                &data.display().to_string(),
-            ])
-            .output()?;
+        let out = tests::fleet::restore_cli(&file_arg, &data, &[])?;
         anyhow::ensure!(
             out.status.success(),
             "restore failed: {}",
