@@ -2,7 +2,8 @@
 //! "a damaged store is rebuilt from the others"):
 //! - a store found damaged at start is set aside ([`crate::store::RaftDb::open_or_rebuild`]);
 //! - an empty store whose peers already lead a formed group (a data directory emptied by hand,
-//!   a disk replaced) is marked the same way ([`joins_a_formed_group`]);
+//!   a disk replaced; also a new learner or a member started after the others formed the
+//!   group, which lose nothing by waiting) is marked the same way ([`joins_a_formed_group`]);
 //! - while marked, the member grants no vote, stands for no election and serves no agent: its
 //!   log was lost, and a vote could elect a leader missing acknowledged writes;
 //! - [`finish_rebuild`] lifts the mark once the member has applied a leader's read point.
@@ -22,7 +23,8 @@ use crate::raft::network::Peers;
 const PROBE_DEADLINE: Duration = Duration::from_millis(1_500);
 
 /// True when a configured peer leads a formed group: this member, starting with an empty
-/// store, has lost its data and joins as a member being rebuilt rather than forming a group.
+/// store, joins as a member being rebuilt (it catches up before it votes) rather than forming
+/// a group of its own.
 /// Unanswered peers count as not leading (the first start of a group: nobody leads yet).
 pub(crate) async fn joins_a_formed_group(group: &GroupConfig, peers: &Peers) -> bool {
     let asks = group
@@ -51,8 +53,9 @@ pub(crate) async fn joins_a_formed_group(group: &GroupConfig, peers: &Peers) -> 
             tracing::warn!(
                 member = group.name.as_str(),
                 leader,
-                "this member's store is empty but its group is formed (led by {leader}): it \
-                 lost its data and is rebuilt from the group"
+                "this member's store is empty and its group is already formed (led by {leader}): \
+                 it catches up from the group before it votes or serves agents (a new learner, a \
+                 member started late, a replaced disk or an emptied data directory)"
             );
             true
         }

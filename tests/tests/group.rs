@@ -467,7 +467,7 @@ async fn a_member_with_an_emptied_data_directory_is_rebuilt_from_the_others() ->
     fleet.restart_member(emptied).await?;
     let logs = rebuilt_log(&mut fleet, emptied).await?;
     assert!(
-        logs.contains("store is empty but its group is formed"),
+        logs.contains("store is empty and its group is already formed"),
         "it says why it is rebuilt:\n{logs}"
     );
     counts_like_any_other(&mut fleet, emptied, leader).await
