@@ -19,6 +19,9 @@ use crate::engine::Engine;
 use crate::group::{self, GroupConfig};
 use crate::raft::network::Peers;
 
+/// How often a member being rebuilt without a leader to learn from says so.
+const STILL_WAITING: Duration = Duration::from_secs(30);
+
 /// How long the start waits for the other members' answers.
 const PROBE_DEADLINE: Duration = Duration::from_millis(1_500);
 
@@ -70,10 +73,22 @@ pub(crate) async fn joins_a_formed_group(group: &GroupConfig, peers: &Peers) -> 
 pub(crate) async fn finish_rebuild(engine: Engine, db: std::sync::Arc<crate::store::RaftDb>) {
     let cancel = engine.cancel_token().clone();
     let started = std::time::Instant::now();
+    let mut warned = started;
     loop {
         let led_by_other = engine
             .leader()
             .is_some_and(|(id, _)| id != group::node_id(engine.name()));
+        if !led_by_other && warned.elapsed() >= STILL_WAITING {
+            warned = std::time::Instant::now();
+            tracing::warn!(
+                member = engine.name(),
+                waited_s = started.elapsed().as_secs(),
+                "still waiting for a leader to rebuild this member from; it does not vote until \
+                 then. The group needs a majority of members that kept their stores: start them. \
+                 If every member lost its store, restore each from the same backup \
+                 (`registry-manager restore FILE --data-dir DIR`)"
+            );
+        }
         if led_by_other && engine.read_barrier(false).await.is_ok() {
             let db = std::sync::Arc::clone(&db);
             match tokio::task::spawn_blocking(move || db.finish_rebuilding()).await {
