@@ -365,6 +365,7 @@ mod tests {
                 removed_hosts: vec!["a".into()],
                 topology_yaml: None,
                 status_changes: Vec::new(),
+                lapsed_hosts: Vec::new(),
             })
             .await
             .unwrap();

@@ -109,8 +109,9 @@ impl RegistryCopy {
     }
 
     /// Applies a decoded delta. Deltas at or below the copy's revision are ignored; a delta that
-    /// skips revisions, or changes the status of a package the copy does not hold, is a
-    /// [`CopyError::Gap`] (nothing is applied: the stream restarts from a snapshot).
+    /// skips revisions, changes the status of a package the copy does not hold or lapses a host
+    /// it does not hold, is a [`CopyError::Gap`] (nothing is applied: the stream restarts from a
+    /// snapshot).
     pub fn apply_delta(&mut self, delta: &pb::Delta) -> Result<Applied, CopyError> {
         let have = self.revision();
         if delta.revision <= have {
@@ -123,13 +124,18 @@ impl RegistryCopy {
         if delta.revision != have + 1 {
             return Err(gap);
         }
+        // A host given whole in `upserts` takes no separate change in the same delta.
+        let whole = |h: &str| delta.upserts.iter().any(|u| u.host == h);
         let held = |c: &pb::StatusChange| {
-            self.snapshot
-                .hosts
-                .get(c.host.as_str())
-                .is_some_and(|h| h.packages.contains_key(c.r#type.as_str()))
+            whole(&c.host)
+                || self
+                    .snapshot
+                    .hosts
+                    .get(c.host.as_str())
+                    .is_some_and(|h| h.packages.contains_key(c.r#type.as_str()))
         };
-        if !delta.status_changes.iter().all(held) {
+        let known = |h: &String| whole(h) || self.snapshot.hosts.contains_key(h.as_str());
+        if !delta.status_changes.iter().all(held) || !delta.lapsed_hosts.iter().all(known) {
             return Err(gap);
         }
         if let Some(yaml) = &delta.topology_yaml {
@@ -143,7 +149,7 @@ impl RegistryCopy {
                 self.snapshot.hosts.insert(name, host);
             }
         }
-        for c in &delta.status_changes {
+        for c in delta.status_changes.iter().filter(|c| !whole(&c.host)) {
             let package = self
                 .snapshot
                 .hosts
@@ -153,18 +159,26 @@ impl RegistryCopy {
                 p.status = status_from_wire(c.status);
             }
         }
+        for h in delta.lapsed_hosts.iter().filter(|h| !whole(h)) {
+            if let Some(host) = self.snapshot.hosts.get_mut(h.as_str()) {
+                host.alive = false;
+            }
+        }
         self.snapshot.revision = Revision(delta.revision);
         Ok(Applied::Delta)
     }
 
-    /// `delta` with its status changes turned into the whole entries of their hosts as this
-    /// copy now holds them (after [`RegistryCopy::apply_delta`]): what the stored copy writes.
+    /// `delta` with its status changes and lapsed hosts turned into the whole entries of their
+    /// hosts as this copy now holds them (after [`RegistryCopy::apply_delta`]): what the stored
+    /// copy writes.
     fn with_whole_entries(&self, mut delta: pb::Delta) -> pb::Delta {
-        for c in std::mem::take(&mut delta.status_changes) {
-            if delta.upserts.iter().any(|u| u.host == c.host) {
+        let changes = std::mem::take(&mut delta.status_changes);
+        let lapsed = std::mem::take(&mut delta.lapsed_hosts);
+        for h in changes.into_iter().map(|c| c.host).chain(lapsed) {
+            if delta.upserts.iter().any(|u| u.host == h) {
                 continue;
             }
-            if let Some((name, host)) = self.snapshot.hosts.get_key_value(c.host.as_str()) {
+            if let Some((name, host)) = self.snapshot.hosts.get_key_value(h.as_str()) {
                 delta.upserts.push(host_to_wire(name, host));
             }
         }
@@ -419,6 +433,27 @@ mod tests {
         let err = c.apply_event(&delta_event(change(7, "other"))).unwrap_err();
         assert_eq!(err, CopyError::Gap { have: 6, got: 7 });
         assert_eq!(c.revision(), 6);
+
+        // A lapsed session: the host stays, not alive, its packages as they were.
+        let lapse = |rev: u64, host: &str| pb::Delta {
+            revision: rev,
+            lapsed_hosts: vec![host.into()],
+            ..Default::default()
+        };
+        let (_, decoded) = c.apply_event(&delta_event(lapse(7, "fm"))).unwrap();
+        let fm = &c.snapshot.hosts["fm"];
+        assert!(!fm.alive);
+        assert_eq!(fm.packages["ccm"].status, PackageStatus::Draining);
+        let Decoded::Delta(stored) = decoded else {
+            panic!("a delta")
+        };
+        assert!(stored.lapsed_hosts.is_empty());
+        assert_eq!(stored.upserts.len(), 1);
+        assert!(!stored.upserts[0].alive);
+        let err = c
+            .apply_event(&delta_event(lapse(8, "agent-9")))
+            .unwrap_err();
+        assert_eq!(err, CopyError::Gap { have: 7, got: 8 });
     }
 
     #[test]
@@ -446,6 +481,7 @@ mod tests {
             removed_hosts: vec!["fm".into()],
             topology_yaml: None,
             status_changes: Vec::new(),
+            lapsed_hosts: Vec::new(),
         };
         assert_eq!(
             c.apply_event(&delta_event(d.clone())).unwrap().0,
@@ -481,6 +517,7 @@ mod tests {
             removed_hosts: vec![],
             topology_yaml: Some(new_topo.into()),
             status_changes: Vec::new(),
+            lapsed_hosts: Vec::new(),
         };
         c.apply_delta(&d).unwrap();
         assert!(c.topology.as_ref().unwrap().host("x").is_some());

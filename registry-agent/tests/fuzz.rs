@@ -672,14 +672,18 @@ fn wire_delta() -> impl Strategy<Value = pb::Delta> {
         prop::collection::vec(wire_name(), 0..4),
         prop::option::of(wire_topology()),
         prop::collection::vec(wire_status_change(), 0..3),
+        prop::collection::vec(wire_name(), 0..2),
     )
         .prop_map(
-            |(revision, upserts, removed_hosts, topology_yaml, status_changes)| pb::Delta {
-                revision,
-                upserts,
-                removed_hosts,
-                topology_yaml,
-                status_changes,
+            |(revision, upserts, removed_hosts, topology_yaml, status_changes, lapsed_hosts)| {
+                pb::Delta {
+                    revision,
+                    upserts,
+                    removed_hosts,
+                    topology_yaml,
+                    status_changes,
+                    lapsed_hosts,
+                }
             },
         )
 }
@@ -779,7 +783,13 @@ fn check_delta(copy: &mut RegistryCopy, delta: &pb::Delta) {
             for c in &delta.status_changes {
                 last.insert((c.host.clone(), c.r#type.clone()), c.status);
             }
-            for ((h, t), status) in last {
+            let whole = |h: &str| delta.upserts.iter().any(|u| u.host == h);
+            for h in delta.lapsed_hosts.iter().filter(|h| !whole(h)) {
+                if let Some(e) = copy.snapshot.hosts.get(h.as_str()) {
+                    assert!(!e.alive, "{h:?} lapsed");
+                }
+            }
+            for ((h, t), status) in last.into_iter().filter(|((h, _), _)| !whole(h)) {
                 let held = copy
                     .snapshot
                     .hosts
@@ -797,13 +807,18 @@ fn check_delta(copy: &mut RegistryCopy, delta: &pb::Delta) {
         Err(CopyError::Gap { have: h, got }) => {
             assert_eq!((h, got), (have, delta.revision));
             // A revision skipped, or a status change of a package the copy does not hold.
+            let whole = |h: &str| delta.upserts.iter().any(|u| u.host == h);
             let unknown = delta.status_changes.iter().any(|c| {
-                !before
-                    .snapshot
-                    .hosts
-                    .get(c.host.as_str())
-                    .is_some_and(|e| e.packages.contains_key(c.r#type.as_str()))
-            });
+                !whole(&c.host)
+                    && !before
+                        .snapshot
+                        .hosts
+                        .get(c.host.as_str())
+                        .is_some_and(|e| e.packages.contains_key(c.r#type.as_str()))
+            }) || delta
+                .lapsed_hosts
+                .iter()
+                .any(|h| !whole(h) && !before.snapshot.hosts.contains_key(h.as_str()));
             assert!(got > have + 1 || unknown);
             assert_eq!(
                 copy.to_state(),

@@ -18,6 +18,8 @@ pub struct Delta {
     /// its host in `upserts` (watchers that take status changes are sent these instead of those
     /// hosts); a delta decoded from the compact encoding has them here only.
     pub status_changes: Vec<StatusChange>,
+    /// Hosts whose session alone lapsed, under the same rule as `status_changes`.
+    pub lapsed_hosts: Vec<HostName>,
 }
 
 /// One package's new effective status (its host's entry is otherwise unchanged).
@@ -40,6 +42,7 @@ impl Delta {
             removed_hosts: Vec::new(),
             topology_yaml: None,
             status_changes: Vec::new(),
+            lapsed_hosts: Vec::new(),
         }
     }
 

@@ -201,6 +201,7 @@ impl EventCopy {
             removed_hosts: removed,
             topology_yaml: Some(topology_yaml),
             status_changes: Vec::new(),
+            lapsed_hosts: Vec::new(),
         };
         self.apply_delta(&delta)
     }
@@ -302,6 +303,7 @@ mod tests {
             removed_hosts: Vec::new(),
             topology_yaml: None,
             status_changes: Vec::new(),
+            lapsed_hosts: Vec::new(),
         }
     }
 

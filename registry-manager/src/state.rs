@@ -338,6 +338,7 @@ impl State {
                 if let Some(rec) = self.hosts.get_mut(host) {
                     if rec.session.as_ref() == Some(session_id) {
                         rec.session = None;
+                        delta.lapsed_hosts.push(host.clone());
                         delta.upserts.push(view(host, rec));
                     }
                 }
@@ -598,7 +599,7 @@ mod tests {
     }
 
     #[test]
-    fn a_status_change_is_sent_alone_to_watchers_that_take_it() {
+    fn status_changes_and_lapses_are_sent_alone_to_watchers_that_take_them() {
         use prost::Message;
         let mut s = with_topology();
         let packages: Vec<Registration> = (0..MAX_PACKAGES_PER_HOST)
@@ -640,7 +641,7 @@ mod tests {
                 "sized by the change: {small} vs {whole} bytes"
             );
         }
-        // A session opening (or lapsing) is not a status change: one encoding.
+        // A session opening carries the host's packages: one encoding, the whole entry.
         let d = run(
             &mut s,
             open("agent-2", "s2", vec![reg(CCM, AgentStatus::Running)]),
@@ -648,6 +649,18 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(crate::wire::encode_delta(&d).compact.is_none());
+        // A lapse is the host's name alone.
+        let d = s.apply(&Command::SessionExpired {
+            host: h("agent-1"),
+            session_id: sid("s1"),
+        });
+        let enc = crate::wire::encode_delta(&d);
+        let compact = proto::v1::Delta::decode(enc.compact.clone().unwrap()).unwrap();
+        assert_eq!(compact.lapsed_hosts, vec!["agent-1".to_string()]);
+        assert!(compact.upserts.is_empty() && compact.status_changes.is_empty());
+        let full = proto::v1::Delta::decode(enc.full.clone()).unwrap();
+        assert!(!full.upserts[0].alive && full.lapsed_hosts.is_empty());
+        assert!(enc.compact.unwrap().len() * 20 < enc.full.len());
     }
 
     #[test]

@@ -108,7 +108,8 @@ pub struct EncodedDelta {
     /// Whole host entries for every host that changed (every watcher understands it).
     pub full: Bytes,
     /// For watchers that take `status_changes`: a status change as that package's status
-    /// alone. `None` when the delta has no status change (the same as `full`).
+    /// alone, a lapsed session as the host's name alone. `None` when the delta has neither (the
+    /// same as `full`).
     pub compact: Option<Bytes>,
 }
 
@@ -151,10 +152,15 @@ pub fn encode_delta(delta: &Delta) -> EncodedDelta {
         removed_hosts: removed_hosts.clone(),
         topology_yaml: delta.topology_yaml.clone(),
         status_changes: Vec::new(),
+        lapsed_hosts: Vec::new(),
     };
-    let compact = (!delta.status_changes.is_empty()).then(|| {
-        let changed: std::collections::BTreeSet<&topology::HostName> =
-            delta.status_changes.iter().map(|c| &c.host).collect();
+    let compact = (!delta.status_changes.is_empty() || !delta.lapsed_hosts.is_empty()).then(|| {
+        let changed: std::collections::BTreeSet<&topology::HostName> = delta
+            .status_changes
+            .iter()
+            .map(|c| &c.host)
+            .chain(&delta.lapsed_hosts)
+            .collect();
         let msg = pb::Delta {
             revision: delta.revision.0,
             upserts: delta
@@ -174,6 +180,7 @@ pub fn encode_delta(delta: &Delta) -> EncodedDelta {
                     status: status_to_proto(c.status) as i32,
                 })
                 .collect(),
+            lapsed_hosts: delta.lapsed_hosts.iter().map(|h| h.to_string()).collect(),
         };
         Bytes::from(msg.encode_to_vec())
     });
@@ -252,6 +259,11 @@ pub fn decode_delta(bytes: &[u8]) -> Result<Delta, String> {
                 })
             })
             .collect::<Result<_, String>>()?,
+        lapsed_hosts: d
+            .lapsed_hosts
+            .into_iter()
+            .map(|h| topology::HostName::new(h).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
     })
 }
 
