@@ -220,7 +220,7 @@ async fn api_events(
     /// What one event stream carries from one event to the next.
     struct Follow {
         engine: Engine,
-        changes: tokio::sync::broadcast::Receiver<crate::watch::Published>,
+        changes: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::watch::Published>>,
         package_type: Option<String>,
         /// The JSON last sent.
         last: String,

@@ -126,11 +126,11 @@ pub struct Published {
 }
 
 impl Published {
-    /// The event a watcher gets.
-    pub fn for_watcher(self, status_changes: bool) -> pb::WatchEvent {
-        match (self.compact, status_changes) {
-            (Some(compact), true) => compact,
-            (_, _) => self.full,
+    /// The event a watcher gets (one clone: the payload is shared, not copied).
+    pub fn for_watcher(&self, status_changes: bool) -> pb::WatchEvent {
+        match (&self.compact, status_changes) {
+            (Some(compact), true) => compact.clone(),
+            (_, _) => self.full.clone(),
         }
     }
 }
@@ -138,7 +138,8 @@ impl Published {
 /// The fan-out point of every revision.
 #[derive(Debug)]
 pub struct WatchHub {
-    tx: broadcast::Sender<Published>,
+    /// Shared: every receiver clones an `Arc`, then only the event it is sent.
+    tx: broadcast::Sender<Arc<Published>>,
     /// The registry's history id, carried by every event.
     history: Mutex<String>,
     /// Bumped when the whole state is replaced: every stream resyncs.
@@ -229,12 +230,12 @@ impl WatchHub {
             .compact
             .map(|c| self.stamp(wire::delta_event(revision.0, c)));
         // No receiver is not an error: nobody is watching.
-        let _ = self.tx.send(Published { full, compact });
+        let _ = self.tx.send(Arc::new(Published { full, compact }));
     }
 
     /// A receiver of every event published from now on, for readers that only need to know
     /// that the registry changed (the status page); not counted as a watch stream.
-    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.tx.subscribe()
     }
 
@@ -337,7 +338,7 @@ impl Drop for WatcherCount {
 struct Cursor {
     hub: Arc<WatchHub>,
     state: Arc<tokio::sync::RwLock<State>>,
-    rx: broadcast::Receiver<Published>,
+    rx: broadcast::Receiver<Arc<Published>>,
     /// The watcher takes status changes alone (the compact encoding).
     status_changes: bool,
     /// Events (parts) still to send, before any newer live one: the snapshot or resumed deltas

@@ -69,7 +69,13 @@ impl Mode {
             (Mode::Full, Group::Propagation10k) => 120,
             (Mode::Full, Group::Crash | Group::Silent | Group::SilentLoaded) => 120,
             (Mode::Full, Group::Leader) => 180,
-            (Mode::Full, Group::Heartbeat | Group::HeartbeatGroup | Group::HeartbeatTls) => 360,
+            (
+                Mode::Full,
+                Group::Heartbeat
+                | Group::HeartbeatGroup
+                | Group::HeartbeatTls
+                | Group::HeartbeatModel,
+            ) => 360,
             (Mode::Full, _) => 60,
         };
         Duration::from_secs(secs)
