@@ -17,7 +17,9 @@
 //!   running with the same `host`: warned about once per episode;
 //! - the session id and the TTL the manager granted are persisted; a restarted agent resumes
 //!   with both (1 s when an old store has no TTL);
-//! - no heartbeat ack for a whole TTL means the manager is gone: move to the next one;
+//! - no heartbeat answer for four heartbeat periods means the manager is gone: move to the
+//!   next one (the agent asks for an answer to every second heartbeat, `sparse_acks`; see
+//!   [`crate::session_machine::ack_silence_limit`]);
 //! - `starting` is only ever sent in `OpenSession`; reports carry `running`, `failing`,
 //!   `stopped` changes, and again, at most once a second, a status the registry copy holds
 //!   wrongly for one of this host's packages (see [`crate::report_plan`]).
@@ -55,6 +57,7 @@ use crate::copy_store::CopyStore;
 use crate::health_view::HealthView;
 use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
 use crate::route_book::RouteBook;
+use crate::session_machine::{ack_silence_limit, heartbeat_period};
 use crate::session_machine::{
     Action, Event, Note, OpenResult, OpenRetry, ReportResult, SessionMachine,
 };
@@ -469,9 +472,11 @@ impl SessionClient {
     ) -> mpsc::Receiver<KaEvent> {
         let (ev_tx, ev_rx) = mpsc::channel(4);
         let mut client = client.clone();
-        let hb = pb::Heartbeat {
+        let mut hb = pb::Heartbeat {
             session_id: id,
             host: self.host.as_str().to_owned(),
+            seq: 1,
+            sparse_acks: true,
         };
         tokio::spawn(async move {
             let send = |e: KaEvent| {
@@ -491,7 +496,8 @@ impl SessionClient {
                     Err(_) => return send(KaEvent::Lost("keep-alive: no answer".into())).await,
                 },
             };
-            let period = (ttl / 3).max(Duration::from_millis(10));
+            let period = heartbeat_period(ttl);
+            let silence_limit = ack_silence_limit(ttl);
             let mut tick = tokio::time::interval_at(Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_ack = Instant::now();
@@ -500,9 +506,10 @@ impl SessionClient {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tick.tick() => {
-                        if last_ack.elapsed() > ttl {
-                            return send(KaEvent::Lost(format!("no heartbeat ack for {ttl:?}: the manager is not answering"))).await;
+                        if last_ack.elapsed() > silence_limit {
+                            return send(KaEvent::Lost(format!("no heartbeat ack for {silence_limit:?}: the manager is not answering"))).await;
                         }
+                        hb.seq += 1;
                         let _ = hb_tx.try_send(hb.clone());
                     }
                     m = acks.message() => match m {

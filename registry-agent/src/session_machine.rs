@@ -47,6 +47,19 @@ pub const FALLBACK_TTL: Duration = Duration::from_secs(1);
 /// holding the host.
 pub const HELD_ELSEWHERE_WARN_TTLS: u32 = 3;
 
+/// How often the agent sends a heartbeat: every third of the TTL (at least every 10 ms).
+pub fn heartbeat_period(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(10))
+}
+
+/// How long the agent waits for a heartbeat answer before it takes the manager for gone. The
+/// agent asks for sparse answers (`Heartbeat.sparse_acks`): the manager answers every second
+/// heartbeat, so answers normally come two periods apart. The limit allows two more periods
+/// for a late one, as much slack as when every heartbeat was answered and the limit was a TTL.
+pub fn ack_silence_limit(ttl: Duration) -> Duration {
+    heartbeat_period(ttl) * 4
+}
+
 /// The status of every package of this host (the local checks), or of this host's packages in
 /// the registry copy.
 pub type Statuses = BTreeMap<PackageType, PackageStatus>;
@@ -798,6 +811,24 @@ impl SessionMachine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_answer_every_second_heartbeat_leaves_two_periods_of_slack() {
+        let ttl = Duration::from_secs(1);
+        let answers_every = heartbeat_period(ttl) * 2;
+        assert_eq!(
+            ack_silence_limit(ttl) - answers_every,
+            heartbeat_period(ttl) * 2
+        );
+        assert!(
+            ack_silence_limit(ttl) > ttl,
+            "sparse answers must not make a manager look gone"
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_millis(15)),
+            Duration::from_millis(10)
+        );
+    }
+
     use super::*;
     use PackageStatus::{Draining, Failing, Running, Starting, Stopped};
 

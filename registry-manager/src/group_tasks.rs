@@ -207,6 +207,7 @@ pub(crate) async fn pass_heartbeats(engine: Engine) {
             .map(|(host, id)| pb::Heartbeat {
                 session_id: id.to_string(),
                 host: host.to_string(),
+                ..Default::default()
             })
             .collect();
         let mut request = engine.peers().request(

@@ -156,6 +156,58 @@ async fn a_silent_session_expires_and_every_watcher_is_told() -> Result<()> {
     h.shutdown().await
 }
 
+/// The answers (seq, ok) to `seqs` sent on one keep-alive stream, which then ends.
+async fn answers(
+    h: &Harness,
+    host: &str,
+    session_id: &str,
+    seqs: &[u64],
+    sparse_acks: bool,
+) -> Result<Vec<(u64, bool)>> {
+    let beats: Vec<pb::Heartbeat> = seqs
+        .iter()
+        .map(|&seq| pb::Heartbeat {
+            session_id: session_id.into(),
+            host: host.into(),
+            seq,
+            sparse_acks,
+        })
+        .collect();
+    let mut acks = h
+        .agent
+        .clone()
+        .keep_alive(futures::stream::iter(beats))
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = tokio::time::timeout(WAIT, acks.message()).await?? {
+        got.push((a.seq, a.ok));
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn sparse_acks_answer_the_first_and_every_second_heartbeat_and_every_refusal() -> Result<()> {
+    let mut h = Harness::start(TTL).await?;
+    let s = h.open("agent-1", &[CCM]).await?;
+    assert_eq!(
+        answers(&h, "agent-1", &s.session_id, &[1, 2, 3, 4, 5], true).await?,
+        [(1, true), (3, true), (5, true)],
+        "an agent that asks for sparse answers gets every second one"
+    );
+    assert_eq!(
+        answers(&h, "agent-1", &s.session_id, &[1, 2, 3], false).await?,
+        [(1, true), (2, true), (3, true)],
+        "an older agent gets an answer to every heartbeat"
+    );
+    assert_eq!(
+        answers(&h, "agent-1", "not-the-session", &[1, 2], true).await?,
+        [(1, false), (2, false)],
+        "every refusal is answered"
+    );
+    h.shutdown().await
+}
+
 #[tokio::test]
 async fn watch_sends_a_snapshot_then_every_delta_in_order() -> Result<()> {
     let mut h = Harness::start(TTL).await?;

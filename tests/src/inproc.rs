@@ -334,6 +334,7 @@ pub fn heartbeat(
     let hb = pb::Heartbeat {
         session_id: session_id.into(),
         host: host.into(),
+        ..Default::default()
     };
     tokio::spawn(async move {
         let outbound = futures::stream::unfold((hb, true), move |(hb, first)| async move {

@@ -96,6 +96,7 @@ async fn an_agent_certificate_acts_only_for_its_own_host_even_with_another_hosts
     let beats = futures::stream::iter(vec![proto::Heartbeat {
         session_id: sid.clone(),
         host: "agent-3".into(),
+        ..Default::default()
     }]);
     let refused = match as4.keep_alive(beats).await {
         Err(s) => s,
@@ -149,6 +150,7 @@ async fn an_agent_certificate_acts_only_for_its_own_host_even_with_another_hosts
     let beats = futures::stream::iter(vec![proto::Heartbeat {
         session_id: sid.clone(),
         host: "agent-3".into(),
+        ..Default::default()
     }]);
     let ack = as3
         .keep_alive(beats)

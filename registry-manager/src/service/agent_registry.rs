@@ -18,7 +18,7 @@ use crate::command::Command;
 use crate::engine::Engine;
 use crate::error::RegistryError;
 use crate::session_id::SessionId;
-use crate::sessions::LiveSession;
+use crate::sessions::{answers_heartbeat, LiveSession};
 use crate::wire;
 
 /// Serves `fleet.registry.v1.AgentRegistry` on an [`Engine`].
@@ -126,6 +126,7 @@ async fn heartbeat(
             Ok(pb::HeartbeatAck {
                 ok: true,
                 reason: String::new(),
+                seq: hb.seq,
             })
         }
         None => Ok(pb::HeartbeatAck {
@@ -134,6 +135,7 @@ async fn heartbeat(
                 "the session given is not the live session of host {:?} (expired, ended or unknown); open a new session",
                 hb.host
             ),
+            seq: hb.seq,
         }),
     }
 }
@@ -184,29 +186,38 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let inbound = request.into_inner();
         let access = Arc::clone(&self.access);
         // The stream's state moves from one heartbeat to the next: nothing is cloned per
-        // heartbeat.
+        // heartbeat. `heard` counts the heartbeats of the stream, for `answers_heartbeat`.
         let acks = futures::stream::unfold(
-            (inbound, None::<Arc<LiveSession>>, engine, access, who),
-            |(mut inbound, mut cached, engine, access, who)| async move {
-                let r = match inbound.next().await? {
-                    Ok(hb) => {
-                        // Every heartbeat, not just the first: the stream may name any host.
-                        match authorize(
-                            &access,
-                            &engine,
-                            &who,
-                            Rpc::ForHost {
-                                rpc: "KeepAlive",
-                                host: &hb.host,
-                            },
-                        ) {
-                            Ok(()) => heartbeat(&engine, &mut cached, &hb).await,
-                            Err(refused) => Err(refused),
+            (inbound, None::<Arc<LiveSession>>, engine, access, who, 0u64),
+            |(mut inbound, mut cached, engine, access, who, mut heard)| async move {
+                let r = loop {
+                    let r = match inbound.next().await? {
+                        Ok(hb) => {
+                            heard += 1;
+                            // Every heartbeat, not just the first: the stream may name any host.
+                            match authorize(
+                                &access,
+                                &engine,
+                                &who,
+                                Rpc::ForHost {
+                                    rpc: "KeepAlive",
+                                    host: &hb.host,
+                                },
+                            ) {
+                                Ok(()) => heartbeat(&engine, &mut cached, &hb)
+                                    .await
+                                    .map(|ack| (ack, hb.sparse_acks)),
+                                Err(refused) => Err(refused),
+                            }
                         }
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok((ack, sparse)) if !answers_heartbeat(heard, sparse, ack.ok) => continue,
+                        r => break r.map(|(ack, _)| ack),
                     }
-                    Err(e) => Err(e),
                 };
-                Some((r, (inbound, cached, engine, access, who)))
+                Some((r, (inbound, cached, engine, access, who, heard)))
             },
         )
         .take_until(cancel.cancelled_owned())

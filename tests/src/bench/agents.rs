@@ -154,6 +154,8 @@ impl SessionSet {
             let beat = proto::Heartbeat {
                 session_id: r.session_id,
                 host,
+                seq: 0,
+                sparse_acks: true,
             };
             let stop = stop.clone();
             tasks.spawn(async move {
