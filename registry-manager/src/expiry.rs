@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::command::Command;
 use crate::engine::Engine;
-use crate::sessions::{mass_expiry, tick_decision, tick_period, TickDecision};
+use crate::sessions::{mass_expiry, tick_decision, tick_period, LagWindow, TickDecision};
 
 /// Runs until the manager is cancelled.
 pub(crate) async fn run(engine: Engine) {
@@ -21,12 +21,17 @@ pub(crate) async fn run(engine: Engine) {
     let mut deciding = false;
     // When the manager last suspected itself rather than the fleet.
     let mut suspected: Option<Instant> = None;
+    // How late this manager's own ticks ran lately (see `LagWindow`).
+    let mut lag = LagWindow::new(ttl, Instant::now());
     loop {
         let due = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             due = interval.tick() => due,
         };
+        let now = Instant::now();
+        lag.record(now, now.saturating_duration_since(due));
+        engine.telemetry().expiry_allowance(lag.allowance());
         if !engine.may_decide() {
             deciding = false;
             continue;
@@ -49,10 +54,13 @@ pub(crate) async fn run(engine: Engine) {
             sessions.refresh_all();
             continue;
         }
-        let (due_now, live) = sessions.count_expired(sessions.now_ms(), ttl);
-        if mass_expiry(due_now, live) && suspected.is_none_or(|t| t.elapsed() > ttl * 3) {
+        let (due, live) = sessions.scan_expired(sessions.now_ms(), ttl + lag.allowance());
+        if due.is_empty() {
+            continue;
+        }
+        if mass_expiry(due.len(), live) && suspected.is_none_or(|t| t.elapsed() > ttl * 3) {
             tracing::warn!(
-                lapsing = due_now,
+                lapsing = due.len(),
                 live,
                 "more than half of the sessions would lapse at once: suspecting this manager first \
                  (pause, starvation, network); they get one more TTL, and lapse then if still silent"
@@ -61,7 +69,7 @@ pub(crate) async fn run(engine: Engine) {
             suspected = Some(Instant::now());
             continue;
         }
-        for session in sessions.take_expired(sessions.now_ms(), ttl) {
+        for session in due.into_iter().filter(|s| sessions.mark_expiring(s)) {
             tracing::info!(host = %session.host, "session lapsed");
             engine.telemetry().session_expired();
             let command = Command::SessionExpired {

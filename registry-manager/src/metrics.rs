@@ -7,7 +7,7 @@
 //! watchdog); gauges that mirror state are read from the engine when `/metrics` is scraped.
 
 use openraft::ServerState;
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 
 use crate::engine::Engine;
 
@@ -20,6 +20,7 @@ pub struct ManagerMetrics {
     watch_streams: IntGauge,
     writes: IntCounter,
     session_expiries: IntCounter,
+    expiry_allowance: Gauge,
     is_leader: IntGauge,
     term: IntGauge,
     leader_changes: IntCounter,
@@ -77,6 +78,16 @@ impl ManagerMetrics {
                 "fleet_registry_session_expiries_total",
                 "Sessions this member lapsed as the group's leader (no heartbeat for longer than session_ttl).",
             ),
+            expiry_allowance: {
+                let g = Gauge::new(
+                    "fleet_registry_session_ttl_allowance_seconds",
+                    "How much longer than session_ttl a session must now be silent to lapse: how late this member's own expiry ticks ran over the last one to two TTLs (a busy member reads heartbeats late by as much).",
+                )
+                .expect("valid metric name and help");
+                r.register(Box::new(g.clone()))
+                    .expect("each metric registered once");
+                g
+            },
             is_leader: gauge(
                 &r,
                 "fleet_registry_ha_is_leader",
@@ -104,6 +115,11 @@ impl ManagerMetrics {
     /// A session lapsed by this member (as leader).
     pub(crate) fn session_expired(&self) {
         self.session_expiries.inc();
+    }
+
+    /// The expiry task's current allowance beyond the TTL.
+    pub(crate) fn expiry_allowance(&self, allowance: std::time::Duration) {
+        self.expiry_allowance.set(allowance.as_secs_f64());
     }
 
     /// The group's leader changed, as this member sees it.

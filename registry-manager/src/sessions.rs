@@ -199,32 +199,34 @@ impl SessionTable {
         }
     }
 
-    /// How many live sessions would lapse at `now_ms`, and how many are live (nothing marked).
-    pub fn count_expired(&self, now_ms: u64, ttl: Duration) -> (usize, usize) {
+    /// One scan of the table at `now_ms`: the live sessions silent for longer than `ttl` whose
+    /// expiry was not proposed yet, and how many sessions are live. Nothing is marked: the
+    /// caller decides, then [`SessionTable::mark_expiring`] each one it proposes.
+    pub fn scan_expired(&self, now_ms: u64, ttl: Duration) -> (Vec<Arc<LiveSession>>, usize) {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let inner = self.lock();
-        let live = inner.by_host.values().filter(|s| !s.is_ended()).count();
-        let due = inner
-            .by_host
-            .values()
-            .filter(|s| !s.is_ended() && is_expired(s.last_seen_ms(), now_ms, ttl_ms))
-            .filter(|s| !s.expiring.load(Ordering::Acquire))
-            .count();
+        let mut live = 0;
+        let mut due = Vec::new();
+        for s in inner.by_host.values().filter(|s| !s.is_ended()) {
+            live += 1;
+            if is_expired(s.last_seen_ms(), now_ms, ttl_ms) && !s.expiring.load(Ordering::Acquire) {
+                due.push(Arc::clone(s));
+            }
+        }
         (due, live)
     }
 
-    /// Sessions silent for longer than `ttl` at `now_ms` whose expiry was not proposed yet
-    /// (each is returned once). They stay live until the expiry is applied.
+    /// Marks a session's expiry as proposed; false when it already was (it is proposed once).
+    /// It stays live until the expiry is applied.
+    pub fn mark_expiring(&self, session: &LiveSession) -> bool {
+        !session.expiring.swap(true, Ordering::AcqRel)
+    }
+
+    /// Sessions silent for longer than `ttl` at `now_ms` whose expiry was not proposed yet,
+    /// each returned once ([`SessionTable::scan_expired`], then marked).
     pub fn take_expired(&self, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let inner = self.lock();
-        inner
-            .by_host
-            .values()
-            .filter(|s| !s.is_ended() && is_expired(s.last_seen_ms(), now_ms, ttl_ms))
-            .filter(|s| !s.expiring.swap(true, Ordering::AcqRel))
-            .cloned()
-            .collect()
+        let (due, _) = self.scan_expired(now_ms, ttl);
+        due.into_iter().filter(|s| self.mark_expiring(s)).collect()
     }
 
     /// Ends every session (the whole state is being replaced).
@@ -245,6 +247,53 @@ impl SessionTable {
     /// True when no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How late this manager's own expiry ticks ran recently: the most over the last one to two
+/// TTLs. A busy manager (a change being fanned out to thousands of connections, a saturated
+/// machine) reads heartbeats late by about as much as its timers run late, since both wait in
+/// the same run queue; a session must then be silent for the TTL plus this much before it
+/// lapses. So the manager does not lapse sessions for its own slowness, which would make more
+/// writes to fan out and slow it further. A quiet manager's ticks are late by a millisecond or
+/// two, which is all a silent host's lapse is delayed by.
+#[derive(Debug, Clone, Copy)]
+pub struct LagWindow {
+    span: Duration,
+    started: Instant,
+    current: Duration,
+    previous: Duration,
+}
+
+impl LagWindow {
+    /// No lateness yet; `span` is the TTL.
+    pub fn new(span: Duration, now: Instant) -> Self {
+        LagWindow {
+            span,
+            started: now,
+            current: Duration::ZERO,
+            previous: Duration::ZERO,
+        }
+    }
+
+    /// A tick that ran `late` at `now`.
+    pub fn record(&mut self, now: Instant, late: Duration) {
+        let since = now.saturating_duration_since(self.started);
+        if since >= self.span {
+            self.previous = if since >= self.span * 2 {
+                Duration::ZERO
+            } else {
+                self.current
+            };
+            self.current = Duration::ZERO;
+            self.started = now;
+        }
+        self.current = self.current.max(late);
+    }
+
+    /// How much longer than the TTL a session must be silent to lapse now.
+    pub fn allowance(&self) -> Duration {
+        self.current.max(self.previous)
     }
 }
 
@@ -281,7 +330,10 @@ pub enum TickDecision {
     Defer,
 }
 
-/// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms.
+/// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms. A silent host
+/// lapses at most one period after its TTL. One scan reads every session's clock, which the
+/// heartbeat threads write: about a millisecond for 10,000 sessions, so it is not run more
+/// often (a 10 ms tick cost one manager about a tenth of a core more at 10,000 agents).
 pub fn tick_period(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(50))
 }
@@ -302,6 +354,29 @@ mod tests {
 
     fn host(s: &str) -> HostName {
         HostName::new(s).unwrap()
+    }
+
+    #[test]
+    fn the_allowance_is_the_latest_lateness_of_the_last_one_to_two_ttls() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        let mut w = LagWindow::new(ttl, t);
+        assert_eq!(w.allowance(), Duration::ZERO);
+        w.record(t + ms(100), ms(2));
+        w.record(t + ms(200), ms(300));
+        w.record(t + ms(300), ms(5));
+        assert_eq!(w.allowance(), ms(300), "the most of the window");
+        w.record(t + ms(1_100), ms(1));
+        assert_eq!(w.allowance(), ms(300), "still within the last two TTLs");
+        w.record(t + ms(2_200), ms(1));
+        assert_eq!(w.allowance(), ms(1), "forgotten after two TTLs");
+        w.record(t + ms(5_000), ms(3));
+        assert_eq!(
+            w.allowance(),
+            ms(3),
+            "a gap of more than a window forgets the one before it"
+        );
     }
 
     #[test]
