@@ -103,8 +103,17 @@ fn session_id(text: String) -> Result<SessionId, RegistryError> {
 async fn heartbeat(
     engine: &Engine,
     cached: &mut Option<Arc<LiveSession>>,
+    refused: &mut Option<(String, String)>,
     hb: &pb::Heartbeat,
 ) -> Result<pb::HeartbeatAck, Status> {
+    // A session refused once on this stream, after the barrier, is never live again (ids are
+    // not reused): its later heartbeats are refused without asking the group again.
+    if refused
+        .as_ref()
+        .is_some_and(|(host, id)| *host == hb.host && *id == hb.session_id)
+    {
+        return Ok(refusal(hb));
+    }
     let fresh = |s: &Arc<LiveSession>| {
         s.id.as_str() == hb.session_id && s.host.as_str() == hb.host && !s.is_ended()
     };
@@ -129,14 +138,22 @@ async fn heartbeat(
                 seq: hb.seq,
             })
         }
-        None => Ok(pb::HeartbeatAck {
-            ok: false,
-            reason: format!(
-                "the session given is not the live session of host {:?} (expired, ended or unknown); open a new session",
-                hb.host
-            ),
-            seq: hb.seq,
-        }),
+        None => {
+            *refused = Some((hb.host.clone(), hb.session_id.clone()));
+            Ok(refusal(hb))
+        }
+    }
+}
+
+/// The answer to a heartbeat of a session that is not live.
+fn refusal(hb: &pb::Heartbeat) -> pb::HeartbeatAck {
+    pb::HeartbeatAck {
+        ok: false,
+        reason: format!(
+            "the session given is not the live session of host {:?} (expired, ended or unknown); open a new session",
+            hb.host
+        ),
+        seq: hb.seq,
     }
 }
 
@@ -188,8 +205,16 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         // The stream's state moves from one heartbeat to the next: nothing is cloned per
         // heartbeat. `heard` counts the heartbeats of the stream, for `answers_heartbeat`.
         let acks = futures::stream::unfold(
-            (inbound, None::<Arc<LiveSession>>, engine, access, who, 0u64),
-            |(mut inbound, mut cached, engine, access, who, mut heard)| async move {
+            (
+                inbound,
+                None::<Arc<LiveSession>>,
+                None,
+                engine,
+                access,
+                who,
+                0u64,
+            ),
+            |(mut inbound, mut cached, mut refused, engine, access, who, mut heard)| async move {
                 let r = loop {
                     let r = match inbound.next().await? {
                         Ok(hb) => {
@@ -204,7 +229,7 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
                                     host: &hb.host,
                                 },
                             ) {
-                                Ok(()) => heartbeat(&engine, &mut cached, &hb)
+                                Ok(()) => heartbeat(&engine, &mut cached, &mut refused, &hb)
                                     .await
                                     .map(|ack| (ack, hb.sparse_acks)),
                                 Err(refused) => Err(refused),
@@ -217,7 +242,7 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
                         r => break r.map(|(ack, _)| ack),
                     }
                 };
-                Some((r, (inbound, cached, engine, access, who, heard)))
+                Some((r, (inbound, cached, refused, engine, access, who, heard)))
             },
         )
         .take_until(cancel.cancelled_owned())
