@@ -72,7 +72,10 @@ impl Default for ServeConfig {
 pub struct Tuning {
     /// Deltas kept in memory for watchers to resume from.
     pub delta_window: usize,
-    /// Revisions a watcher may fall behind before it is sent a fresh snapshot instead.
+    /// Revisions a watcher may fall behind before it is sent a fresh snapshot instead. At
+    /// least `delta_window` by default: a burst of writes (a rack's sessions lapsing and
+    /// reopening) then reaches a slow watcher as the deltas it missed, not as a snapshot of
+    /// the whole registry to every watcher at once.
     pub broadcast_capacity: usize,
     /// Most proposals written together in one raft entry (one flush).
     pub max_batch: usize,
@@ -94,7 +97,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             delta_window: 10_000,
-            broadcast_capacity: 4_096,
+            broadcast_capacity: 16_384,
             max_batch: 1_024,
             proposal_queue: 16_384,
             max_concurrent_streams: 16_384,
