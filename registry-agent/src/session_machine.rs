@@ -222,7 +222,7 @@ pub enum Event {
         /// The manager's reason.
         reason: String,
     },
-    /// The keep-alive failed (refused, stream ended, no ack for a TTL, task ended).
+    /// The keep-alive failed (refused, stream ended, no answer for four heartbeat periods, task ended).
     KeepAliveLost {
         /// Why.
         reason: String,
