@@ -301,9 +301,9 @@ impl LagWindow {
 /// refusal does, and every heartbeat of a stream that did not ask for sparse answers. A stream
 /// that asked for them (its agent allows two heartbeat periods between answers) gets the
 /// first, third, fifth...: the first at once, so the agent knows its session is kept, and then
-/// an answer every two thirds of the TTL at the default rate. Answering is most of what a
-/// heartbeat costs the manager (the encoding, a wake-up of the connection and a write), so
-/// this halves it.
+/// an answer every two thirds of the TTL at the default rate. Answering is about two fifths of
+/// what a heartbeat costs the manager (the encoding, a wake-up of the connection and a write),
+/// so answering half of them saves about a fifth (measured at 10,000 agents).
 pub fn answers_heartbeat(nth: u64, sparse: bool, ok: bool) -> bool {
     !ok || !sparse || nth % 2 == 1
 }
