@@ -436,6 +436,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_manager_that_ran_late_lapses_a_session_only_after_the_ttl_plus_its_lateness() {
+        let table = SessionTable::new();
+        let ttl = Duration::from_secs(1);
+        let mut lag = LagWindow::new(ttl, Instant::now());
+        table.insert(host("a"), SessionId::new("sa"));
+        // The expiry task's tick ran 200 ms late: heartbeats may have waited as long.
+        lag.record(Instant::now(), Duration::from_millis(200));
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        let (due, live) = table.scan_expired(table.now_ms(), ttl + lag.allowance());
+        assert!(
+            due.is_empty(),
+            "silent for 1.1 s: within the TTL plus 200 ms"
+        );
+        assert_eq!(live, 1);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let (due, _) = table.scan_expired(table.now_ms(), ttl + lag.allowance());
+        assert_eq!(due.len(), 1, "silent for 1.25 s: lapses");
+        assert!(table.mark_expiring(&due[0]));
+        assert!(!table.mark_expiring(&due[0]), "proposed once");
+        assert!(
+            table
+                .scan_expired(table.now_ms(), ttl + lag.allowance())
+                .0
+                .is_empty(),
+            "a session whose expiry was proposed is not due again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn silent_sessions_are_taken_once_and_touched_ones_stay() {
         let table = SessionTable::new();
         let ttl = Duration::from_millis(300);
