@@ -333,7 +333,7 @@ pub enum TickDecision {
 /// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms. A silent host
 /// lapses at most one period after its TTL. One scan reads every session's clock, which the
 /// heartbeat threads write: about a millisecond for 10,000 sessions, so it is not run more
-/// often (a 10 ms tick cost one manager about a tenth of a core more at 10,000 agents).
+/// often (a 10 ms tick looked about a tenth of a core dearer at 10,000 agents).
 pub fn tick_period(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(5), Duration::from_millis(50))
 }
