@@ -57,9 +57,9 @@ use crate::copy_store::CopyStore;
 use crate::health_view::HealthView;
 use crate::registry_copy::{status_to_wire, Applied, Decoded, RegistryCopy};
 use crate::route_book::RouteBook;
-use crate::session_machine::{ack_silence_limit, heartbeat_period};
 use crate::session_machine::{
-    Action, Event, Note, OpenResult, OpenRetry, ReportResult, SessionMachine,
+    ack_silence_limit, heartbeat_period, Action, Event, Note, OpenResult, OpenRetry, ReportResult,
+    SessionMachine,
 };
 pub use crate::session_machine::{Episode, FALLBACK_TTL, HELD_ELSEWHERE_WARN_TTLS};
 

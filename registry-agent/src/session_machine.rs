@@ -811,6 +811,9 @@ impl SessionMachine {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use PackageStatus::{Draining, Failing, Running, Starting, Stopped};
+
     #[test]
     fn an_answer_every_second_heartbeat_leaves_two_periods_of_slack() {
         let ttl = Duration::from_secs(1);
@@ -828,9 +831,6 @@ mod tests {
             Duration::from_millis(10)
         );
     }
-
-    use super::*;
-    use PackageStatus::{Draining, Failing, Running, Starting, Stopped};
 
     const RETRY: OpenRetry = OpenRetry {
         already_exists: Duration::from_millis(150),

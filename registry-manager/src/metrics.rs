@@ -26,20 +26,36 @@ pub struct ManagerMetrics {
     leader_changes: IntCounter,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric name and help");
+/// `metric`, registered once in `registry`.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(metric.clone()))
         .expect("each metric registered once");
-    g
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        registry,
+        IntGauge::new(name, help).expect("valid metric name and help"),
+    )
+}
+
+fn seconds_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    registered(
+        registry,
+        Gauge::new(name, help).expect("valid metric name and help"),
+    )
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric name and help");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("each metric registered once");
-    c
+    registered(
+        registry,
+        IntCounter::new(name, help).expect("valid metric name and help"),
+    )
 }
 
 impl Default for ManagerMetrics {
@@ -78,16 +94,11 @@ impl ManagerMetrics {
                 "fleet_registry_session_expiries_total",
                 "Sessions this member lapsed as the group's leader (no heartbeat for longer than session_ttl).",
             ),
-            expiry_allowance: {
-                let g = Gauge::new(
-                    "fleet_registry_session_ttl_allowance_seconds",
-                    "How much longer than session_ttl a session must now be silent to lapse: how late this member's own expiry ticks ran over the last one to two TTLs (a busy member reads heartbeats late by as much).",
-                )
-                .expect("valid metric name and help");
-                r.register(Box::new(g.clone()))
-                    .expect("each metric registered once");
-                g
-            },
+            expiry_allowance: seconds_gauge(
+                &r,
+                "fleet_registry_session_ttl_allowance_seconds",
+                "How much longer than session_ttl a session must now be silent to lapse: how late this member's own expiry ticks ran over the last one to two TTLs (a busy member reads heartbeats late by as much).",
+            ),
             is_leader: gauge(
                 &r,
                 "fleet_registry_ha_is_leader",

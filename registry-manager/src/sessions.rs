@@ -222,13 +222,6 @@ impl SessionTable {
         !session.expiring.swap(true, Ordering::AcqRel)
     }
 
-    /// Sessions silent for longer than `ttl` at `now_ms` whose expiry was not proposed yet,
-    /// each returned once ([`SessionTable::scan_expired`], then marked).
-    pub fn take_expired(&self, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
-        let (due, _) = self.scan_expired(now_ms, ttl);
-        due.into_iter().filter(|s| self.mark_expiring(s)).collect()
-    }
-
     /// Ends every session (the whole state is being replaced).
     pub fn clear(&self) {
         let mut inner = self.lock();
@@ -352,6 +345,12 @@ pub fn tick_decision(due: Instant, now: Instant, ttl: Duration) -> TickDecision 
 mod tests {
     use super::*;
 
+    /// What the expiry task proposes at `now_ms`: the due sessions, each marked once.
+    fn take_expired(table: &SessionTable, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
+        let (due, _) = table.scan_expired(now_ms, ttl);
+        due.into_iter().filter(|s| table.mark_expiring(s)).collect()
+    }
+
     fn host(s: &str) -> HostName {
         HostName::new(s).unwrap()
     }
@@ -473,22 +472,22 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         table.touch(&table.by_host("b").unwrap());
         tokio::time::advance(Duration::from_millis(150)).await;
-        let expired = table.take_expired(table.now_ms(), ttl);
+        let expired = take_expired(&table, table.now_ms(), ttl);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].host, host("a"));
         assert!(!expired[0].is_ended(), "live until the expiry is applied");
         assert!(
-            table.take_expired(table.now_ms(), ttl).is_empty(),
+            take_expired(&table, table.now_ms(), ttl).is_empty(),
             "taken once"
         );
         table.refresh_all();
         assert!(
-            table.take_expired(table.now_ms(), ttl).is_empty(),
+            take_expired(&table, table.now_ms(), ttl).is_empty(),
             "a new leader gives every session a fresh ttl"
         );
         tokio::time::advance(Duration::from_millis(350)).await;
         assert_eq!(
-            table.take_expired(table.now_ms(), ttl).len(),
+            take_expired(&table, table.now_ms(), ttl).len(),
             2,
             "and decides again once it runs out"
         );
@@ -509,14 +508,14 @@ mod tests {
         table.touch_remote("a", "other-id", 7);
         table.touch_remote("a", "sa", 7);
         tokio::time::advance(Duration::from_millis(250)).await;
-        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        assert!(take_expired(&table, table.now_ms(), ttl).is_empty());
         // The member that passed it on is lost: the session gets a grace beyond its ttl.
         assert_eq!(table.grace_via(7, ttl), 1);
         assert_eq!(table.grace_via(8, ttl), 0);
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        assert!(take_expired(&table, table.now_ms(), ttl).is_empty());
         tokio::time::advance(Duration::from_millis(400)).await;
-        assert_eq!(table.take_expired(table.now_ms(), ttl).len(), 1);
+        assert_eq!(take_expired(&table, table.now_ms(), ttl).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -528,7 +527,7 @@ mod tests {
         table.insert(host("b"), SessionId::new("sb"));
         assert_eq!(table.grace_via(9, ttl), 1);
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(table.take_expired(table.now_ms(), ttl).is_empty());
+        assert!(take_expired(&table, table.now_ms(), ttl).is_empty());
         // Once heard here directly, a lost member is no longer its concern.
         table.touch(&table.by_host("b").unwrap());
         assert_eq!(table.grace_via(9, ttl), 0);

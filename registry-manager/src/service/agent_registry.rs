@@ -100,47 +100,85 @@ fn session_id(text: String) -> Result<SessionId, RegistryError> {
 /// through the leader, or this member restarted): the member first catches up with the leader,
 /// and only then tells the agent its session is gone. A member that cannot catch up ends the
 /// stream, so the agent keeps its session and tries another member.
-async fn heartbeat(
-    engine: &Engine,
-    cached: &mut Option<Arc<LiveSession>>,
-    refused: &mut Option<(String, String)>,
-    hb: &pb::Heartbeat,
-) -> Result<pb::HeartbeatAck, Status> {
-    // A session refused once on this stream, after the barrier, is never live again (ids are
-    // not reused): its later heartbeats are refused without asking the group again.
-    if refused
-        .as_ref()
-        .is_some_and(|(host, id)| *host == hb.host && *id == hb.session_id)
-    {
-        return Ok(refusal(hb));
-    }
-    let fresh = |s: &Arc<LiveSession>| {
-        s.id.as_str() == hb.session_id && s.host.as_str() == hb.host && !s.is_ended()
-    };
-    if !cached.as_ref().is_some_and(fresh) {
-        *cached = engine.sessions().by_host(&hb.host).filter(fresh);
-        if cached.is_none() {
-            if engine.read_barrier(false).await.is_err() {
-                return Err(Status::unavailable(format!(
-                    "registry manager {} cannot confirm its copy with the group; try another member",
-                    engine.name()
-                )));
+/// One keep-alive stream's state, carried from one heartbeat to the next: nothing is cloned
+/// per heartbeat.
+struct KeepAlive {
+    inbound: Streaming<pb::Heartbeat>,
+    engine: Engine,
+    access: Arc<Access>,
+    who: Identity,
+    /// The live session this stream's heartbeats last touched.
+    cached: Option<Arc<LiveSession>>,
+    /// The (host, session id) refused on this stream after the barrier: never live again
+    /// (session ids are not reused), so its later heartbeats are refused without asking the
+    /// group again.
+    refused: Option<(String, String)>,
+    /// Heartbeats heard on this stream, for [`answers_heartbeat`].
+    heard: u64,
+}
+
+impl KeepAlive {
+    /// The next answer to send; `None` once the agent ended the stream.
+    async fn next_answer(&mut self) -> Option<Result<pb::HeartbeatAck, Status>> {
+        loop {
+            let hb = match self.inbound.next().await? {
+                Ok(hb) => hb,
+                Err(e) => return Some(Err(e)),
+            };
+            self.heard += 1;
+            // Every heartbeat, not just the first: the stream may name any host.
+            let rpc = Rpc::ForHost {
+                rpc: "KeepAlive",
+                host: &hb.host,
+            };
+            if let Err(refused) = authorize(&self.access, &self.engine, &self.who, rpc) {
+                return Some(Err(refused));
             }
-            *cached = engine.sessions().by_host(&hb.host).filter(fresh);
+            match self.heartbeat(&hb).await {
+                Ok(ack) if !answers_heartbeat(self.heard, hb.sparse_acks, ack.ok) => continue,
+                answer => return Some(answer),
+            }
         }
     }
-    match cached {
-        Some(session) => {
-            engine.sessions().touch(session);
-            Ok(pb::HeartbeatAck {
-                ok: true,
-                reason: String::new(),
-                seq: hb.seq,
-            })
+
+    /// Touches the heartbeat's session, or refuses it.
+    async fn heartbeat(&mut self, hb: &pb::Heartbeat) -> Result<pb::HeartbeatAck, Status> {
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|(host, id)| *host == hb.host && *id == hb.session_id)
+        {
+            return Ok(refusal(hb));
         }
-        None => {
-            *refused = Some((hb.host.clone(), hb.session_id.clone()));
-            Ok(refusal(hb))
+        let fresh = |s: &Arc<LiveSession>| {
+            s.id.as_str() == hb.session_id && s.host.as_str() == hb.host && !s.is_ended()
+        };
+        let sessions = self.engine.sessions();
+        if !self.cached.as_ref().is_some_and(fresh) {
+            self.cached = sessions.by_host(&hb.host).filter(fresh);
+            if self.cached.is_none() {
+                if self.engine.read_barrier(false).await.is_err() {
+                    return Err(Status::unavailable(format!(
+                        "registry manager {} cannot confirm its copy with the group; try another member",
+                        self.engine.name()
+                    )));
+                }
+                self.cached = sessions.by_host(&hb.host).filter(fresh);
+            }
+        }
+        match &self.cached {
+            Some(session) => {
+                sessions.touch(session);
+                Ok(pb::HeartbeatAck {
+                    ok: true,
+                    reason: String::new(),
+                    seq: hb.seq,
+                })
+            }
+            None => {
+                self.refused = Some((hb.host.clone(), hb.session_id.clone()));
+                Ok(refusal(hb))
+            }
         }
     }
 }
@@ -200,51 +238,19 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let engine = self.engine.clone();
         let cancel = engine.cancel_token().clone();
         let closing = engine.hub().closing();
-        let inbound = request.into_inner();
-        let access = Arc::clone(&self.access);
-        // The stream's state moves from one heartbeat to the next: nothing is cloned per
-        // heartbeat. `heard` counts the heartbeats of the stream, for `answers_heartbeat`.
-        let acks = futures::stream::unfold(
-            (
-                inbound,
-                None::<Arc<LiveSession>>,
-                None,
-                engine,
-                access,
-                who,
-                0u64,
-            ),
-            |(mut inbound, mut cached, mut refused, engine, access, who, mut heard)| async move {
-                let r = loop {
-                    let r = match inbound.next().await? {
-                        Ok(hb) => {
-                            heard += 1;
-                            // Every heartbeat, not just the first: the stream may name any host.
-                            match authorize(
-                                &access,
-                                &engine,
-                                &who,
-                                Rpc::ForHost {
-                                    rpc: "KeepAlive",
-                                    host: &hb.host,
-                                },
-                            ) {
-                                Ok(()) => heartbeat(&engine, &mut cached, &mut refused, &hb)
-                                    .await
-                                    .map(|ack| (ack, hb.sparse_acks)),
-                                Err(refused) => Err(refused),
-                            }
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok((ack, sparse)) if !answers_heartbeat(heard, sparse, ack.ok) => continue,
-                        r => break r.map(|(ack, _)| ack),
-                    }
-                };
-                Some((r, (inbound, cached, refused, engine, access, who, heard)))
-            },
-        )
+        let state = KeepAlive {
+            inbound: request.into_inner(),
+            engine,
+            access: Arc::clone(&self.access),
+            who,
+            cached: None,
+            refused: None,
+            heard: 0,
+        };
+        let acks = futures::stream::unfold(state, |mut state| async move {
+            let answer = state.next_answer().await?;
+            Some((answer, state))
+        })
         .take_until(cancel.cancelled_owned())
         .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(acks)))

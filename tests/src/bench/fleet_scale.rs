@@ -114,13 +114,8 @@ struct SimAgents {
     /// The agent that stops sending heartbeats ([`NOBODY`] for none); its connection stays
     /// open, as a SIGSTOPped host's does.
     silence: Arc<AtomicUsize>,
-    /// When each agent last sent a heartbeat, in microseconds after `base`.
-    last_beat: Arc<Vec<AtomicU64>>,
-    /// The longest time between two heartbeats each agent sent, in microseconds: more than the
-    /// TTL means the benchmark's own process sent late.
-    max_gap: Arc<Vec<AtomicU64>>,
-    /// Agents whose session lapsed (a heartbeat was refused); each then opened a new one.
-    lapsed: Arc<Vec<AtomicBool>>,
+    /// What each agent did, by index.
+    track: Arc<Vec<Track>>,
     base: Instant,
     /// Once set, every agent opens its watch stream from this revision.
     watch_from: tokio::sync::watch::Sender<Option<u64>>,
@@ -128,6 +123,29 @@ struct SimAgents {
 }
 
 const NOBODY: usize = usize::MAX;
+
+/// What one simulated agent did, for the figures.
+#[derive(Default)]
+struct Track {
+    /// When it last sent a heartbeat, in microseconds after the fleet's `base`.
+    last_beat: AtomicU64,
+    /// The longest time between two heartbeats it sent, in microseconds: more than the TTL
+    /// means the benchmark's own process sent late.
+    max_gap: AtomicU64,
+    /// Its session lapsed (a heartbeat was refused); it then opened a new one.
+    lapsed: AtomicBool,
+}
+
+impl Track {
+    /// A heartbeat sent `at` microseconds after `base`.
+    fn sent(&self, at: u64) {
+        let previous = self.last_beat.swap(at, Ordering::Relaxed);
+        if previous > 0 {
+            self.max_gap
+                .fetch_max(at.saturating_sub(previous), Ordering::Relaxed);
+        }
+    }
+}
 
 /// One simulated host: its name, its packages, and its certificate when the fleet runs TLS.
 #[derive(Clone)]
@@ -143,9 +161,7 @@ struct Ctx {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Arrival>,
     silence: Arc<AtomicUsize>,
-    last_beat: Arc<Vec<AtomicU64>>,
-    max_gap: Arc<Vec<AtomicU64>>,
-    lapsed: Arc<Vec<AtomicBool>>,
+    track: Arc<Vec<Track>>,
     base: Instant,
     gate: Arc<tokio::sync::Semaphore>,
     watch_from: tokio::sync::watch::Receiver<Option<u64>>,
@@ -190,9 +206,7 @@ impl SimAgents {
             shared: Arc::new(Shared::default()),
             tx,
             silence: Arc::new(AtomicUsize::new(NOBODY)),
-            last_beat: Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()),
-            max_gap: Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()),
-            lapsed: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            track: Arc::new((0..n).map(|_| Track::default()).collect()),
             base: Instant::now(),
             gate: Arc::new(tokio::sync::Semaphore::new(opening.max(1))),
             watch_from: watch_rx,
@@ -208,9 +222,7 @@ impl SimAgents {
             shared: ctx.shared.clone(),
             arrivals: rx,
             silence: ctx.silence.clone(),
-            last_beat: ctx.last_beat.clone(),
-            max_gap: ctx.max_gap.clone(),
-            lapsed: ctx.lapsed.clone(),
+            track: ctx.track.clone(),
             base: ctx.base,
             watch_from,
             _tasks: tasks,
@@ -346,11 +358,10 @@ async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
         // (seq, sent at) of the heartbeats not answered yet; an answer covers every earlier one.
         let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
         let beats = {
-            let (sent, silence, last_beat, max_gap, base) = (
+            let (sent, silence, track, base) = (
                 sent.clone(),
                 ctx.silence.clone(),
-                ctx.last_beat.clone(),
-                ctx.max_gap.clone(),
+                ctx.track.clone(),
                 ctx.base,
             );
             // As real agents do: numbered, answered every second heartbeat.
@@ -361,13 +372,8 @@ async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
                 sparse_acks: true,
             };
             futures::stream::unfold(0u64, move |seq| {
-                let (mut beat, sent, silence, last_beat, max_gap) = (
-                    beat.clone(),
-                    sent.clone(),
-                    silence.clone(),
-                    last_beat.clone(),
-                    max_gap.clone(),
-                );
+                let (mut beat, sent, silence, track) =
+                    (beat.clone(), sent.clone(), silence.clone(), track.clone());
                 async move {
                     if seq > 0 {
                         tokio::time::sleep(every).await;
@@ -379,11 +385,7 @@ async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
                     let now = Instant::now();
                     beat.seq = seq + 1;
                     sent.lock().expect("lock").push_back((beat.seq, now));
-                    let at = now.saturating_duration_since(base).as_micros() as u64;
-                    let previous = last_beat[i].swap(at, Ordering::Relaxed);
-                    if previous > 0 {
-                        max_gap[i].fetch_max(at.saturating_sub(previous), Ordering::Relaxed);
-                    }
+                    track[i].sent(now.saturating_duration_since(base).as_micros() as u64);
                     Some((beat, seq + 1))
                 }
             })
@@ -470,7 +472,7 @@ async fn agent(i: usize, addr: SocketAddr, sim: SimHost, mut ctx: Ctx) {
         match r {
             // Only a refused heartbeat ends the connection's life without an error.
             Ok(()) => {
-                ctx.lapsed[i].store(true, Ordering::Relaxed);
+                ctx.track[i].lapsed.store(true, Ordering::Relaxed);
                 let reopened = client
                     .open_session(proto::OpenSessionRequest {
                         host: host.clone(),
@@ -832,7 +834,7 @@ async fn measure(
     sim.silence.store(victim_host, Ordering::Relaxed);
     // Timed from the victim's last heartbeat (the next one it would have sent never goes).
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let last = sim.last_beat[victim_host].load(Ordering::Relaxed);
+    let last = sim.track[victim_host].last_beat.load(Ordering::Relaxed);
     let t0 = sim.base + Duration::from_micros(last);
     let (mut ms, missing) = sim
         .collect(revision_before + 1, t0, Duration::from_secs(10))
@@ -867,11 +869,11 @@ async fn measure(
     // heartbeats: the benchmark's process sent late (it shares the cores with the managers).
     let ttl_us = plan.ttl.as_micros() as u64;
     let lapsed_agents: Vec<usize> = (0..hosts.len())
-        .filter(|&i| i != victim_host && sim.lapsed[i].load(Ordering::Relaxed))
+        .filter(|&i| i != victim_host && sim.track[i].lapsed.load(Ordering::Relaxed))
         .collect();
     let sent_late = lapsed_agents
         .iter()
-        .filter(|&&i| sim.max_gap[i].load(Ordering::Relaxed) > ttl_us)
+        .filter(|&&i| sim.track[i].max_gap.load(Ordering::Relaxed) > ttl_us)
         .count();
     false_exp.push(lapsed_agents.len().max(lapsed.len()) as f64);
     false_exp.note(format!(
