@@ -203,9 +203,6 @@ pub enum ServeError {
     /// The topology given at start is invalid; the manager refuses to start.
     #[error("the topology given at start is invalid, refusing to start:\n{0}")]
     InvalidTopology(TopologyErrors),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// The settings would expose the manager (plaintext beyond loopback, a member beyond
     /// loopback without a cluster key); the message says how to mend them.
     #[error("{0}")]

@@ -50,6 +50,7 @@ pub mod events;
 mod expiry;
 pub mod group;
 mod group_tasks;
+mod grpc_port;
 pub mod hook;
 mod http;
 pub mod log_record;

@@ -17,6 +17,7 @@ use crate::command::Command;
 use crate::engine::Engine;
 use crate::error::{RegistryError, ServeError};
 use crate::group::{self, GroupConfig};
+use crate::raft::core_thread::CoreThread;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, Peers, MAX_MEMBER_MESSAGE};
 use crate::raft::state_machine::{Registry, StateMachine};
@@ -116,8 +117,10 @@ pub struct RunningManager {
     http_addr: Option<SocketAddr>,
     engine: Engine,
     cancel: CancellationToken,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// Dropped last: raft is shut down before its thread stops.
+    core_thread: CoreThread,
 }
 
 impl RunningManager {
@@ -166,14 +169,11 @@ impl RunningManager {
         for t in self.tasks {
             let _ = t.await;
         }
+        drop(self.core_thread);
         if let Some(reason) = self.engine.fatal() {
             return Err(ServeError::Fatal(reason));
         }
-        match server {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ServeError::Transport(e)),
-            Err(e) => Err(ServeError::Fatal(format!("gRPC server task: {e}"))),
-        }
+        server.map_err(|e| ServeError::Fatal(format!("gRPC server task: {e}")))
     }
 }
 
@@ -345,15 +345,19 @@ async fn launch(
         tls.as_ref().map(|t| t.client_config()),
         keys,
     );
-    let raft = Raft::new(
-        node_id,
-        Arc::new(raft_config),
-        Network::new(peers.clone()),
-        log,
-        sm.clone(),
-    )
-    .await
-    .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?;
+    let core_thread = CoreThread::start()
+        .map_err(|e| ServeError::Fatal(format!("starting the raft thread: {e}")))?;
+    let raft = core_thread
+        .spawn(Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            Network::new(peers.clone()),
+            log,
+            sm.clone(),
+        ))
+        .await
+        .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?
+        .map_err(|e| ServeError::Fatal(format!("starting raft: {e}")))?;
     let initialized = raft
         .is_initialized()
         .await
@@ -396,7 +400,7 @@ async fn launch(
     }
     let (engine, proposer) = Engine::new(raft, &sm, group, peers, &tuning, cancel.clone());
     let mut tasks = vec![
-        tokio::spawn(proposer),
+        core_thread.spawn(proposer),
         tokio::spawn(crate::expiry::run(engine.clone())),
         tokio::spawn(crate::group_tasks::watchdog(engine.clone())),
         tokio::spawn(crate::group_tasks::pass_heartbeats(engine.clone())),
@@ -455,18 +459,21 @@ async fn launch(
     .max_decoding_message_size(MAX_MEMBER_MESSAGE)
     .max_encoding_message_size(MAX_MEMBER_MESSAGE);
 
-    let builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .max_concurrent_streams(tuning.max_concurrent_streams)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let mut routes = tonic::service::Routes::builder();
+    routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agent)
         .add_service(admin)
         .add_service(member);
-    let server_cancel = cancel.clone();
+    let routes = routes.routes();
+    let http2 = crate::grpc_port::Http2 {
+        max_concurrent_streams: tuning.max_concurrent_streams,
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(5),
+        max_send_buf: crate::grpc_port::MAX_SEND_BUF,
+    };
     let slots = crate::conn_limit::Slots::new(tuning.max_connections_per_client);
     let server = match &tls {
         None => {
@@ -477,14 +484,7 @@ async fn launch(
                 cancel.clone(),
             );
             tasks.push(accept);
-            tokio::spawn(async move {
-                let result = builder
-                    .serve_with_incoming_shutdown(incoming, server_cancel.clone().cancelled_owned())
-                    .await;
-                // However the server ended, the rest of the manager stops with it.
-                server_cancel.cancel();
-                result
-            })
+            crate::grpc_port::spawn(incoming, routes, http2, cancel.clone())
         }
         Some(material) => {
             let (sorted, accept) =
@@ -496,16 +496,7 @@ async fn launch(
                 health_service_for_refuser(),
                 cancel.clone(),
             ));
-            tokio::spawn(async move {
-                let result = builder
-                    .serve_with_incoming_shutdown(
-                        sorted.tls,
-                        server_cancel.clone().cancelled_owned(),
-                    )
-                    .await;
-                server_cancel.cancel();
-                result
-            })
+            crate::grpc_port::spawn(sorted.tls, routes, http2, cancel.clone())
         }
     };
 
@@ -523,6 +514,7 @@ async fn launch(
         cancel,
         server,
         tasks,
+        core_thread,
     })
 }
 

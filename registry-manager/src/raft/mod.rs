@@ -4,6 +4,7 @@
 //! Dependency direction: `types` ← `log_store`, `state_machine`, `network`; the engine
 //! (`crate::engine`) owns the raft handle and is the only user of this module.
 
+pub mod core_thread;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
