@@ -147,7 +147,9 @@ pub struct WatchHub {
     /// Cancelled to close every open stream (a member cut off from the majority).
     closer: Mutex<tokio_util::sync::CancellationToken>,
     window: Mutex<DeltaWindow>,
-    snapshot: tokio::sync::Mutex<Option<(usize, u64, Bytes)>>,
+    /// The last snapshot encoded (epoch, revision, bytes). A plain mutex, never held across
+    /// an await: see [`WatchHub::snapshot_of`].
+    snapshot: Mutex<Option<(usize, u64, Bytes)>>,
     watchers: Arc<AtomicUsize>,
 }
 
@@ -162,7 +164,7 @@ impl WatchHub {
                 deltas: VecDeque::new(),
                 bytes: 0,
             }),
-            snapshot: tokio::sync::Mutex::new(None),
+            snapshot: Mutex::new(None),
             watchers: Arc::new(AtomicUsize::new(0)),
             history: Mutex::new(String::new()),
             epoch: AtomicUsize::new(0),
@@ -250,17 +252,25 @@ impl WatchHub {
     }
 
     /// The encoded snapshot of `state`, built once per revision and shared.
-    pub async fn snapshot_of(&self, state: &State) -> (u64, Bytes) {
+    ///
+    /// Synchronous on purpose: callers hold the state's read lock, and the writer (raft's
+    /// apply) waits for every reader to let go. With an async lock here, a reconnect storm
+    /// of thousands of watchers each held the read lock while queued for the cache, one turn
+    /// of a saturated runtime each, and writes went uncommitted for more than their 5 s
+    /// deadline. Two threads missing the cache at once may both encode (the same bytes).
+    pub fn snapshot_of(&self, state: &State) -> (u64, Bytes) {
         let revision = state.revision().0;
         let epoch = self.epoch.load(Ordering::Acquire);
-        let mut cache = self.snapshot.lock().await;
-        if let Some((e, r, bytes)) = cache.as_ref() {
-            if *e == epoch && *r == revision {
-                return (*r, bytes.clone());
-            }
+        let cached = |cache: &Option<(usize, u64, Bytes)>| match cache {
+            Some((e, r, bytes)) if *e == epoch && *r == revision => Some(bytes.clone()),
+            _ => None,
+        };
+        if let Some(bytes) = cached(&self.snapshot.lock().unwrap_or_else(|p| p.into_inner())) {
+            return (revision, bytes);
         }
         let bytes = wire::encode_state(state);
-        *cache = Some((epoch, revision, bytes.clone()));
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((epoch, revision, bytes.clone()));
         (revision, bytes)
     }
 
@@ -287,7 +297,7 @@ impl WatchHub {
             let head = guard.revision().0;
             match resume_plan(from, head, self.window_bounds()) {
                 ResumePlan::Snapshot => {
-                    let (rev, bytes) = self.snapshot_of(&guard).await;
+                    let (rev, bytes) = self.snapshot_of(&guard);
                     (parts([self.stamp(wire::snapshot_event(rev, bytes))]), rev)
                 }
                 ResumePlan::Deltas { after } => {
@@ -400,7 +410,7 @@ impl Cursor {
         self.rx = self.rx.resubscribe();
         let guard = self.state.read().await;
         self.epoch = self.hub.epoch.load(Ordering::Acquire);
-        let (rev, bytes) = self.hub.snapshot_of(&guard).await;
+        let (rev, bytes) = self.hub.snapshot_of(&guard);
         self.last = rev;
         self.hub.stamp(wire::snapshot_event(rev, bytes))
     }
@@ -555,7 +565,7 @@ mod tests {
             let delta = s.apply(&Command::ApplyTopology { yaml: tree });
             hub.publish(delta.revision, wire::encode_delta(&delta));
         }
-        let (rev, whole) = hub.snapshot_of(&*state.read().await).await;
+        let (rev, whole) = hub.snapshot_of(&*state.read().await);
         assert!(whole.len() > 3 * PART_BYTES, "{} bytes", whole.len());
 
         let stream = hub.watch(Arc::clone(&state), 0, "", false).await;
