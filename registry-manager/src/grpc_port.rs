@@ -130,3 +130,155 @@ where
         connections.wait().await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+    use tokio::net::{TcpSocket, TcpStream};
+
+    use super::*;
+
+    const CHUNK: usize = 4 * 1024;
+
+    /// One route whose response never ends, counting the bytes hyper has taken from it.
+    fn endless(produced: Arc<AtomicUsize>) -> Routes {
+        let app = axum::Router::new().route(
+            "/endless",
+            axum::routing::get(move || {
+                let produced = Arc::clone(&produced);
+                async move {
+                    axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+                        produced.fetch_add(CHUNK, Ordering::Relaxed);
+                        Ok::<_, Infallible>(bytes::Bytes::from(vec![7u8; CHUNK]))
+                    }))
+                }
+            }),
+        );
+        Routes::from(app)
+    }
+
+    /// A client socket whose reads can be stopped (the connection stays open): a client
+    /// that has stopped reading, as an overloaded agent does.
+    struct Stalled {
+        inner: TcpStream,
+        stopped: Arc<AtomicBool>,
+    }
+
+    impl AsyncRead for Stalled {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Stalled {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Bytes the server's response body gave hyper before it stopped asking, for a client that
+    /// grants a 16 MB window and then reads nothing; the sockets' kernel buffers are kept small
+    /// so that what the server holds is what is measured.
+    async fn taken_by_a_stalled_client(max_send_buf: usize) -> usize {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(8).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            Some((l.accept().await.map(|(s, _)| s), l))
+        });
+        let cancel = CancellationToken::new();
+        let settings = Http2 {
+            max_concurrent_streams: 16,
+            keepalive_interval: Duration::from_secs(600),
+            keepalive_timeout: Duration::from_secs(600),
+            max_send_buf,
+        };
+        let server = spawn(
+            incoming,
+            endless(Arc::clone(&produced)),
+            settings,
+            cancel.clone(),
+        );
+
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let tcp = Stalled {
+            inner: client.connect(addr).await.unwrap(),
+            stopped: Arc::clone(&stopped),
+        };
+        let (h2, connection) = h2::client::Builder::new()
+            .initial_window_size(16 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        stopped.store(true, Ordering::Relaxed);
+        let request = tonic::codegen::http::Request::get(format!("http://{addr}/endless"))
+            .body(())
+            .unwrap();
+        let (_response, _) = h2.send_request(request, true).unwrap();
+
+        // Until the server has stopped asking the body for more (unchanged for 500 ms).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let (mut last, mut still) = (0, 0);
+        while still < 10 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never stopped taking data: {} bytes",
+                produced.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = produced.load(Ordering::Relaxed);
+            still = if now == last && now > 0 { still + 1 } else { 0 };
+            last = now;
+        }
+        cancel.cancel();
+        driver.abort();
+        let _ = server.await;
+        last
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_costs_the_server_at_most_its_send_buffer() {
+        let taken = taken_by_a_stalled_client(MAX_SEND_BUF).await;
+        // 32 KB unsent, one chunk hyper took before it stopped asking, and what the two small
+        // kernel buffers hold; hyper's default (400 KB) takes more than 400 KB here.
+        assert!(
+            taken < 160 * 1024,
+            "the server took {taken} bytes from a response its client does not read"
+        );
+    }
+}

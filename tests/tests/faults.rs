@@ -404,6 +404,11 @@ async fn an_apply_that_removes_live_hosts_shows_who_moves_and_waits_for_yes() ->
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
+    // agent-1's package is in the registry too (its agent's copy, pushed by the manager, has
+    // it), so the blast radius has somewhere to move agent-4 to.
+    fleet
+        .wait_chosen("agent-1", CCM, Some("agent-1"), SETTLE)
+        .await?;
     // The same tree without agent-3 (live, chosen by agent-4).
     let without = topology("200ms").replace("agent-3, ", "");
     assert!(!without.contains("agent-3"), "{without}");
