@@ -17,8 +17,8 @@ struct Seen {
     last: Option<(u64, &'static str)>,
     /// A write after the last acknowledged one failed (its outcome is unknown).
     uncertain_after: bool,
-    /// When each write was acknowledged.
-    acks: Vec<Instant>,
+    /// When each acknowledged write was sent, and when it was acknowledged.
+    acks: Vec<(Instant, Instant)>,
 }
 
 /// Operator actions on one package, one at a time, spread over the given members: `drain` and
@@ -40,8 +40,8 @@ pub struct WriteOutcome {
     pub uncertain_after: bool,
     /// Acknowledged writes.
     pub acknowledged: usize,
-    /// When each write was acknowledged.
-    pub acks: Vec<Instant>,
+    /// When each acknowledged write was sent, and when it was acknowledged.
+    pub acks: Vec<(Instant, Instant)>,
 }
 
 impl WriteLoad {
@@ -74,6 +74,7 @@ impl WriteLoad {
                     };
                     let mut client = clients[k % clients.len()].clone();
                     k += 1;
+                    let sent = Instant::now();
                     let r = client
                         .package_action(proto::PackageActionRequest {
                             host: host.clone(),
@@ -87,7 +88,7 @@ impl WriteLoad {
                             Ok(resp) => {
                                 s.last = Some((resp.into_inner().revision, status));
                                 s.uncertain_after = false;
-                                s.acks.push(Instant::now());
+                                s.acks.push((sent, Instant::now()));
                                 count.fetch_add(1, Ordering::Relaxed);
                                 false
                             }

@@ -77,11 +77,13 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
         let after = writes.acknowledged();
         writes.wait_acknowledged(after + 1, SETTLE).await?;
         let out = writes.finish().await;
+        // The first write sent after the kill: one in flight at the kill may have been
+        // committed by the old leader, its answer arriving just after.
         let first = out
             .acks
             .iter()
-            .find(|t| **t > killed_at)
-            .copied()
+            .find(|(sent, _)| *sent > killed_at)
+            .map(|(_, acked)| *acked)
             .unwrap_or_else(Instant::now);
         to_write.push(first.duration_since(killed_at).as_secs_f64() * 1000.0);
         // Let the agents settle on the survivors before counting what they went through.
@@ -95,8 +97,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Vec<Figure>> {
     }
     to_write.note(format!(
         "3 managers on loopback, a write (PackageAction) loop through every member; SIGKILL of the \
-         leader until the next acknowledged write; median of {n} kills; heartbeat 50 ms, election \
-         timeout 200-400 ms"
+         leader until the first write sent after it is acknowledged; median of {n} kills; \
+         heartbeat 50 ms, election timeout 200-400 ms"
     ));
     lapsed.note("agent sessions lapsed per leader kill (4 agents, session_ttl 1s)");
     failed.note("connections through agent-4's forwarding port (every 20 ms) that failed per kill");
