@@ -7,7 +7,8 @@
 //!   agents that read slowly (an overloaded rack, a reconnect storm that sends each a snapshot
 //!   of a 10,000-host registry), the manager held that much for every stream and grew by
 //!   gigabytes. At [`MAX_SEND_BUF`] a stream holds at most that plus one encoded chunk; the
-//!   rest waits, unencoded, in the shared window of the watch hub.
+//!   rest waits, not yet encoded, in the watch hub's shared queue (a watcher too far behind is
+//!   sent one fresh snapshot instead).
 //! - Everything else is as tonic serves: HTTP/2 only, each connection on a task of its own,
 //!   its address (and over TLS the client's certificate) in every request's extensions, where
 //!   `tonic::Request::remote_addr` and `peer_certs` find them.
@@ -15,7 +16,6 @@
 //!   GOAWAY: calls in flight complete, streams end with the manager's own cancel), and those
 //!   still open after [`GRACE`] are dropped.
 
-use std::convert::Infallible;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -99,12 +99,7 @@ where
                 let routes = routes.clone();
                 let service = hyper::service::service_fn(move |mut request: Request<_>| {
                     request.extensions_mut().insert(info.clone());
-                    let mut routes = routes.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            routes.call(request).await.unwrap_or_else(|e| match e {}),
-                        )
-                    }
+                    routes.clone().call(request)
                 });
                 let connection = builder.serve_connection(TokioIo::new(io), service);
                 let cancel = cancel.clone();
@@ -133,6 +128,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
     use std::pin::Pin;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
