@@ -135,7 +135,8 @@ mod tests {
     use std::task::{Context, Poll};
 
     use tokio::io::ReadBuf;
-    use tokio::net::{TcpSocket, TcpStream};
+    use tokio::net::tcp::OwnedReadHalf;
+    use tokio::net::TcpSocket;
 
     use super::*;
 
@@ -158,10 +159,10 @@ mod tests {
         Routes::from(app)
     }
 
-    /// A client socket whose reads can be stopped (the connection stays open): a client
-    /// that has stopped reading, as an overloaded agent does.
+    /// The read half of a client socket whose reads can be stopped (the connection stays
+    /// open): a client that has stopped reading, as an overloaded agent does.
     struct Stalled {
-        inner: TcpStream,
+        inner: OwnedReadHalf,
         stopped: Arc<AtomicBool>,
     }
 
@@ -175,27 +176,6 @@ mod tests {
                 return Poll::Pending;
             }
             Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Stalled {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 
@@ -229,10 +209,12 @@ mod tests {
         let client = TcpSocket::new_v4().unwrap();
         client.set_recv_buffer_size(4096).unwrap();
         let stopped = Arc::new(AtomicBool::new(false));
-        let tcp = Stalled {
-            inner: client.connect(addr).await.unwrap(),
+        let (read, write) = client.connect(addr).await.unwrap().into_split();
+        let read = Stalled {
+            inner: read,
             stopped: Arc::clone(&stopped),
         };
+        let tcp = tokio::io::join(read, write);
         let (h2, connection) = h2::client::Builder::new()
             .initial_window_size(16 << 20)
             .initial_connection_window_size(16 << 20)
