@@ -39,6 +39,14 @@ pub enum Command {
         /// The session that lapsed.
         session_id: SessionId,
     },
+    /// Several sessions lapsed at once (those one expiry scan found): one revision, one change
+    /// sent to every watcher, however many hosts. Each is ignored when its host's session is no
+    /// longer the one named. Written since this version; [`Command::SessionExpired`] is still
+    /// read from older logs.
+    SessionsExpired {
+        /// The hosts and the sessions that lapsed.
+        sessions: Vec<Lapse>,
+    },
     /// A package's status as seen by its host's local checks.
     ReportStatus {
         /// The reporting host.
@@ -72,11 +80,22 @@ impl Command {
             Command::ApplyTopology { .. } => "apply_topology",
             Command::OpenSession { .. } => "open_session",
             Command::SessionExpired { .. } => "session_expired",
+            Command::SessionsExpired { .. } => "sessions_expired",
             Command::ReportStatus { .. } => "report_status",
             Command::OperatorAction { .. } => "operator_action",
             Command::CreateHistory { .. } => "create_history",
         }
     }
+}
+
+/// One session that lapsed, in [`Command::SessionsExpired`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lapse {
+    /// The host.
+    pub host: HostName,
+    /// The session that lapsed.
+    pub session_id: SessionId,
 }
 
 /// A command with its precondition, as proposed: checked against the state inside the
@@ -203,6 +222,21 @@ mod tests {
         let text = serde_json::to_string(&cmd).unwrap();
         assert!(text.contains("\"op\":\"open_session\""), "{text}");
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), cmd);
+    }
+
+    #[test]
+    fn a_batch_of_lapses_is_one_logged_command_and_the_single_form_still_decodes() {
+        let text = r#"{"op":"sessions_expired","sessions":[{"host":"agent-1","session_id":"s1"},{"host":"agent-2","session_id":"s2"}]}"#;
+        let Command::SessionsExpired { sessions } = serde_json::from_str(text).unwrap() else {
+            panic!("not a batch of lapses");
+        };
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(sessions[1].host.as_str(), "agent-2");
+        let old = r#"{"op":"session_expired","host":"agent-1","session_id":"s1"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Command>(old).unwrap(),
+            Command::SessionExpired { .. }
+        ));
     }
 
     #[test]

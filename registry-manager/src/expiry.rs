@@ -8,9 +8,13 @@
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::command::Command;
+use crate::command::{Command, Lapse};
 use crate::engine::Engine;
 use crate::sessions::{mass_expiry, tick_decision, tick_period, LagWindow, TickDecision};
+
+/// Most lapses in one command (about 70 bytes each in the log): a scan that finds more writes
+/// several, so no log entry or member message grows with the fleet.
+const LAPSES_PER_COMMAND: usize = 1_000;
 
 /// Runs until the manager is cancelled.
 pub(crate) async fn run(engine: Engine) {
@@ -23,12 +27,17 @@ pub(crate) async fn run(engine: Engine) {
     let mut suspected: Option<Instant> = None;
     // How late this manager's own ticks ran lately (see `LagWindow`).
     let mut lag = LagWindow::new(ttl, Instant::now());
+    // When the next session lapses if nothing more is heard (from the last scan): the task
+    // wakes then too, not only on its tick.
+    let mut next_due: Option<Instant> = None;
     loop {
         let due = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             due = interval.tick() => due,
+            due = wake_at(next_due) => due,
         };
+        next_due = None;
         let now = Instant::now();
         lag.record(now, now.saturating_duration_since(due));
         engine.telemetry().expiry_allowance(lag.allowance());
@@ -54,7 +63,9 @@ pub(crate) async fn run(engine: Engine) {
             sessions.refresh_all();
             continue;
         }
-        let (due, live) = sessions.scan_expired(sessions.now_ms(), ttl + lag.allowance());
+        let scan = sessions.scan_expired(sessions.now_ms(), ttl + lag.allowance());
+        next_due = scan.next_due_ms.map(|ms| sessions.instant_of(ms));
+        let (due, live) = (scan.due, scan.live);
         if due.is_empty() {
             continue;
         }
@@ -69,14 +80,43 @@ pub(crate) async fn run(engine: Engine) {
             suspected = Some(Instant::now());
             continue;
         }
-        for session in due.into_iter().filter(|s| sessions.mark_expiring(s)) {
-            tracing::info!(host = %session.host, "session lapsed");
-            engine.telemetry().session_expired();
-            let command = Command::SessionExpired {
-                host: session.host.clone(),
-                session_id: session.id.clone(),
-            };
-            engine.propose_detached(command).await;
+        let lapses: Vec<Lapse> = due
+            .into_iter()
+            .filter(|s| sessions.mark_expiring(s))
+            .map(|s| {
+                tracing::info!(host = %s.host, "session lapsed");
+                engine.telemetry().session_expired();
+                Lapse {
+                    host: s.host.clone(),
+                    session_id: s.id.clone(),
+                }
+            })
+            .collect();
+        if lapses.is_empty() {
+            continue;
         }
+        // One command, one revision and one change to every watcher for all the sessions
+        // this scan found (a rack that loses power lapses in a few of them, not one each).
+        // Until the next tick the task does not wake for the next deadline, so the rest of
+        // such a storm is gathered a tick at a time.
+        next_due = None;
+        let mut lapses = lapses.into_iter().peekable();
+        while lapses.peek().is_some() {
+            let sessions = lapses.by_ref().take(LAPSES_PER_COMMAND).collect();
+            engine
+                .propose_detached(Command::SessionsExpired { sessions })
+                .await;
+        }
+    }
+}
+
+/// Sleeps until `at` and returns it; never returns without one.
+async fn wake_at(at: Option<Instant>) -> Instant {
+    match at {
+        Some(at) => {
+            tokio::time::sleep_until(at).await;
+            at
+        }
+        None => std::future::pending().await,
     }
 }

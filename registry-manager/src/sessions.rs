@@ -2,7 +2,8 @@
 //!
 //! Heartbeats touch an atomic timestamp and write nothing to disk; only opening and lapsing a
 //! session are commands. The expiry task (module `expiry`) scans the table on a short tick of
-//! tokio's clock and proposes `SessionExpired` for sessions silent for longer than the TTL.
+//! tokio's clock, and at the millisecond the next session would lapse, and proposes
+//! `SessionExpired` for sessions silent for longer than the TTL.
 //!
 //! **No false expiry on a busy machine**: a tick that runs late is a sign the process was
 //! starved (CPU saturated, paused); heartbeats may then be queued, unread, in sockets. Such a
@@ -200,20 +201,33 @@ impl SessionTable {
     }
 
     /// One scan of the table at `now_ms`: the live sessions silent for longer than `ttl` whose
-    /// expiry was not proposed yet, and how many sessions are live. Nothing is marked: the
-    /// caller decides, then [`SessionTable::mark_expiring`] each one it proposes.
-    pub fn scan_expired(&self, now_ms: u64, ttl: Duration) -> (Vec<Arc<LiveSession>>, usize) {
+    /// expiry was not proposed yet, how many sessions are live, and when the next one could
+    /// lapse if nothing more is heard. Nothing is marked: the caller decides, then
+    /// [`SessionTable::mark_expiring`] each one it proposes.
+    pub fn scan_expired(&self, now_ms: u64, ttl: Duration) -> Scan {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let inner = self.lock();
-        let mut live = 0;
-        let mut due = Vec::new();
+        let mut scan = Scan::default();
+        let mut earliest_seen = u64::MAX;
         for s in inner.by_host.values().filter(|s| !s.is_ended()) {
-            live += 1;
-            if is_expired(s.last_seen_ms(), now_ms, ttl_ms) && !s.expiring.load(Ordering::Acquire) {
-                due.push(Arc::clone(s));
+            scan.live += 1;
+            if s.expiring.load(Ordering::Acquire) {
+                continue;
+            }
+            let seen = s.last_seen_ms();
+            if is_expired(seen, now_ms, ttl_ms) {
+                scan.due.push(Arc::clone(s));
+            } else {
+                earliest_seen = earliest_seen.min(seen);
             }
         }
-        (due, live)
+        scan.next_due_ms = lapses_at(earliest_seen, ttl_ms);
+        scan
+    }
+
+    /// The instant of tokio's clock `ms` milliseconds after the table's epoch.
+    pub fn instant_of(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
     }
 
     /// Marks a session's expiry as proposed; false when it already was (it is proposed once).
@@ -301,6 +315,25 @@ pub fn answers_heartbeat(nth: u64, sparse: bool, ok: bool) -> bool {
     !ok || !sparse || nth % 2 == 1
 }
 
+/// What one scan of the session table found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The sessions due to lapse now.
+    pub due: Vec<Arc<LiveSession>>,
+    /// How many sessions are live (the due ones included).
+    pub live: usize,
+    /// The millisecond (of the table's clock) at which the next session lapses if none is heard
+    /// from before it: the expiry task wakes then rather than at its next tick, so a silent host
+    /// lapses within a millisecond or two of its TTL rather than up to a tick later.
+    pub next_due_ms: Option<u64>,
+}
+
+/// The first millisecond at which a session last heard from at `last_seen_ms` is expired
+/// ([`is_expired`]); none for a table with no session to watch (`u64::MAX`).
+pub fn lapses_at(last_seen_ms: u64, ttl_ms: u64) -> Option<u64> {
+    (last_seen_ms != u64::MAX).then(|| last_seen_ms.saturating_add(ttl_ms).saturating_add(1))
+}
+
 /// A session lapses when it has been silent for strictly longer than its TTL.
 pub fn is_expired(last_seen_ms: u64, now_ms: u64, ttl_ms: u64) -> bool {
     now_ms.saturating_sub(last_seen_ms) > ttl_ms
@@ -323,8 +356,9 @@ pub enum TickDecision {
     Defer,
 }
 
-/// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms. A silent host
-/// lapses at most one period after its TTL. One scan reads every session's clock, which the
+/// The expiry tick's period for a TTL: a tenth of it, between 5 ms and 50 ms. The tick
+/// measures how late this manager runs ([`LagWindow`]); a silent host lapses at the deadline
+/// the last scan named ([`Scan::next_due_ms`]), not at the next tick. One scan reads every session's clock, which the
 /// heartbeat threads write: about a millisecond for 10,000 sessions, so it is not run more
 /// often (a 10 ms tick looked about a tenth of a core dearer at 10,000 agents).
 pub fn tick_period(ttl: Duration) -> Duration {
@@ -347,8 +381,12 @@ mod tests {
 
     /// What the expiry task proposes at `now_ms`: the due sessions, each marked once.
     fn take_expired(table: &SessionTable, now_ms: u64, ttl: Duration) -> Vec<Arc<LiveSession>> {
-        let (due, _) = table.scan_expired(now_ms, ttl);
-        due.into_iter().filter(|s| table.mark_expiring(s)).collect()
+        table
+            .scan_expired(now_ms, ttl)
+            .due
+            .into_iter()
+            .filter(|s| table.mark_expiring(s))
+            .collect()
     }
 
     fn host(s: &str) -> HostName {
@@ -435,6 +473,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_scan_names_the_millisecond_the_next_silent_session_lapses() {
+        let table = SessionTable::new();
+        let ttl = Duration::from_secs(1);
+        assert_eq!(table.scan_expired(table.now_ms(), ttl).next_due_ms, None);
+        table.insert(host("a"), SessionId::new("sa"));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        table.insert(host("b"), SessionId::new("sb"));
+        let scan = table.scan_expired(table.now_ms(), ttl);
+        assert_eq!(
+            scan.next_due_ms,
+            Some(1_001),
+            "a, heard at 0 ms, lapses at the first millisecond past its TTL"
+        );
+        // a heartbeat from a at 400 ms: b is now the first to lapse.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        table.touch(&table.by_host("a").unwrap());
+        assert_eq!(
+            table.scan_expired(table.now_ms(), ttl).next_due_ms,
+            Some(1_301)
+        );
+        tokio::time::advance(Duration::from_millis(901)).await;
+        let scan = table.scan_expired(table.now_ms(), ttl);
+        assert_eq!(scan.due.len(), 1, "b lapses at 1,301 ms, not a tick later");
+        assert_eq!(scan.due[0].host.as_str(), "b");
+        assert_eq!(scan.next_due_ms, Some(1_401), "a is next");
+        assert!(table.mark_expiring(&scan.due[0]));
+        assert_eq!(
+            table.scan_expired(table.now_ms(), ttl).next_due_ms,
+            Some(1_401),
+            "a session whose expiry was proposed is not waited for"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_manager_that_ran_late_lapses_a_session_only_after_the_ttl_plus_its_lateness() {
         let table = SessionTable::new();
         let ttl = Duration::from_secs(1);
@@ -443,21 +515,23 @@ mod tests {
         // The expiry task's tick ran 200 ms late: heartbeats may have waited as long.
         lag.record(Instant::now(), Duration::from_millis(200));
         tokio::time::advance(Duration::from_millis(1_100)).await;
-        let (due, live) = table.scan_expired(table.now_ms(), ttl + lag.allowance());
+        let scan = table.scan_expired(table.now_ms(), ttl + lag.allowance());
         assert!(
-            due.is_empty(),
+            scan.due.is_empty(),
             "silent for 1.1 s: within the TTL plus 200 ms"
         );
-        assert_eq!(live, 1);
+        assert_eq!(scan.live, 1);
         tokio::time::advance(Duration::from_millis(150)).await;
-        let (due, _) = table.scan_expired(table.now_ms(), ttl + lag.allowance());
+        let due = table
+            .scan_expired(table.now_ms(), ttl + lag.allowance())
+            .due;
         assert_eq!(due.len(), 1, "silent for 1.25 s: lapses");
         assert!(table.mark_expiring(&due[0]));
         assert!(!table.mark_expiring(&due[0]), "proposed once");
         assert!(
             table
                 .scan_expired(table.now_ms(), ttl + lag.allowance())
-                .0
+                .due
                 .is_empty(),
             "a session whose expiry was proposed is not due again"
         );

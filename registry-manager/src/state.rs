@@ -166,6 +166,25 @@ impl State {
         self.hosts.get(host)
     }
 
+    /// True while `session_id` is `host`'s live session.
+    fn holds(&self, host: &HostName, session_id: &SessionId) -> bool {
+        self.hosts
+            .get(host)
+            .and_then(|h| h.session.as_ref())
+            .is_some_and(|live| live == session_id)
+    }
+
+    /// Ends `host`'s session if it is still `session_id`, recording the lapse in `delta`.
+    fn lapse(&mut self, host: &HostName, session_id: &SessionId, delta: &mut Delta) {
+        if let Some(rec) = self.hosts.get_mut(host) {
+            if rec.session.as_ref() == Some(session_id) {
+                rec.session = None;
+                delta.lapsed_hosts.push(host.clone());
+                delta.upserts.push(view(host, rec));
+            }
+        }
+    }
+
     /// Decides whether `cmd` may be logged against this state. `session` is the session the
     /// request quoted, checked for `ReportStatus` (it must be the host's live session).
     pub fn check(
@@ -205,12 +224,18 @@ impl State {
                     _ => Ok(Check::Apply),
                 }
             }
-            Command::SessionExpired { host, session_id } => {
-                match self.hosts.get(host).and_then(|h| h.session.as_ref()) {
-                    Some(live) if live == session_id => Ok(Check::Apply),
-                    _ => Ok(Check::Unchanged),
-                }
-            }
+            Command::SessionExpired { host, session_id } => Ok(if self.holds(host, session_id) {
+                Check::Apply
+            } else {
+                Check::Unchanged
+            }),
+            Command::SessionsExpired { sessions } => Ok(
+                if sessions.iter().any(|l| self.holds(&l.host, &l.session_id)) {
+                    Check::Apply
+                } else {
+                    Check::Unchanged
+                },
+            ),
             Command::ReportStatus {
                 host,
                 package_type,
@@ -335,12 +360,11 @@ impl State {
                 self.hosts.insert(host.clone(), rec);
             }
             Command::SessionExpired { host, session_id } => {
-                if let Some(rec) = self.hosts.get_mut(host) {
-                    if rec.session.as_ref() == Some(session_id) {
-                        rec.session = None;
-                        delta.lapsed_hosts.push(host.clone());
-                        delta.upserts.push(view(host, rec));
-                    }
+                self.lapse(host, session_id, &mut delta);
+            }
+            Command::SessionsExpired { sessions } => {
+                for l in sessions {
+                    self.lapse(&l.host, &l.session_id, &mut delta);
                 }
             }
             Command::ReportStatus {
@@ -661,6 +685,51 @@ mod tests {
         let full = proto::v1::Delta::decode(enc.full.clone()).unwrap();
         assert!(!full.upserts[0].alive && full.lapsed_hosts.is_empty());
         assert!(enc.compact.unwrap().len() * 20 < enc.full.len());
+    }
+
+    #[test]
+    fn lapses_found_together_are_one_revision_and_a_stale_one_among_them_is_skipped() {
+        use prost::Message;
+        let mut s = with_topology();
+        for (host, id) in [("agent-1", "s1"), ("agent-2", "s2"), ("s2-host", "s3")] {
+            run(&mut s, open(host, id, vec![reg(CCM, AgentStatus::Running)]))
+                .unwrap()
+                .unwrap();
+        }
+        let before = s.revision();
+        let lapse = |host: &str, id: &str| crate::command::Lapse {
+            host: h(host),
+            session_id: sid(id),
+        };
+        let d = run(
+            &mut s,
+            Command::SessionsExpired {
+                sessions: vec![
+                    lapse("agent-1", "s1"),
+                    lapse("agent-2", "old"),
+                    lapse("s2-host", "s3"),
+                ],
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.revision, Revision(before.0 + 1), "one revision for all");
+        assert_eq!(d.lapsed_hosts, vec![h("agent-1"), h("s2-host")]);
+        assert!(!s.host("agent-1").unwrap().alive() && !s.host("s2-host").unwrap().alive());
+        assert!(
+            s.host("agent-2").unwrap().alive(),
+            "agent-2 holds another session"
+        );
+        let compact =
+            proto::v1::Delta::decode(crate::wire::encode_delta(&d).compact.unwrap()).unwrap();
+        assert_eq!(compact.lapsed_hosts, vec!["agent-1", "s2-host"]);
+        assert!(compact.upserts.is_empty());
+        // Every one of them stale: nothing changes, no revision.
+        let moot = Command::SessionsExpired {
+            sessions: vec![lapse("agent-1", "s1"), lapse("agent-2", "old")],
+        };
+        assert!(run(&mut s, moot).unwrap().is_none());
+        assert_eq!(s.revision(), Revision(before.0 + 1));
     }
 
     #[test]

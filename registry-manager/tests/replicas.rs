@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use registry_manager::command::Proposed;
+use registry_manager::command::{Lapse, Proposed};
 use registry_manager::{AgentStatus, Command, OperatorAction, Registration, SessionId, State};
 use topology::{HostName, PackageType, Topology};
 
@@ -67,6 +67,15 @@ fn command() -> impl Strategy<Value = Proposed> {
             }),
         (host.clone(), sid.clone()).prop_map(|(host, session_id)| Proposed {
             command: Command::SessionExpired { host, session_id },
+            session: None,
+        }),
+        proptest::collection::vec((host.clone(), sid.clone()), 0..4).prop_map(|lapses| Proposed {
+            command: Command::SessionsExpired {
+                sessions: lapses
+                    .into_iter()
+                    .map(|(host, session_id)| Lapse { host, session_id })
+                    .collect(),
+            },
             session: None,
         }),
         (

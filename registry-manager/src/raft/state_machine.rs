@@ -168,6 +168,11 @@ fn track_sessions(sessions: &SessionTable, command: &Command, delta: &Delta) {
         Command::SessionExpired { host, session_id } => {
             sessions.end(host.as_str(), Some(session_id))
         }
+        Command::SessionsExpired { sessions: lapses } => {
+            for l in lapses {
+                sessions.end(l.host.as_str(), Some(&l.session_id));
+            }
+        }
         Command::ApplyTopology { .. } => {
             for host in &delta.removed_hosts {
                 sessions.end(host.as_str(), None);
