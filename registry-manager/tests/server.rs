@@ -156,6 +156,36 @@ async fn a_silent_session_expires_and_every_watcher_is_told() -> Result<()> {
     h.shutdown().await
 }
 
+#[tokio::test]
+async fn sessions_that_lapse_together_are_one_revision() -> Result<()> {
+    let mut h = Harness::start(Duration::from_millis(300)).await?;
+    let hosts = ["agent-1", "agent-2", "agent-3", "s2-host"];
+    for host in hosts {
+        h.open(host, &[CCM]).await?;
+    }
+    // After a restart every session gets the same fresh TTL, so all four fall due together.
+    h.restart().await?;
+    let head = h.revision().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let export = loop {
+        let export = h.export().await?;
+        if hosts.iter().all(|host| !alive(&export, host)) {
+            break export;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not every session lapsed: {export}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        h.revision().await,
+        head + 1,
+        "four lapses found by one scan are one revision: {export}"
+    );
+    h.shutdown().await
+}
+
 /// The answers (seq, ok) to `seqs` sent on one keep-alive stream, which then ends.
 async fn answers(
     h: &Harness,
