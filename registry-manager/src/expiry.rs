@@ -64,7 +64,7 @@ pub(crate) async fn run(engine: Engine) {
             continue;
         }
         let scan = sessions.scan_expired(sessions.now_ms(), ttl + lag.allowance());
-        next_due = scan.next_due_ms.map(|ms| sessions.instant_of(ms));
+        next_due = scan.next_due_ms.and_then(|ms| sessions.instant_of(ms));
         let (due, live) = (scan.due, scan.live);
         if due.is_empty() {
             continue;

@@ -225,9 +225,10 @@ impl SessionTable {
         scan
     }
 
-    /// The instant of tokio's clock `ms` milliseconds after the table's epoch.
-    pub fn instant_of(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms)
+    /// The instant of tokio's clock `ms` milliseconds after the table's epoch (none past the
+    /// clock's range).
+    pub fn instant_of(&self, ms: u64) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_millis(ms))
     }
 
     /// Marks a session's expiry as proposed; false when it already was (it is proposed once).
