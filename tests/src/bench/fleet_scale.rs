@@ -787,19 +787,34 @@ async fn measure(
         let (cpu0, w0) = (managers_cpu()?, Instant::now());
         // Under this load a write may time out with its outcome unknown; retrying is safe
         // (a repeated drain or restore is a no-op), and each retry is reported.
+        // A change that still fails ends this part (its figure says why); the figures measured
+        // before it, and the silent host after it, are still reported.
         let mut attempt = 0;
-        let (t0, revision) = loop {
+        let changed = loop {
             match toggle_drain(&mut admin, &changed_host, run).await {
-                Ok(v) => break v,
+                Ok(v) => break Ok(v),
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     problems.push(format!("change {}: tried again after: {e:#}", run + 1));
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
+            }
+        };
+        let (t0, revision) = match changed {
+            Ok(v) => v,
+            Err(e) => {
+                prop.error = Some(format!(
+                    "change {} could not be made after 4 tries: {e:#}",
+                    run + 1
+                ));
+                break;
             }
         };
         let (mut ms, missing) = sim.collect(revision, t0, Duration::from_secs(30)).await;
-        anyhow::ensure!(!ms.is_empty(), "no agent received revision {}", revision);
+        if ms.is_empty() {
+            prop.error = Some(format!("no agent received revision {revision}"));
+            break;
+        }
         // The managers' CPU beyond their heartbeat load while this change went out.
         let extra = managers_cpu()? - cpu0 - heartbeat_cores * w0.elapsed().as_secs_f64();
         per_agent_us.push((extra.max(0.0) / ms.len() as f64) * 1e6);
@@ -813,16 +828,18 @@ async fn measure(
     }
     p50s.sort_by(f64::total_cmp);
     per_agent_us.sort_by(f64::total_cmp);
-    prop.note(format!(
-        "timed from sending a drain/restore (to m1) to each agent's watch event of the new \
-         revision; p99 over agents, median of the changes (p50 over agents: {:.0} ms); the \
-         manager{} spent {:.1} µs of CPU per agent on each change beyond {} heartbeat load \
-         (median of the changes: commit, encoding and one write per connection)",
-        stats::percentile_sorted(&p50s, 50.0),
-        if members > 1 { "s together" } else { "" },
-        stats::percentile_sorted(&per_agent_us, 50.0),
-        if members > 1 { "their" } else { "its" },
-    ));
+    if !p50s.is_empty() {
+        prop.note(format!(
+            "timed from sending a drain/restore (to m1) to each agent's watch event of the new \
+             revision; p99 over agents, median of the changes (p50 over agents: {:.0} ms); the \
+             manager{} spent {:.1} µs of CPU per agent on each change beyond {} heartbeat load \
+             (median of the changes: commit, encoding and one write per connection)",
+            stats::percentile_sorted(&p50s, 50.0),
+            if members > 1 { "s together" } else { "" },
+            stats::percentile_sorted(&per_agent_us, 50.0),
+            if members > 1 { "their" } else { "its" },
+        ));
+    }
 
     // A host falls silent (its connection stays open): until every agent's watch hears it.
     sim.drain();
