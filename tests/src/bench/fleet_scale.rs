@@ -843,44 +843,58 @@ async fn measure(
 
     // A host falls silent (its connection stays open): until every agent's watch hears it.
     sim.drain();
-    let revision_before = admin
+    // A read the loaded manager cannot answer ends this part with an error on its figure.
+    match admin
         .list_hosts(proto::ListHostsRequest { stale: false })
-        .await?
-        .into_inner()
-        .revision;
-    sim.silence.store(victim_host, Ordering::Relaxed);
-    // Timed from the victim's last heartbeat (the next one it would have sent never goes).
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let last = sim.track[victim_host].last_beat.load(Ordering::Relaxed);
-    let t0 = sim.base + Duration::from_micros(last);
-    let (mut ms, missing) = sim
-        .collect(revision_before + 1, t0, Duration::from_secs(10))
-        .await;
-    ms.sort_by(f64::total_cmp);
-    if let Some(p50) = (!ms.is_empty()).then(|| stats::percentile_sorted(&ms, 50.0)) {
-        silent.push(stats::percentile_sorted(&ms, 99.0));
-        silent.note(format!(
-            "{} stops heartbeating with its connection open (as a SIGSTOPped host); timed from \
-             its last heartbeat to each agent's watch event of the lapse: p50 {p50:.0} ms, p99 over agents; \
-             {missing} agents missed it",
-            hosts[victim_host].host
-        ));
-    } else {
-        silent.error = Some("no agent heard the silent host lapse within 10 s".into());
+        .await
+    {
+        Err(e) => silent.error = Some(format!("the registry's revision could not be read: {e}")),
+        Ok(listing) => {
+            let revision_before = listing.into_inner().revision;
+            sim.silence.store(victim_host, Ordering::Relaxed);
+            // Timed from the victim's last heartbeat (the next one it would have sent never goes).
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let last = sim.track[victim_host].last_beat.load(Ordering::Relaxed);
+            let t0 = sim.base + Duration::from_micros(last);
+            let (mut ms, missing) = sim
+                .collect(revision_before + 1, t0, Duration::from_secs(10))
+                .await;
+            ms.sort_by(f64::total_cmp);
+            if let Some(p50) = (!ms.is_empty()).then(|| stats::percentile_sorted(&ms, 50.0)) {
+                silent.push(stats::percentile_sorted(&ms, 99.0));
+                silent.note(format!(
+                    "{} stops heartbeating with its connection open (as a SIGSTOPped host); timed from \
+                     its last heartbeat to each agent's watch event of the lapse: p50 {p50:.0} ms, p99 over agents; \
+                     {missing} agents missed it",
+                    hosts[victim_host].host
+                ));
+            } else {
+                silent.error = Some("no agent heard the silent host lapse within 10 s".into());
+            }
+        }
     }
 
     // False expiries: no other agent's session may have lapsed (each that did was refused a
     // heartbeat and opened a new session, as real agents do), and every other session is live.
     let listing = admin
         .list_hosts(proto::ListHostsRequest { stale: false })
-        .await?
-        .into_inner();
-    let lapsed: Vec<&str> = listing
-        .hosts
-        .iter()
-        .filter(|h| !h.session_live && h.host != hosts[victim_host].host)
-        .map(|h| h.host.as_str())
-        .collect();
+        .await
+        .map(tonic::Response::into_inner);
+    let lapsed: Vec<&str> = match &listing {
+        Ok(listing) => listing
+            .hosts
+            .iter()
+            .filter(|h| !h.session_live && h.host != hosts[victim_host].host)
+            .map(|h| h.host.as_str())
+            .collect(),
+        Err(e) => {
+            false_exp.note(format!(
+                "the manager's list of hosts could not be read ({e}): counted from the agents' \
+                 side only"
+            ));
+            Vec::new()
+        }
+    };
     let refused = sim.shared.refused.load(Ordering::Relaxed) - refused_before;
     // Lapsed sessions whose simulated agent itself went longer than the TTL between two
     // heartbeats: the benchmark's process sent late (it shares the cores with the managers).
