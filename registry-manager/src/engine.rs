@@ -512,7 +512,16 @@ impl Engine {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.no_leader());
+                // A leader whose own copy lags is busy, not cut off: say which.
+                return Err(match self.leader() {
+                    Some((id, _)) if id == self.inner.node_id && self.connected() => {
+                        RegistryError::Behind {
+                            member: self.name().to_owned(),
+                            waited: READ_DEADLINE,
+                        }
+                    }
+                    _ => self.no_leader(),
+                });
             }
             match self.leader() {
                 Some((id, _)) if id == self.inner.node_id => {

@@ -94,6 +94,15 @@ pub enum RegistryError {
         /// The members it cannot reach.
         unreachable: Vec<String>,
     },
+    /// This member leads, but its copy did not catch up with the writes acknowledged before a
+    /// current read in time (it is applying a backlog: overloaded, or its disk is slow).
+    #[error("this member ({member}) leads the group but its copy did not catch up with the acknowledged writes within {waited:?} (it is busy applying a backlog); retry, or read its own copy with --stale")]
+    Behind {
+        /// The member that answered.
+        member: String,
+        /// How long the read waited.
+        waited: std::time::Duration,
+    },
     /// The write was sent but its outcome is unknown (the leader changed or was cut off while
     /// committing it). Retrying is safe: the registry's commands are idempotent.
     #[error("the outcome of the change is unknown: {0}; retry it (retries are safe)")]
@@ -138,6 +147,7 @@ impl RegistryError {
             RegistryError::Storage(_) => Code::Internal,
             RegistryError::ShuttingDown
             | RegistryError::NoLeader { .. }
+            | RegistryError::Behind { .. }
             | RegistryError::Uncertain(_) => Code::Unavailable,
             RegistryError::Refused { code, .. } => Code::from(*code),
             RegistryError::Group(_) => Code::FailedPrecondition,

@@ -186,6 +186,69 @@ async fn sessions_that_lapse_together_are_one_revision() -> Result<()> {
     h.shutdown().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_read_on_a_leader_whose_copy_lags_says_it_is_behind_not_cut_off() -> Result<()> {
+    let mut h = Harness::start(TTL).await?;
+    h.open("agent-1", &[CCM]).await?;
+    let state = h
+        .manager
+        .as_ref()
+        .expect("running")
+        .engine()
+        .state_lock()
+        .clone();
+    // Holding the state keeps the next write from being applied: committed, not yet in the copy.
+    let held = state.read().await;
+    let mut admin = h.admin.clone();
+    let write = tokio::spawn(async move {
+        admin
+            .package_action(pb::PackageActionRequest {
+                host: "agent-1".into(),
+                r#type: CCM.into(),
+                action: pb::PackageAction::Drain as i32,
+            })
+            .await
+    });
+    // Until the write is committed but not applied.
+    let engine = h.manager.as_ref().expect("running").engine().clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = engine.metrics();
+        if m.cluster_committed.map(|l| l.index) > m.last_applied.map(|l| l.index) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the write was not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = h
+        .admin
+        .list_hosts(pb::ListHostsRequest { stale: false })
+        .await
+        .expect_err("a current read cannot be answered while the copy lags");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("leads the group but its copy did not catch up")
+            && err.message().contains("--stale"),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains("majority"), "{}", err.message());
+    drop(held);
+    let done = tokio::time::timeout(WAIT, write).await??;
+    assert!(
+        done.is_ok(),
+        "the write goes through once applied: {done:?}"
+    );
+    h.admin
+        .list_hosts(pb::ListHostsRequest { stale: false })
+        .await?;
+    h.shutdown().await
+}
+
 /// The answers (seq, ok) to `seqs` sent on one keep-alive stream, which then ends.
 async fn answers(
     h: &Harness,
