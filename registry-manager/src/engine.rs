@@ -512,15 +512,14 @@ impl Engine {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                // A leader whose own copy lags is busy, not cut off: say which.
-                return Err(match self.leader() {
-                    Some((id, _)) if id == self.inner.node_id && self.connected() => {
-                        RegistryError::Behind {
-                            member: self.name().to_owned(),
-                            waited: READ_DEADLINE,
-                        }
+                // A member in touch with the majority whose copy lags is busy, not cut off.
+                return Err(if self.connected() {
+                    RegistryError::Behind {
+                        member: self.name().to_owned(),
+                        waited: READ_DEADLINE,
                     }
-                    _ => self.no_leader(),
+                } else {
+                    self.no_leader()
                 });
             }
             match self.leader() {

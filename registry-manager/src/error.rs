@@ -94,9 +94,10 @@ pub enum RegistryError {
         /// The members it cannot reach.
         unreachable: Vec<String>,
     },
-    /// This member leads, but its copy did not catch up with the writes acknowledged before a
-    /// current read in time (it is applying a backlog: overloaded, or its disk is slow).
-    #[error("this member ({member}) leads the group but its copy did not catch up with the acknowledged writes within {waited:?} (it is busy applying a backlog); retry, or read its own copy with --stale")]
+    /// This member is in touch with the majority (it leads, or follows a leader it hears), but
+    /// its copy did not catch up with the writes acknowledged before a current read in time (it
+    /// is applying a backlog: overloaded, or its disk is slow).
+    #[error("this member ({member}) is in touch with the group but its copy did not catch up with the acknowledged writes within {waited:?} (it is busy applying a backlog); retry, or read its own copy with --stale")]
     Behind {
         /// The member that answered.
         member: String,

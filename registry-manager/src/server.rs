@@ -169,13 +169,19 @@ impl RunningManager {
         for t in self.tasks {
             let _ = t.await;
         }
-        drop(self.core_thread);
+        // Wait for the core thread's tasks to be dropped, so the store is closed (and its
+        // directory free to open again) once the manager has stopped.
+        let core_thread = self.core_thread;
+        let _ = tokio::task::spawn_blocking(move || core_thread.stop(CORE_THREAD_STOP)).await;
         if let Some(reason) = self.engine.fatal() {
             return Err(ServeError::Fatal(reason));
         }
         server.map_err(|e| ServeError::Fatal(format!("gRPC server task: {e}")))
     }
 }
+
+/// How long stopping waits for the raft core thread's tasks to end.
+const CORE_THREAD_STOP: Duration = Duration::from_secs(5);
 
 /// Starts a manager with default [`Tuning`]: binds, opens the store in `data_dir`, joins or
 /// forms its group, and serves `AgentRegistry`, `Admin`, `Member`, gRPC health and reflection.

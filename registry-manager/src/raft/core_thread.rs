@@ -49,9 +49,21 @@ impl CoreThread {
     }
 }
 
+impl CoreThread {
+    /// Stops the thread and waits, at most `timeout`, until every task on it has been dropped,
+    /// and with them what they hold (the store, whose directory lock is then free for the next
+    /// manager to open). Blocks: call it from a blocking thread.
+    pub fn stop(mut self, timeout: std::time::Duration) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(timeout);
+        }
+    }
+}
+
 impl Drop for CoreThread {
     /// Stops the thread without waiting (the manager has shut raft down first); safe inside
-    /// an async context, where dropping a runtime would panic.
+    /// an async context, where dropping a runtime would panic. [`CoreThread::stop`] is the
+    /// orderly way.
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
