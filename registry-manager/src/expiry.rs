@@ -100,9 +100,8 @@ pub(crate) async fn run(engine: Engine) {
         // Until the next tick the task does not wake for the next deadline, so the rest of
         // such a storm is gathered a tick at a time.
         next_due = None;
-        let mut lapses = lapses.into_iter().peekable();
-        while lapses.peek().is_some() {
-            let sessions = lapses.by_ref().take(LAPSES_PER_COMMAND).collect();
+        for sessions in lapses.chunks(LAPSES_PER_COMMAND) {
+            let sessions = sessions.to_vec();
             engine
                 .propose_detached(Command::SessionsExpired { sessions })
                 .await;

@@ -2,8 +2,8 @@
 //!
 //! Heartbeats touch an atomic timestamp and write nothing to disk; only opening and lapsing a
 //! session are commands. The expiry task (module `expiry`) scans the table on a short tick of
-//! tokio's clock, and at the millisecond the next session would lapse, and proposes
-//! `SessionExpired` for sessions silent for longer than the TTL.
+//! tokio's clock, and at the millisecond the next session would lapse, and proposes one
+//! `SessionsExpired` for the sessions each scan finds silent for longer than the TTL.
 //!
 //! **No false expiry on a busy machine**: a tick that runs late is a sign the process was
 //! starved (CPU saturated, paused); heartbeats may then be queued, unread, in sockets. Such a

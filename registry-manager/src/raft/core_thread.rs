@@ -47,9 +47,7 @@ impl CoreThread {
             .expect("the core thread runs until dropped")
             .spawn(future)
     }
-}
 
-impl CoreThread {
     /// Stops the thread and waits, at most `timeout`, until every task on it has been dropped,
     /// and with them what they hold (the store, whose directory lock is then free for the next
     /// manager to open). Blocks: call it from a blocking thread.
