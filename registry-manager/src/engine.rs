@@ -39,8 +39,9 @@ use crate::watch::WatchHub;
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a read waits to be confirmed current.
 const READ_DEADLINE: Duration = Duration::from_secs(3);
-/// Batches in flight at once from one member.
-const IN_FLIGHT: usize = 8;
+/// Raft entries one member writes at once; proposals arriving meanwhile wait and go into the
+/// next entry together.
+pub const IN_FLIGHT: usize = 8;
 
 /// A command waiting for the proposer, with where to send its outcome.
 #[derive(Debug)]
@@ -63,6 +64,8 @@ struct Inner {
     group: GroupConfig,
     peers: Peers,
     proposals: mpsc::Sender<Pending>,
+    /// Proposals the writer took from the queue whose outcome is not known yet.
+    writing: std::sync::atomic::AtomicUsize,
     cancel: CancellationToken,
     fatal: Mutex<Option<String>>,
     /// When a leader last replicated to this member (followers and learners).
@@ -109,6 +112,7 @@ impl Engine {
                 group,
                 peers,
                 proposals: tx,
+                writing: std::sync::atomic::AtomicUsize::new(0),
                 cancel,
                 fatal: Mutex::new(None),
                 leader_contact: Mutex::new(None),
@@ -300,6 +304,21 @@ impl Engine {
         }
     }
 
+    /// Proposals received and not yet taken by the writer: they go into its next raft entry
+    /// together (one revision).
+    pub fn proposals_waiting(&self) -> usize {
+        let queue = &self.inner.proposals;
+        queue.max_capacity() - queue.capacity()
+    }
+
+    /// Proposals the writer has taken (in raft entries being written, or held for the next
+    /// one while [`IN_FLIGHT`] entries are) whose outcome is not known yet.
+    pub fn proposals_writing(&self) -> usize {
+        self.inner
+            .writing
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Proposes several commands (forwarded by a follower); one outcome each, in order.
     pub async fn propose_many(&self, items: Vec<Proposed>) -> Vec<Outcome> {
         let mut waits = Vec::with_capacity(items.len());
@@ -410,7 +429,9 @@ impl Engine {
             let leader = self.leader();
             match leader {
                 Some((id, _)) if id == self.inner.node_id => {
-                    let write = self.inner.raft.client_write(Batch(items.clone()));
+                    let write = self.inner.raft.client_write(Batch::Together {
+                        together: items.clone(),
+                    });
                     match tokio::time::timeout(left, write).await {
                         Err(_) => {
                             return Err(RegistryError::Uncertain(format!(
@@ -926,16 +947,22 @@ async fn run_proposer(engine: Engine, mut rx: mpsc::Receiver<Pending>) {
             _ = cancel.cancelled() => return,
             p = rx.recv() => match p { Some(p) => p, None => return },
         };
+        let writing = &engine.inner.writing;
+        writing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
         while batch.len() < engine.inner.max_batch {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    writing.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
         let engine = engine.clone();
         tokio::spawn(async move {
             let (items, replies): (Vec<Proposed>, Vec<_>) =
@@ -957,6 +984,10 @@ async fn run_proposer(engine: Engine, mut rx: mpsc::Receiver<Pending>) {
                     }
                 }
             }
+            engine
+                .inner
+                .writing
+                .fetch_sub(taken, std::sync::atomic::Ordering::AcqRel);
             drop(slot);
         });
     }

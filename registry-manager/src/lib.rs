@@ -72,7 +72,7 @@ pub mod wire;
 
 pub use command::{AgentStatus, Command, OperatorAction, Override, Registration};
 pub use delta::{Delta, HostView, PackageView};
-pub use engine::Engine;
+pub use engine::{Engine, IN_FLIGHT};
 pub use error::{to_status, RegistryError, ServeError};
 pub use group::GroupConfig;
 pub use http::{HttpListen, DEFAULT_HTTP_LISTEN};

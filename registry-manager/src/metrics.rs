@@ -18,6 +18,7 @@ pub struct ManagerMetrics {
     revision: IntGauge,
     sessions: IntGauge,
     watch_streams: IntGauge,
+    proposals_waiting: IntGauge,
     writes: IntCounter,
     session_expiries: IntCounter,
     expiry_allowance: Gauge,
@@ -84,6 +85,11 @@ impl ManagerMetrics {
                 "fleet_registry_watch_streams",
                 "Open watch streams of agents served by this member.",
             ),
+            proposals_waiting: gauge(
+                &r,
+                "fleet_registry_proposals_waiting",
+                "Writes received by this member and waiting for its writer (they go into the next raft entry together, at one revision).",
+            ),
             writes: counter(
                 &r,
                 "fleet_registry_writes_total",
@@ -145,6 +151,8 @@ impl ManagerMetrics {
         self.sessions.set(clamp(engine.sessions().len() as u64));
         self.watch_streams
             .set(clamp(engine.hub().watchers() as u64));
+        self.proposals_waiting
+            .set(clamp(engine.proposals_waiting() as u64));
         let m = engine.metrics();
         self.is_leader
             .set(i64::from(m.state == ServerState::Leader));

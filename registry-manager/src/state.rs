@@ -156,6 +156,46 @@ impl State {
         }
     }
 
+    /// Checks then applies the commands of one raft entry together, as the replicated apply
+    /// does for entries logged as [`crate::raft::types::Batch::Together`]: every command that
+    /// changes something is applied at one new revision, and their changes are one delta
+    /// (one event to every watcher, however many commands the entry holds). Each command is
+    /// checked against the state the commands before it left, as if applied one by one. `each`
+    /// is called with every applied command and its own change, in order.
+    pub fn execute_together(
+        &mut self,
+        batch: &[crate::command::Proposed],
+        ttl: Duration,
+        mut each: impl FnMut(&Command, &Delta),
+    ) -> (Vec<crate::command::Outcome>, Option<Delta>) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut together: Option<Delta> = None;
+        for p in batch {
+            match self.check(&p.command, p.session.as_ref(), ttl) {
+                Err(e) => outcomes.push(Err(e.to_refusal())),
+                Ok(Check::Unchanged) => outcomes.push(Ok(self.revision.0)),
+                Ok(Check::Apply) => {
+                    if let Command::CreateHistory { .. } = &p.command {
+                        self.apply(&p.command);
+                        outcomes.push(Ok(self.revision.0));
+                        continue;
+                    }
+                    if together.is_none() {
+                        self.revision = Revision(self.revision.0 + 1);
+                    }
+                    let delta = self.change(&p.command);
+                    each(&p.command, &delta);
+                    outcomes.push(Ok(self.revision.0));
+                    match &mut together {
+                        Some(t) => t.absorb(delta),
+                        None => together = Some(delta),
+                    }
+                }
+            }
+        }
+        (outcomes, together)
+    }
+
     /// Hosts with a registry entry.
     pub fn hosts(&self) -> &BTreeMap<HostName, HostRecord> {
         &self.hosts
@@ -303,6 +343,11 @@ impl State {
             return Delta::empty(self.revision);
         }
         self.revision = Revision(self.revision.0 + 1);
+        self.change(cmd)
+    }
+
+    /// Makes `cmd`'s change at the current revision (already counted by the caller).
+    fn change(&mut self, cmd: &Command) -> Delta {
         let mut delta = Delta::empty(self.revision);
         match cmd {
             Command::ApplyTopology { yaml } => {
@@ -1040,5 +1085,71 @@ mod tests {
             snap.hosts["agent-1"].packages[CCM].status,
             PackageStatus::Draining
         );
+    }
+
+    #[test]
+    fn commands_applied_together_make_one_revision_and_one_delta() {
+        use crate::command::{Lapse, Proposed};
+        let mut s = with_topology();
+        for (host, id) in [("agent-1", "s1"), ("agent-2", "s2")] {
+            run(&mut s, open(host, id, vec![reg(CCM, AgentStatus::Running)]))
+                .unwrap()
+                .unwrap();
+        }
+        let before = s.revision().0;
+        let batch: Vec<Proposed> = [
+            Command::SessionsExpired {
+                sessions: vec![Lapse {
+                    host: h("agent-1"),
+                    session_id: sid("s1"),
+                }],
+            },
+            // agent-1's agent reopens at once: its host goes whole, not as a lapse.
+            open("agent-1", "s9", vec![reg(CCM, AgentStatus::Running)]),
+            act("agent-2", CCM, OperatorAction::Drain),
+            // Refused: agent-2's session is live.
+            open("agent-2", "thief", vec![reg(CCM, AgentStatus::Running)]),
+            // Changes nothing.
+            topo(TREE),
+        ]
+        .into_iter()
+        .map(|command| Proposed {
+            command,
+            session: None,
+        })
+        .collect();
+        let mut applied = Vec::new();
+        let (outcomes, delta) = s.execute_together(&batch, TTL, |cmd, d| {
+            applied.push((cmd.kind(), d.revision.0));
+        });
+        let next = before + 1;
+        assert_eq!(s.revision().0, next, "one revision for the whole entry");
+        assert_eq!(
+            applied,
+            vec![
+                (batch[0].command.kind(), next),
+                (batch[1].command.kind(), next),
+                (batch[2].command.kind(), next)
+            ]
+        );
+        assert_eq!(outcomes[..3], [Ok(next), Ok(next), Ok(next)]);
+        assert_eq!(
+            outcomes[3].as_ref().unwrap_err().code,
+            tonic::Code::AlreadyExists as i32
+        );
+        assert_eq!(outcomes[4], Ok(next), "unchanged: the revision it is at");
+        let d = delta.expect("a delta");
+        assert_eq!(d.revision.0, next);
+        let hosts: Vec<&str> = d.upserts.iter().map(|v| v.host.as_str()).collect();
+        assert_eq!(hosts, ["agent-1", "agent-2"], "each host once");
+        assert!(d.upserts[0].alive, "the reopened session, whole");
+        assert!(d.lapsed_hosts.is_empty(), "{:?}", d.lapsed_hosts);
+        assert_eq!(d.status_changes.len(), 1);
+        assert_eq!(d.status_changes[0].host, h("agent-2"));
+        assert_eq!(d.status_changes[0].status, PackageStatus::Draining);
+        // An entry with nothing to change makes no revision.
+        let (outcomes, delta) = s.execute_together(&batch[4..], TTL, |_, _| {});
+        assert_eq!((outcomes, delta), (vec![Ok(next)], None));
+        assert_eq!(s.revision().0, next);
     }
 }

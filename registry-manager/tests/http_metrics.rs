@@ -21,6 +21,7 @@ const FAMILIES: &[&str] = &[
     "fleet_registry_revision",
     "fleet_registry_sessions",
     "fleet_registry_watch_streams",
+    "fleet_registry_proposals_waiting",
     "fleet_registry_writes_total",
     "fleet_registry_session_expiries_total",
     "fleet_registry_ha_is_leader",

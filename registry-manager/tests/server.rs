@@ -187,6 +187,80 @@ async fn sessions_that_lapse_together_are_one_revision() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_session_opens_reaches_watchers_as_a_few_revisions() -> Result<()> {
+    // A rack's agents reopening at once: writes that wait for the writer go into one raft
+    // entry, which makes one revision and one event to every watcher.
+    const OPENS: usize = 40;
+    let mut h = Harness::start(TTL).await?;
+    let hosts: Vec<String> = (0..OPENS).map(|i| format!("h{i:02}")).collect();
+    h.apply(&format!(
+        "version: 1\ndomain: root\nhosts: [{}]\n",
+        hosts.join(", ")
+    ))
+    .await?;
+    let start = h.revision().await;
+    let mut watcher = h.watch(start).await?;
+    let engine = h.manager.as_ref().expect("running").engine().clone();
+    // Holding the state keeps every write from being applied, so later ones wait in the queue.
+    let held = engine.state_lock().read().await;
+    let mut opens = tokio::task::JoinSet::new();
+    for host in &hosts {
+        let mut agent = h.agent.clone();
+        let host = host.clone();
+        opens.spawn(async move {
+            agent
+                .open_session(pb::OpenSessionRequest {
+                    host,
+                    packages: vec![pb::Package {
+                        r#type: CCM.into(),
+                        endpoint: "127.0.0.1:7001".into(),
+                        status: pb::PackageStatus::Running as i32,
+                    }],
+                })
+                .await
+        });
+    }
+    // Until every open has reached the writer: in the few entries it may have in flight, held
+    // for its next entry, or waiting in its queue.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while engine.proposals_waiting() + engine.proposals_writing() < OPENS {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the opens did not reach the writer: {} waiting, {} being written",
+            engine.proposals_waiting(),
+            engine.proposals_writing()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(held);
+    while let Some(open) = opens.join_next().await {
+        open??;
+    }
+    let end = h.revision().await;
+    // The entries in flight make a revision each; everything else went into one more entry.
+    assert!(
+        end - start <= registry_manager::IN_FLIGHT as u64 + 1,
+        "{OPENS} opens made {} revisions",
+        end - start
+    );
+    let events = watcher.until(|ev| ev.revision() == end).await?;
+    assert_eq!(events.len() as u64, end - start, "one event per revision");
+    let mut alive = std::collections::BTreeSet::new();
+    for ev in events {
+        for entry in ev.delta()?.upserts {
+            assert!(entry.alive, "{entry:?}");
+            alive.insert(entry.host);
+        }
+    }
+    assert_eq!(
+        alive.into_iter().collect::<Vec<_>>(),
+        hosts,
+        "every host, alive"
+    );
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_current_read_on_a_member_whose_copy_lags_says_it_is_behind_not_cut_off() -> Result<()> {
     let mut h = Harness::start(TTL).await?;
     h.open("agent-1", &[CCM]).await?;

@@ -2,8 +2,12 @@
 //! every member alike, and from there feeds the live sessions and the watch hub.
 //!
 //! Each normal entry is a [`Batch`]; every command in it is checked against the state and then
-//! applied (`State::execute`), inside apply, so every member decides alike and revisions are
-//! the same numbers everywhere. Blank and membership entries make no revision.
+//! applied, inside apply, so every member decides alike and revisions are the same numbers
+//! everywhere. An entry this version writes (`Batch::Together`) makes at most one revision and
+//! one delta for all its commands (`State::execute_together`): under load the writer puts more
+//! commands in each entry, so a storm of session opens costs the watchers a few events, not one
+//! per host. Entries of earlier versions (`Batch::Apart`) are applied as they were, one revision
+//! per command (`State::execute`). Blank and membership entries make no revision.
 //!
 //! The state lives in memory; snapshots (the encoded state with the raft position it covers)
 //! are kept in `raft_meta`, sealed with a checksum. At start the latest snapshot (or the state
@@ -22,7 +26,7 @@ use tokio::sync::RwLock;
 use crate::command::Command;
 use crate::delta::Delta;
 use crate::raft::types::{
-    BatchOutcome, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    Batch, BatchOutcome, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use crate::sessions::SessionTable;
 use crate::state::State;
@@ -228,19 +232,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     let reg = &self.registry;
                     let mut state = reg.state.write().await;
-                    let mut outcomes = Vec::with_capacity(batch.0.len());
-                    for p in &batch.0 {
-                        let history_before = state.history().is_empty();
-                        let (outcome, delta) = state.execute(p, reg.ttl);
-                        if let Some(delta) = delta {
-                            track_sessions(&reg.sessions, &p.command, &delta);
-                            tracing::debug!(revision = %delta.revision, command = p.command.kind(), "applied");
-                            reg.hub.publish(delta.revision, wire::encode_delta(&delta));
-                        } else if history_before && !state.history().is_empty() {
-                            reg.hub.set_history(state.history());
+                    let outcomes = match &batch {
+                        Batch::Apart(items) => {
+                            let mut outcomes = Vec::with_capacity(items.len());
+                            for p in items {
+                                let history_before = state.history().is_empty();
+                                let (outcome, delta) = state.execute(p, reg.ttl);
+                                if let Some(delta) = delta {
+                                    track_sessions(&reg.sessions, &p.command, &delta);
+                                    tracing::debug!(revision = %delta.revision, command = p.command.kind(), "applied");
+                                    reg.hub.publish(delta.revision, wire::encode_delta(&delta));
+                                } else if history_before && !state.history().is_empty() {
+                                    reg.hub.set_history(state.history());
+                                }
+                                outcomes.push(outcome);
+                            }
+                            outcomes
                         }
-                        outcomes.push(outcome);
-                    }
+                        Batch::Together { together: items } => {
+                            let history_before = state.history().is_empty();
+                            let (outcomes, delta) =
+                                state.execute_together(items, reg.ttl, |command, delta| {
+                                    track_sessions(&reg.sessions, command, delta);
+                                });
+                            if history_before && !state.history().is_empty() {
+                                reg.hub.set_history(state.history());
+                            }
+                            if let Some(delta) = delta {
+                                tracing::debug!(revision = %delta.revision, commands = items.len(), "applied");
+                                reg.hub.publish(delta.revision, wire::encode_delta(&delta));
+                            }
+                            outcomes
+                        }
+                    };
                     drop(state);
                     BatchOutcome(outcomes)
                 }
