@@ -14,6 +14,8 @@ pub enum Group {
     Propagation1k,
     /// One change fanned out to 10,000 watch streams.
     Propagation10k,
+    /// 1,000 session opens at once, followed by 10,000 watch streams.
+    Storm,
     /// A manager package killed (SIGKILL): re-route, forwarder, revert.
     Crash,
     /// A manager host silenced (SIGSTOP).
@@ -44,11 +46,12 @@ pub enum Group {
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 16] = [
+    pub const ALL: [Group; 17] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
         Group::Propagation10k,
+        Group::Storm,
         Group::Crash,
         Group::Silent,
         Group::SilentLoaded,
@@ -70,6 +73,7 @@ impl Group {
             Group::Resolve => "resolve",
             Group::Propagation1k => "propagation_1k",
             Group::Propagation10k => "propagation_10k",
+            Group::Storm => "storm",
             Group::Crash => "crash",
             Group::Silent => "silent",
             Group::SilentLoaded => "silent_loaded",
@@ -223,6 +227,27 @@ pub const FIGURES: &[FigureDef] = &[
         Target::None,
         Group::Propagation10k,
         "one change to 10,000 watch streams: slowest stream",
+    ),
+    entry(
+        "storm_1k_opens_revisions",
+        "count",
+        Target::None,
+        Group::Storm,
+        "1,000 session opens sent at once, 10,000 watch streams: revisions made (one event to every stream each)",
+    ),
+    entry(
+        "storm_1k_opens_settle_10k",
+        "ms",
+        Target::None,
+        Group::Storm,
+        "the same: from sending the opens until every stream holds the last revision",
+    ),
+    entry(
+        "storm_1k_opens_manager_cpu",
+        "s",
+        Target::None,
+        Group::Storm,
+        "the same: manager CPU seconds the storm cost, until the last stream held the last revision",
     ),
     entry(
         "failover_crash",

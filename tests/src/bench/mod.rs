@@ -8,9 +8,10 @@
 //! - [`agents`]: simulated agents inside the benchmark: sessions and watch streams.
 //! - [`probe`]: timing re-routes through the agents' `resolve`, spotting false alarms.
 //! - [`system`]: the machine, a process's RSS, busy-loop load.
-//! - one module per group: [`route`], [`resolve`], [`propagation`], [`failover`], [`memory`],
-//!   [`writes`], [`leader`] (the registry group: leader loss, write throughput), [`fleet_scale`]
-//!   (10,000 agents on their own connections at the default heartbeat rate).
+//! - one module per group: [`route`], [`resolve`], [`propagation`], [`storm`] (1,000 session
+//!   opens at once under 10,000 watch streams), [`failover`], [`memory`], [`writes`], [`leader`]
+//!   (the registry group: leader loss, write throughput), [`fleet_scale`] (10,000 agents on
+//!   their own connections at the default heartbeat rate).
 //!
 //! Benchmarks never run in the test suite; `tests/bench_quick.rs` only checks that `--quick`
 //! produces every figure.
@@ -30,6 +31,7 @@ pub mod resolve;
 pub mod route;
 pub mod soak;
 pub mod stats;
+pub mod storm;
 pub mod system;
 pub mod writes;
 
@@ -66,7 +68,7 @@ impl Mode {
             (Mode::Quick, _) => 60,
             (Mode::Full, Group::Route) => 90,
             (Mode::Full, Group::Memory) => 240,
-            (Mode::Full, Group::Propagation10k) => 120,
+            (Mode::Full, Group::Propagation10k | Group::Storm) => 120,
             (Mode::Full, Group::Crash | Group::Silent | Group::SilentLoaded) => 120,
             (Mode::Full, Group::Leader) => 180,
             (
@@ -154,6 +156,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::Resolve => resolve::run(mode).await,
         Group::Propagation1k => propagation::run(mode, false).await,
         Group::Propagation10k => propagation::run(mode, true).await,
+        Group::Storm => storm::run(mode).await,
         Group::Crash => failover::crash(mode).await,
         Group::Silent => failover::silent(mode, false).await,
         Group::SilentLoaded => failover::silent(mode, true).await,
