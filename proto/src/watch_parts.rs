@@ -67,6 +67,15 @@ fn bytes_of(payload: &Payload) -> &Bytes {
     }
 }
 
+/// True when `event`'s payload (if any) is at most `part_bytes` long: [`split`] would return it
+/// alone, unchanged but for `more = false`.
+pub fn fits(event: &WatchEvent, part_bytes: usize) -> bool {
+    event
+        .payload
+        .as_ref()
+        .is_none_or(|p| bytes_of(p).len() <= part_bytes.max(1))
+}
+
 /// Cuts `event` into events whose payloads are at most `part_bytes` long (zero-copy slices of
 /// the payload), all of its revision and kind, `more = true` on every one but the last. An event
 /// that already fits (or has no payload) is returned alone, with `more = false`.

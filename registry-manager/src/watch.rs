@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::Stream;
 use proto::v1 as pb;
-use proto::watch_parts::{split, PART_BYTES};
+use proto::watch_parts::{fits, split, PART_BYTES};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use topology::Revision;
@@ -384,6 +384,11 @@ impl Cursor {
                 Ok(ev) if ev.revision <= self.last => continue,
                 Ok(ev) if ev.revision == self.last + 1 => {
                     self.last = ev.revision;
+                    if !ev.more && fits(&ev, PART_BYTES) {
+                        // The common case, sent as it is: no queue, no copy.
+                        self.sent_one = true;
+                        return Some(ev);
+                    }
                     self.pending = parts([ev]);
                     return self.pop();
                 }

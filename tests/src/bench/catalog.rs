@@ -42,11 +42,14 @@ pub enum Group {
     /// own connections at `session_ttl: 1500ms` (the same 30,000 heartbeats a second), one
     /// manager.
     HeartbeatModel,
+    /// 10,000 agents on their own connections at `session_ttl: 30s` (1,000 heartbeats a second),
+    /// one manager: what the fan-out costs without the heartbeat load sharing the two cores.
+    HeartbeatLight,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 17] = [
+    pub const ALL: [Group; 18] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -64,6 +67,7 @@ impl Group {
         Group::HeartbeatGroup,
         Group::HeartbeatTls,
         Group::HeartbeatModel,
+        Group::HeartbeatLight,
     ];
 
     /// The name accepted on the command line.
@@ -86,6 +90,7 @@ impl Group {
             Group::HeartbeatGroup => "heartbeat_group",
             Group::HeartbeatTls => "heartbeat_tls",
             Group::HeartbeatModel => "heartbeat_model",
+            Group::HeartbeatLight => "heartbeat_light",
         }
     }
 }
@@ -542,6 +547,48 @@ pub const FIGURES: &[FigureDef] = &[
         Target::None,
         Group::HeartbeatModel,
         "one change to 15,000 agents on their own connections (one manager): p99 over agents",
+    ),
+    entry(
+        "heartbeat_light_manager_cpu_10k",
+        "cores",
+        Target::None,
+        Group::HeartbeatLight,
+        "manager CPU, 10,000 agents on own connections at session_ttl 30s (1,000 heartbeats/s), one manager",
+    ),
+    entry(
+        "heartbeat_light_manager_rss_10k",
+        "MB",
+        Target::Below(1024.0),
+        Group::HeartbeatLight,
+        "manager VmRSS under that load",
+    ),
+    entry(
+        "heartbeat_light_rtt_p99_10k",
+        "ms",
+        Target::None,
+        Group::HeartbeatLight,
+        "heartbeat round trip p99 under that load",
+    ),
+    entry(
+        "heartbeat_light_false_expiries_10k",
+        "count",
+        Target::AtMost(0.0),
+        Group::HeartbeatLight,
+        "sessions lapsed that were kept alive, under that load",
+    ),
+    entry(
+        "heartbeat_light_silent_detect_10k",
+        "ms",
+        Target::None,
+        Group::HeartbeatLight,
+        "a host falls silent under that load until every agent's watch hears it (p99 over agents; TTL 30s)",
+    ),
+    entry(
+        "propagation_10k_own_connections_light_p99",
+        "ms",
+        Target::Below(100.0),
+        Group::HeartbeatLight,
+        "one change to 10,000 agents on their own connections (one manager, 1,000 heartbeats/s): p99 over agents",
     ),
 ];
 

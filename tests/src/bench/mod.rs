@@ -76,7 +76,8 @@ impl Mode {
                 Group::Heartbeat
                 | Group::HeartbeatGroup
                 | Group::HeartbeatTls
-                | Group::HeartbeatModel,
+                | Group::HeartbeatModel
+                | Group::HeartbeatLight,
             ) => 360,
             (Mode::Full, _) => 60,
         };
@@ -169,6 +170,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::HeartbeatGroup => fleet_scale::run(mode, 3, false).await,
         Group::HeartbeatTls => fleet_scale::run(mode, 1, true).await,
         Group::HeartbeatModel => fleet_scale::run_model(mode).await,
+        Group::HeartbeatLight => fleet_scale::run_light(mode).await,
     }
 }
 
