@@ -186,6 +186,46 @@ async fn sessions_that_lapse_together_are_one_revision() -> Result<()> {
     h.shutdown().await
 }
 
+#[tokio::test]
+async fn a_watcher_ahead_of_the_member_waits_for_its_copy_instead_of_going_back() -> Result<()> {
+    // An agent that watched a leader which then failed may hold a revision this member has not
+    // applied yet: it must not be sent this member's older registry.
+    let mut h = Harness::start(TTL).await?;
+    h.open("agent-1", &[CCM]).await?;
+    let mut first = h
+        .agent
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            host: String::new(),
+            history: String::new(),
+            status_changes: false,
+        })
+        .await?
+        .into_inner();
+    let history = first.message().await?.expect("a snapshot").history;
+    let head = h.revision().await;
+    let ahead = |history: &str| pb::WatchRequest {
+        from_revision: head + 1,
+        host: String::new(),
+        history: history.into(),
+        status_changes: false,
+    };
+    let mut watcher = Watcher::from(h.agent.watch(ahead(&history)).await?.into_inner());
+    // The revision it has arrives, then one more: the first event it gets is that one's delta.
+    let had = h.action("agent-1", CCM, pb::PackageAction::Drain).await?;
+    assert_eq!(had, head + 1);
+    let next = h.action("agent-1", CCM, pb::PackageAction::Restore).await?;
+    let ev = watcher.next().await?;
+    assert_eq!(ev.revision(), next, "{ev:?}");
+    ev.delta()?;
+    // A watcher of another history is sent this registry at once.
+    let mut other = Watcher::from(h.agent.watch(ahead("another-history")).await?.into_inner());
+    let ev = other.next().await?;
+    assert_eq!(ev.revision(), next);
+    ev.snapshot()?;
+    h.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_session_opens_reaches_watchers_as_a_few_revisions() -> Result<()> {
     // A rack's agents reopening at once: writes that wait for the writer go into one raft

@@ -312,6 +312,24 @@ async fn a_manager_paused_for_five_seconds_lapses_no_session_and_moves_no_route(
     fleet
         .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
         .await?;
+    // Every session open before the pause: an open still in flight would be committed after it
+    // with its agent gone to retry elsewhere, and lapse rightly.
+    let fleet_ref = &fleet;
+    tests::wait::wait_until("every agent's session", SETTLE, || async move {
+        let out = fleet_ref
+            .operator(&["registry", "export", "--json"])
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let all = ["agent-1", "agent-3", "agent-4"]
+            .iter()
+            .all(|h| v["hosts"][h].is_object() && v["hosts"][h]["alive"] != false);
+        if all {
+            Ok(())
+        } else {
+            Err(format!("not yet: {v}"))
+        }
+    })
+    .await?;
     fleet.manager().expect("a manager").pause();
     let paused = tokio::time::Instant::now();
     while paused.elapsed() < Duration::from_secs(5) {

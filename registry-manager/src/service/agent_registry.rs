@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use proto::v1 as pb;
@@ -314,16 +315,53 @@ impl pb::agent_registry_server::AgentRegistry for AgentRegistryService {
         let cancel = self.engine.cancel_token().clone();
         let hub = Arc::clone(self.engine.hub());
         let closing = hub.closing();
-        let events = hub
-            .watch(
-                Arc::clone(self.engine.state_lock()),
+        let engine = self.engine.clone();
+        // The stream is answered at once; its first event waits for this copy to catch up.
+        let events = futures::stream::once(async move {
+            catch_up(&engine, req.from_revision, &req.history).await;
+            hub.watch(
+                Arc::clone(engine.state_lock()),
                 req.from_revision,
                 &req.history,
                 req.status_changes,
             )
             .await
-            .take_until(cancel.cancelled_owned())
-            .take_until(closing.cancelled_owned());
+        })
+        .flatten()
+        .take_until(cancel.cancelled_owned())
+        .take_until(closing.cancelled_owned());
         Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// Longest a watch stream waits for this member's copy to reach the revision its watcher has.
+pub const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// A watcher that has a newer revision of this registry than this member's copy got it from a
+/// member further ahead: typically a leader that just failed, whose last writes this follower
+/// has not applied yet. Sending it this copy now would take it back to an older registry (a
+/// drain it saw, undone for a moment); instead the stream waits, at most [`CATCH_UP`], until
+/// this copy has that revision. After that (a copy that never gets there: another history, a
+/// registry restored from an older backup) the watcher gets this copy's snapshot as before.
+async fn catch_up(engine: &Engine, from: u64, history: &str) {
+    if from == 0 {
+        return;
+    }
+    // Subscribed before the state is read: no revision applied in between is missed.
+    let mut applied = engine.hub().subscribe();
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        {
+            let state = engine.state().await;
+            let other_history = !history.is_empty() && history != state.history();
+            if from <= state.revision().0 || other_history {
+                return;
+            }
+        }
+        match tokio::time::timeout_at(deadline, applied.recv()).await {
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+            // A revision applied (or several): look again.
+            Ok(_) => {}
+        }
     }
 }
