@@ -192,24 +192,16 @@ async fn a_watcher_ahead_of_the_member_waits_for_its_copy_instead_of_going_back(
     // applied yet: it must not be sent this member's older registry.
     let mut h = Harness::start(TTL).await?;
     h.open("agent-1", &[CCM]).await?;
-    let mut first = h
-        .agent
-        .watch(pb::WatchRequest {
-            from_revision: 0,
-            host: String::new(),
-            history: String::new(),
-            status_changes: false,
-        })
-        .await?
-        .into_inner();
-    let history = first.message().await?.expect("a snapshot").history;
-    let head = h.revision().await;
-    let ahead = |history: &str| pb::WatchRequest {
-        from_revision: head + 1,
+    let request = |from_revision: u64, history: &str| pb::WatchRequest {
+        from_revision,
         host: String::new(),
         history: history.into(),
         status_changes: false,
     };
+    let mut first = h.agent.watch(request(0, "")).await?.into_inner();
+    let history = first.message().await?.expect("a snapshot").history;
+    let head = h.revision().await;
+    let ahead = |history: &str| request(head + 1, history);
     let mut watcher = Watcher::from(h.agent.watch(ahead(&history)).await?.into_inner());
     // The revision it has arrives, then one more: the first event it gets is that one's delta.
     let had = h.action("agent-1", CCM, pb::PackageAction::Drain).await?;
