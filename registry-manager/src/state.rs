@@ -142,18 +142,8 @@ impl State {
         p: &crate::command::Proposed,
         ttl: Duration,
     ) -> (crate::command::Outcome, Option<Delta>) {
-        match self.check(&p.command, p.session.as_ref(), ttl) {
-            Err(e) => (Err(e.to_refusal()), None),
-            Ok(Check::Unchanged) => (Ok(self.revision.0), None),
-            Ok(Check::Apply) => {
-                if let Command::CreateHistory { .. } = &p.command {
-                    self.apply(&p.command);
-                    return (Ok(self.revision.0), None);
-                }
-                let delta = self.apply(&p.command);
-                (Ok(delta.revision.0), Some(delta))
-            }
-        }
+        let (mut outcomes, delta) = self.execute_together(std::slice::from_ref(p), ttl, |_, _| {});
+        (outcomes.pop().expect("one outcome per command"), delta)
     }
 
     /// Checks then applies the commands of one raft entry together, as the replicated apply

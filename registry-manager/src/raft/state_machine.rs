@@ -7,7 +7,7 @@
 //! one delta for all its commands (`State::execute_together`): under load the writer puts more
 //! commands in each entry, so a storm of session opens costs the watchers a few events, not one
 //! per host. Entries of earlier versions (`Batch::Apart`) are applied as they were, one revision
-//! per command (`State::execute`). Blank and membership entries make no revision.
+//! per command (each command a group of its own). Blank and membership entries make no revision.
 //!
 //! The state lives in memory; snapshots (the encoded state with the raft position it covers)
 //! are kept in `raft_meta`, sealed with a checksum. At start the latest snapshot (or the state
@@ -232,39 +232,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     let reg = &self.registry;
                     let mut state = reg.state.write().await;
-                    let outcomes = match &batch {
-                        Batch::Apart(items) => {
-                            let mut outcomes = Vec::with_capacity(items.len());
-                            for p in items {
-                                let history_before = state.history().is_empty();
-                                let (outcome, delta) = state.execute(p, reg.ttl);
-                                if let Some(delta) = delta {
-                                    track_sessions(&reg.sessions, &p.command, &delta);
-                                    tracing::debug!(revision = %delta.revision, command = p.command.kind(), "applied");
-                                    reg.hub.publish(delta.revision, wire::encode_delta(&delta));
-                                } else if history_before && !state.history().is_empty() {
-                                    reg.hub.set_history(state.history());
-                                }
-                                outcomes.push(outcome);
-                            }
-                            outcomes
-                        }
-                        Batch::Together { together: items } => {
-                            let history_before = state.history().is_empty();
-                            let (outcomes, delta) =
-                                state.execute_together(items, reg.ttl, |command, delta| {
-                                    track_sessions(&reg.sessions, command, delta);
-                                });
-                            if history_before && !state.history().is_empty() {
-                                reg.hub.set_history(state.history());
-                            }
-                            if let Some(delta) = delta {
-                                tracing::debug!(revision = %delta.revision, commands = items.len(), "applied");
-                                reg.hub.publish(delta.revision, wire::encode_delta(&delta));
-                            }
-                            outcomes
-                        }
+                    // Each group of commands makes at most one revision: the whole entry, or (in
+                    // entries of earlier versions) each command alone.
+                    let groups = match &batch {
+                        Batch::Apart(items) => items.chunks(1),
+                        Batch::Together { together: items } => items.chunks(items.len().max(1)),
                     };
+                    let mut outcomes = Vec::with_capacity(batch.items().len());
+                    for group in groups {
+                        let history_before = state.history().is_empty();
+                        let (group_outcomes, delta) =
+                            state.execute_together(group, reg.ttl, |command, delta| {
+                                track_sessions(&reg.sessions, command, delta);
+                            });
+                        if history_before && !state.history().is_empty() {
+                            reg.hub.set_history(state.history());
+                        }
+                        if let Some(delta) = delta {
+                            tracing::debug!(revision = %delta.revision, commands = group.len(), "applied");
+                            reg.hub.publish(delta.revision, wire::encode_delta(&delta));
+                        }
+                        outcomes.extend(group_outcomes);
+                    }
                     drop(state);
                     BatchOutcome(outcomes)
                 }
