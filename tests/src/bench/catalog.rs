@@ -45,11 +45,14 @@ pub enum Group {
     /// 10,000 agents on their own connections at `session_ttl: 30s` (1,000 heartbeats a second),
     /// one manager: what the fan-out costs without the heartbeat load sharing the two cores.
     HeartbeatLight,
+    /// 1,000 agents on their own connections at the default heartbeat rate, one manager: the
+    /// 1,000-agent propagation target measured as a fleet connects.
+    Heartbeat1k,
 }
 
 impl Group {
     /// Every group, in the order `all` runs them.
-    pub const ALL: [Group; 18] = [
+    pub const ALL: [Group; 19] = [
         Group::Route,
         Group::Resolve,
         Group::Propagation1k,
@@ -68,6 +71,7 @@ impl Group {
         Group::HeartbeatTls,
         Group::HeartbeatModel,
         Group::HeartbeatLight,
+        Group::Heartbeat1k,
     ];
 
     /// The name accepted on the command line.
@@ -91,6 +95,7 @@ impl Group {
             Group::HeartbeatTls => "heartbeat_tls",
             Group::HeartbeatModel => "heartbeat_model",
             Group::HeartbeatLight => "heartbeat_light",
+            Group::Heartbeat1k => "heartbeat_1k",
         }
     }
 }
@@ -589,6 +594,48 @@ pub const FIGURES: &[FigureDef] = &[
         Target::Below(100.0),
         Group::HeartbeatLight,
         "one change to 10,000 agents on their own connections (one manager, 1,000 heartbeats/s): p99 over agents",
+    ),
+    entry(
+        "heartbeat_manager_cpu_1k",
+        "cores",
+        Target::None,
+        Group::Heartbeat1k,
+        "manager CPU, 1,000 agents on own connections at the default heartbeat rate, one manager",
+    ),
+    entry(
+        "heartbeat_manager_rss_1k",
+        "MB",
+        Target::None,
+        Group::Heartbeat1k,
+        "manager VmRSS under that load",
+    ),
+    entry(
+        "heartbeat_rtt_p99_1k",
+        "ms",
+        Target::None,
+        Group::Heartbeat1k,
+        "heartbeat round trip p99 under that load",
+    ),
+    entry(
+        "heartbeat_false_expiries_1k",
+        "count",
+        Target::AtMost(0.0),
+        Group::Heartbeat1k,
+        "sessions lapsed that were kept alive, under that load",
+    ),
+    entry(
+        "heartbeat_silent_detect_1k",
+        "ms",
+        Target::Below(1200.0),
+        Group::Heartbeat1k,
+        "a host falls silent under that load until every agent's watch hears it (p99 over agents)",
+    ),
+    entry(
+        "propagation_1k_own_connections_p99",
+        "ms",
+        Target::Below(25.0),
+        Group::Heartbeat1k,
+        "one change to 1,000 agents on their own connections (one manager, default heartbeat rate): p99 over agents",
     ),
 ];
 

@@ -79,6 +79,7 @@ impl Mode {
                 | Group::HeartbeatModel
                 | Group::HeartbeatLight,
             ) => 360,
+            (Mode::Full, Group::Heartbeat1k) => 120,
             (Mode::Full, _) => 60,
         };
         Duration::from_secs(secs)
@@ -171,6 +172,7 @@ async fn run_group(mode: Mode, group: Group) -> anyhow::Result<Vec<Figure>> {
         Group::HeartbeatTls => fleet_scale::run(mode, 1, true).await,
         Group::HeartbeatModel => fleet_scale::run_model(mode).await,
         Group::HeartbeatLight => fleet_scale::run_light(mode).await,
+        Group::Heartbeat1k => fleet_scale::run_1k(mode).await,
     }
 }
 
