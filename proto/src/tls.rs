@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The three files of a TLS identity: this party's certificate and key, and the CA that signs
@@ -63,6 +63,9 @@ impl fmt::Debug for TlsMaterial {
             .finish_non_exhaustive()
     }
 }
+
+const CRL_HINT: &str =
+    "it is made by `registry-manager certs revoke --dir D NAME` with the fleet's CA in D";
 
 const ISSUE_HINT: &str =
     "make one with `registry-manager certs init --dir D` and `registry-manager certs issue --dir D NAME`";
@@ -174,6 +177,17 @@ impl TlsMaterial {
     /// The server side: this party's certificate, and a client certificate signed by the CA
     /// required of every client (mutual TLS); HTTP/2 only.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_revoking(None)
+    }
+
+    /// [`TlsMaterial::server_config`], refusing also every client certificate the CA's
+    /// revocation list `crl` (its file and PEM text) names. The list must be the fleet CA's,
+    /// and must not name this party's own certificate: both are checked here, so that a wrong
+    /// file is an error at once rather than every client refused.
+    pub fn server_config_revoking(
+        &self,
+        crl: Option<(&Path, &[u8])>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let bad = |what: &'static str, reason: String| TlsError {
             what,
@@ -187,15 +201,51 @@ impl TlsMaterial {
                 .add(der)
                 .map_err(|e| bad("CA certificate", format!("not a usable CA: {e}")))?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             Arc::clone(&provider),
-        )
-        .build()
-        .map_err(|e| bad("CA certificate", e.to_string()))?;
+        );
+        if let Some((path, pem)) = crl {
+            let bad_crl = |reason: String| TlsError {
+                what: "revocation list",
+                path: path.display().to_string(),
+                reason,
+            };
+            let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad_crl(format!("not a PEM revocation list ({e}); {CRL_HINT}")))?;
+            if crls.is_empty() {
+                return Err(bad_crl(format!("holds no revocation list; {CRL_HINT}")));
+            }
+            builder = builder.with_crls(crls);
+        }
+        let verifier = builder
+            .build()
+            .map_err(|e| bad("CA certificate", e.to_string()))?;
         let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("certificate", e.to_string()))?;
+        if let (Some((path, _)), Some(own)) = (crl, chain.first()) {
+            // This party's own certificate, checked as a client's would be: a list of another
+            // CA (or damaged) cannot decide, and would refuse every client.
+            let now = rustls::pki_types::UnixTime::now();
+            if let Err(e) = verifier.verify_client_cert(own, &chain[1..], now) {
+                let reason = match e {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => format!(
+                        "revokes this party's own certificate {}; issue it a new one (`registry-manager certs issue`) and restart",
+                        self.cert_path
+                    ),
+                    e => format!(
+                        "cannot be used with the fleet's CA ({e}); {CRL_HINT}"
+                    ),
+                };
+                return Err(TlsError {
+                    what: "revocation list",
+                    path: path.display().to_string(),
+                    reason,
+                });
+            }
+        }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
             .map_err(|e| bad("key", format!("holds no PEM private key ({e})")))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -1,6 +1,7 @@
-//! The fleet's small PKI (`registry-manager certs init|issue`): a CA, and certificates for
-//! hosts, members and operators signed by it, as PEM files with fixed names (`D/ca.crt`,
-//! `D/ca.key`, `D/NAME.crt`, `D/NAME.key`). Keys are written readable by their owner only.
+//! The fleet's small PKI (`registry-manager certs init|issue|revoke`): a CA, and certificates
+//! for hosts, members and operators signed by it, as PEM files with fixed names (`D/ca.crt`,
+//! `D/ca.key`, `D/NAME.crt`, `D/NAME.key`), and the CA's list of revoked certificates
+//! (`D/revoked.crl`). Keys are written readable by their owner only.
 //!
 //! The certificate of NAME carries NAME as its common name and first DNS name (the identity
 //! the managers read), then the addresses and DNS names it may be reached at, and may serve
@@ -11,15 +12,20 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 
 /// How long the CA is valid.
 pub const CA_DAYS: i64 = 3_650;
 /// How long an issued certificate is valid.
 pub const LEAF_DAYS: i64 = 825;
+/// The CA's list of revoked certificates in the certificates' directory.
+pub const CRL_FILE: &str = "revoked.crl";
 
 /// A certificate command that could not do its work.
 #[derive(Debug, thiserror::Error)]
@@ -254,9 +260,139 @@ pub fn issue_into(dir: &Path, spec: &LeafSpec) -> Result<(PathBuf, PathBuf), Cer
     Ok((crt, key))
 }
 
+/// What `certs revoke` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// The list written: `D/revoked.crl`.
+    pub path: PathBuf,
+    /// Names whose certificates the list now holds for the first time, with their serials (hex).
+    pub added: Vec<(String, String)>,
+    /// Names whose certificates it held already (nothing to do for them).
+    pub already: Vec<String>,
+    /// Certificates the list holds in all.
+    pub total: usize,
+}
+
+/// A revoked certificate: its serial (the integer's bytes, no leading zero) and when.
+type Entry = (Vec<u8>, OffsetDateTime);
+
+fn serial_bytes(raw: &[u8]) -> Vec<u8> {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[first..].to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The serial of the PEM certificate in `path`.
+fn serial_of(path: &Path, pem: &[u8]) -> Result<Vec<u8>, CertsError> {
+    let der = CertificateDer::from_pem_slice(pem)
+        .map_err(|e| file_error(path, format!("holds no PEM certificate ({e})")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| file_error(path, format!("not an X.509 certificate: {e}")))?;
+    Ok(serial_bytes(cert.raw_serial()))
+}
+
+/// The entries and number of the list in `path`.
+fn read_crl(path: &Path, pem: &[u8]) -> Result<(Vec<Entry>, u64), CertsError> {
+    let bad = |reason: String| {
+        file_error(
+            path,
+            format!("{reason}; it is written by `registry-manager certs revoke` only: restore it from a copy (a member has one), or remove it to start an empty list"),
+        )
+    };
+    let der = CertificateRevocationListDer::from_pem_slice(pem)
+        .map_err(|e| bad(format!("holds no PEM revocation list ({e})")))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| bad(format!("not an X.509 revocation list: {e}")))?;
+    let mut entries = Vec::new();
+    for r in crl.iter_revoked_certificates() {
+        let at = OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+            .map_err(|e| bad(format!("a revocation date out of range: {e}")))?;
+        entries.push((serial_bytes(r.raw_serial()), at));
+    }
+    let number = match crl.crl_number() {
+        None => 0,
+        Some(n) => {
+            let bytes = n.to_bytes_be();
+            if bytes.len() > 8 {
+                return Err(bad("its CRL number is larger than 64 bits".into()));
+            }
+            bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        }
+    };
+    Ok((entries, number))
+}
+
+/// `certs revoke --dir D NAME...`: adds the certificates `D/NAME.crt` to the CA's list of
+/// revoked certificates, `D/revoked.crl` (made if missing, signed by `D/ca.*`, numbered one
+/// more than the list it replaces). Revoke before issuing a replacement: the certificate
+/// revoked is the one `D/NAME.crt` holds now.
+pub fn revoke_into(dir: &Path, names: &[String]) -> Result<Revoked, CertsError> {
+    let ca = read_ca(dir)?;
+    let path = dir.join(CRL_FILE);
+    let (mut entries, number) = match std::fs::read(&path) {
+        Ok(pem) => read_crl(&path, &pem)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+        Err(e) => return Err(file_error(&path, e)),
+    };
+    let now = OffsetDateTime::now_utc();
+    let (mut added, mut already) = (Vec::new(), Vec::new());
+    for name in names {
+        check_name(name)?;
+        let (crt, _) = paths(dir, name);
+        let pem = std::fs::read(&crt).map_err(|e| {
+            file_error(
+                &crt,
+                format!("cannot read it ({e}); `certs revoke` revokes the certificate `certs issue` wrote for {name} in --dir"),
+            )
+        })?;
+        let serial = serial_of(&crt, &pem)?;
+        if entries.iter().any(|(s, _)| *s == serial) {
+            already.push(name.clone());
+        } else {
+            added.push((name.clone(), hex(&serial)));
+            entries.push((serial, now));
+        }
+    }
+    if !added.is_empty() || !path.exists() {
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::days(LEAF_DAYS),
+            crl_number: SerialNumber::from(number + 1),
+            issuing_distribution_point: None,
+            revoked_certs: entries
+                .iter()
+                .map(|(serial, at)| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let ca_key = KeyPair::from_pem(&ca.key).map_err(make_error)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(make_error)?;
+        let crl = params.signed_by(&issuer).map_err(make_error)?;
+        write_file(&path, &crl.pem().map_err(make_error)?, false)?;
+    }
+    Ok(Revoked {
+        path,
+        added,
+        already,
+        total: entries.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn facts(pem: &str) -> proto::tls::CertFacts {
         use rustls::pki_types::pem::PemObject;
@@ -397,5 +533,169 @@ mod tests {
             err.contains("expired") && err.contains("certs issue"),
             "{err}"
         );
+    }
+
+    /// A fleet's files in `dir`: the CA and certificates for `names`.
+    fn fleet_with(dir: &Path, names: &[&str]) {
+        init(dir).unwrap();
+        for n in names {
+            issue_into(dir, &LeafSpec::new(n, vec![], vec![])).unwrap();
+        }
+    }
+
+    fn material(dir: &Path, name: &str) -> proto::tls::TlsMaterial {
+        let (cert, key) = paths(dir, name);
+        proto::tls::TlsFiles {
+            cert,
+            key,
+            ca: dir.join("ca.crt"),
+        }
+        .load()
+        .unwrap()
+    }
+
+    #[test]
+    fn revoking_lists_each_certificate_once_and_numbers_every_new_list() {
+        let dir = tempfile::tempdir().unwrap();
+        fleet_with(dir.path(), &["agent-1", "agent-2"]);
+        let first = revoke_into(dir.path(), &["agent-1".into()]).unwrap();
+        assert_eq!(first.path, dir.path().join(CRL_FILE));
+        assert_eq!(first.added.len(), 1);
+        assert_eq!(first.total, 1);
+        let second = revoke_into(dir.path(), &["agent-1".into(), "agent-2".into()]).unwrap();
+        assert_eq!(second.already, vec!["agent-1".to_string()]);
+        assert_eq!(second.added.len(), 1);
+        assert_eq!(second.added[0].0, "agent-2");
+        assert_eq!(second.total, 2);
+        let pem = std::fs::read(dir.path().join(CRL_FILE)).unwrap();
+        let (entries, number) = read_crl(&dir.path().join(CRL_FILE), &pem).unwrap();
+        assert_eq!(number, 2, "each list written is numbered one more");
+        let serials: Vec<Vec<u8>> = ["agent-1", "agent-2"]
+            .iter()
+            .map(|n| {
+                let crt = paths(dir.path(), n).0;
+                serial_of(&crt, &std::fs::read(&crt).unwrap()).unwrap()
+            })
+            .collect();
+        let listed: Vec<Vec<u8>> = entries.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(listed, serials);
+        // Nothing new: the list is not written again.
+        let again = revoke_into(dir.path(), &["agent-2".into()]).unwrap();
+        assert!(again.added.is_empty());
+        assert_eq!(std::fs::read(dir.path().join(CRL_FILE)).unwrap(), pem);
+    }
+
+    #[test]
+    fn revoke_names_what_is_missing_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = revoke_into(dir.path(), &["agent-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certs init --dir"), "{err}");
+        fleet_with(dir.path(), &["agent-1"]);
+        let err = revoke_into(dir.path(), &["agent-1".into(), "agent-9".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent-9.crt") && err.contains("certs issue"),
+            "{err}"
+        );
+        assert!(!dir.path().join(CRL_FILE).exists(), "nothing written");
+        std::fs::write(dir.path().join(CRL_FILE), "not a list").unwrap();
+        let err = revoke_into(dir.path(), &["agent-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("revoked.crl") && err.contains("restore it"),
+            "{err}"
+        );
+    }
+
+    /// A TLS handshake over memory between a server of `server` and a client holding `client`'s
+    /// certificate; the server's verdict.
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        dir: &Path,
+        client: &str,
+    ) -> Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let (crt, key) = paths(dir, client);
+        let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server_side = tokio_rustls::TlsAcceptor::from(server).accept(a);
+        let client_side = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(rustls::pki_types::ServerName::try_from("m1").unwrap(), b);
+        let (accepted, _) = tokio::join!(server_side, client_side);
+        accepted
+            .map(|_| ())
+            .map_err(|e| proto::tls::error_chain(&e))
+    }
+
+    #[tokio::test]
+    async fn a_server_refuses_the_revoked_certificates_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        fleet_with(dir.path(), &["m1", "agent-1", "agent-2"]);
+        let m1 = material(dir.path(), "m1");
+        // Before the list: both agents are let in.
+        let open = m1.server_config().unwrap();
+        assert!(handshake(open.clone(), dir.path(), "agent-1").await.is_ok());
+        revoke_into(dir.path(), &["agent-1".into()]).unwrap();
+        let crl_path = dir.path().join(CRL_FILE);
+        let crl = std::fs::read(&crl_path).unwrap();
+        let revoking = m1
+            .server_config_revoking(Some((crl_path.as_path(), &crl)))
+            .unwrap();
+        let refused = handshake(revoking.clone(), dir.path(), "agent-1")
+            .await
+            .unwrap_err();
+        assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        handshake(revoking, dir.path(), "agent-2")
+            .await
+            .expect("a certificate the list does not name is let in");
+    }
+
+    #[test]
+    fn a_list_naming_the_servers_own_certificate_or_of_another_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fleet_with(dir.path(), &["m1", "agent-1"]);
+        revoke_into(dir.path(), &["m1".into()]).unwrap();
+        let crl_path = dir.path().join(CRL_FILE);
+        let crl = std::fs::read(&crl_path).unwrap();
+        let m1 = material(dir.path(), "m1");
+        let err = m1
+            .server_config_revoking(Some((crl_path.as_path(), &crl)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("own certificate"), "{err}");
+
+        let other = tempfile::tempdir().unwrap();
+        fleet_with(other.path(), &["agent-1"]);
+        revoke_into(other.path(), &["agent-1".into()]).unwrap();
+        let foreign_path = other.path().join(CRL_FILE);
+        let foreign = std::fs::read(&foreign_path).unwrap();
+        let err = m1
+            .server_config_revoking(Some((foreign_path.as_path(), &foreign)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be used with the fleet's CA"), "{err}");
+        let err = m1
+            .server_config_revoking(Some((foreign_path.as_path(), b"junk")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certs revoke"), "{err}");
     }
 }

@@ -58,6 +58,7 @@ mod metrics;
 mod page;
 pub mod raft;
 mod rebuild;
+mod revocation;
 pub mod security;
 mod server;
 pub mod service;

@@ -21,6 +21,8 @@ pub struct Security {
     pub insecure: bool,
     /// The cluster key the members authenticate each other with (`group.key_file`).
     pub key_file: Option<PathBuf>,
+    /// The CA's list of revoked certificates (`tls.crl`), read again whenever it changes.
+    pub crl: Option<PathBuf>,
 }
 
 impl Security {

@@ -493,8 +493,14 @@ async fn launch(
             crate::grpc_port::spawn(incoming, routes, http2, cancel.clone())
         }
         Some(material) => {
+            let (configs, follow) = crate::revocation::server_configs(
+                material,
+                config.security.crl.as_deref(),
+                cancel.clone(),
+            )?;
+            tasks.extend(follow);
             let (sorted, accept) =
-                crate::tls_accept::sort(listener, material.server_config()?, slots, cancel.clone());
+                crate::tls_accept::sort(listener, configs, slots, cancel.clone());
             tasks.push(accept);
             tasks.push(spawn_plaintext_refuser(
                 sorted.plain,

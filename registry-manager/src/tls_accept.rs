@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,22 +39,23 @@ impl std::fmt::Debug for Sorted {
     }
 }
 
-/// Accepts on `listener` until `cancel`, sorting connections by their first byte.
+/// Accepts on `listener` until `cancel`, sorting connections by their first byte. Each
+/// handshake takes the newest of `configs` (the revocation list may change).
 pub fn sort(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    configs: watch::Receiver<Arc<rustls::ServerConfig>>,
     slots: Arc<crate::conn_limit::Slots>,
     cancel: CancellationToken,
 ) -> (Sorted, tokio::task::JoinHandle<()>) {
     let (tls_tx, tls_rx) = mpsc::channel(BACKLOG);
     let (plain_tx, plain_rx) = mpsc::channel(BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
     let task = crate::conn_limit::accept_each(
         listener,
         slots,
         cancel,
         move |stream, peer, slot| {
-            let (acceptor, tls_tx, plain_tx) = (acceptor.clone(), tls_tx.clone(), plain_tx.clone());
+            let acceptor = TlsAcceptor::from(Arc::clone(&configs.borrow()));
+            let (tls_tx, plain_tx) = (tls_tx.clone(), plain_tx.clone());
             async move {
                 // Closed at once (a TCP probe), an error, or silence: nothing to serve.
                 let Some(first) = crate::conn_limit::first_byte(&stream, HANDSHAKE_TIMEOUT).await
@@ -74,7 +75,7 @@ pub fn sort(
                     Ok(Err(e)) => tracing::warn!(
                         %peer,
                         error = %proto::tls::error_chain(&e),
-                        "refused a TLS connection (the client's certificate must be signed by this fleet's CA and be valid now)"
+                        "refused a TLS connection (the client's certificate must be signed by this fleet's CA, valid now and not revoked)"
                     ),
                     Err(_) => {
                         tracing::warn!(%peer, "refused a TLS connection: no handshake within 10s")

@@ -1,4 +1,5 @@
-//! `registry-manager certs init|issue`: the fleet's CA and its certificates, as files.
+//! `registry-manager certs init|issue|revoke`: the fleet's CA, its certificates and its list
+//! of revoked certificates, as files.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -33,6 +34,17 @@ pub enum CertsCommand {
         /// A DNS name the holder serves at; repeat for more (NAME is always included).
         #[arg(long = "dns", value_name = "N")]
         dns: Vec<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Revoke the certificates DIR/NAME.crt (a lost or stolen key, a host taken out of the fleet): adds them to DIR/revoked.crl, the CA's signed list. Copy that file to every member as `tls: { crl }`; a member reads it again within 5 s of a change and refuses those certificates on every new connection. Revoke before issuing NAME a new certificate: the one revoked is the one DIR/NAME.crt holds now.
+    Revoke {
+        /// The directory holding the CA and the certificates (from `certs init` and `certs issue`).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The names whose certificates to revoke (DIR/NAME.crt).
+        #[arg(required = true)]
+        names: Vec<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -76,6 +88,37 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     crt.display(),
                     key.display(),
                     certs::LEAF_DAYS
+                );
+            }
+        }
+        CertsCommand::Revoke { dir, names, out } => {
+            let r = certs::revoke_into(&dir, &names)?;
+            if out.json {
+                let added: Vec<_> = r
+                    .added
+                    .iter()
+                    .map(|(name, serial)| json!({ "name": name, "serial": serial }))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "crl": r.path.display().to_string(),
+                        "revoked": added,
+                        "already_revoked": r.already,
+                        "total": r.total,
+                    })
+                );
+            } else {
+                for (name, serial) in &r.added {
+                    println!("revoked the certificate of {name} (serial {serial})");
+                }
+                for name in &r.already {
+                    println!("the certificate of {name} was revoked already");
+                }
+                println!(
+                    "{} lists {} revoked certificate(s): copy it to every member (`tls: {{ crl: ... }}` in its configuration); a member reads it again within 5 s of a change",
+                    r.path.display(),
+                    r.total
                 );
             }
         }

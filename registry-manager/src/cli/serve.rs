@@ -82,13 +82,15 @@ struct ServeFile {
     insecure: bool,
 }
 
-/// The `tls:` section: this manager's certificate and key, and the fleet's CA.
+/// The `tls:` section: this manager's certificate and key, the fleet's CA, and optionally the
+/// CA's list of revoked certificates.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TlsFile {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 /// The `group:` section: this member, every voter, optional learners, failback target, hook.
@@ -216,12 +218,14 @@ fn resolve(args: ServeArgs) -> anyhow::Result<registry_manager::ServeConfig> {
         registry_manager::certs::check_name(a)
             .map_err(|e| anyhow::anyhow!("{config_name}: admins: {e}"))?;
     }
+    let crl = file.tls.as_ref().and_then(|t| t.crl.clone());
     let security = registry_manager::Security {
         tls: file.tls.map(|t| proto::tls::TlsFiles {
             cert: t.cert,
             key: t.key,
             ca: t.ca,
         }),
+        crl,
         admins: file.admins,
         insecure: args.insecure || file.insecure,
         key_file,
