@@ -231,6 +231,7 @@ pub struct FleetBuilder {
     manager_http: bool,
     tls: bool,
     cluster_key: bool,
+    crl: bool,
 }
 
 impl FleetBuilder {
@@ -338,6 +339,14 @@ impl FleetBuilder {
         self
     }
 
+    /// With [`FleetBuilder::tls`]: the managers follow the CA's revocation list
+    /// (`tls: { crl }`), made at the start by the real `certs revoke` for a certificate issued
+    /// to nobody (`retired`); [`Fleet::revoke`] adds to it.
+    pub fn revocation_list(mut self) -> Self {
+        self.crl = true;
+        self
+    }
+
     /// Members of a group sign their RPCs with a cluster key (`group.key_file`); each member
     /// reads its own copy, [`Fleet::cluster_key_file`], so a test can give one another key.
     pub fn cluster_key(mut self) -> Self {
@@ -368,6 +377,10 @@ impl FleetBuilder {
         }
         if self.tls {
             fleet.make_certs()?;
+            if self.crl {
+                fleet.issue("retired")?;
+                fleet.revoke("retired")?;
+            }
         }
         if self.manager && self.members > 1 {
             fleet.start_group(self.members).await?;
@@ -453,6 +466,7 @@ impl Fleet {
             manager_http: false,
             tls: false,
             cluster_key: false,
+            crl: false,
         }
     }
 
@@ -1332,12 +1346,37 @@ impl Fleet {
     /// The `tls:` and `admins:` keys of a manager's configuration (member `name`).
     fn tls_yaml(&self, name: &str) -> String {
         let (cert, key, ca) = self.cert_files(name);
+        let crl = if self.spec.crl {
+            format!(", crl: \"{}\"", self.revocation_list().display())
+        } else {
+            String::new()
+        };
         format!(
-            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}\nadmins: [{OPERATOR}]\n",
+            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\"{crl} }}\nadmins: [{OPERATOR}]\n",
             cert.display(),
             key.display(),
             ca.display()
         )
+    }
+
+    /// The CA's revocation list the managers follow (with [`FleetBuilder::revocation_list`]).
+    pub fn revocation_list(&self) -> PathBuf {
+        self.certs_dir().join("revoked.crl")
+    }
+
+    /// Revokes `name`'s certificate with the real `certs revoke`; its output.
+    pub fn revoke(&self, name: &str) -> anyhow::Result<std::process::Output> {
+        let dir = self.certs_dir().display().to_string();
+        let out = Command::new(bin_path("registry-manager")?)
+            .args(["certs", "revoke", "--dir", &dir, name])
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs revoke {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
     }
 
     /// An endpoint to a manager for the harness's own admin calls: over TLS as the operator

@@ -373,6 +373,109 @@ async fn plaintext_another_cas_certificate_and_an_expired_certificate_are_refuse
     Ok(())
 }
 
+/// Watches the registry as `who`, over a new connection with `who`'s certificate, until the
+/// first event.
+async fn watch_as(fleet: &Fleet, who: &str) -> Result<(), String> {
+    let mut client = agent_client(fleet, Some(who))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let mut events = client
+        .watch(proto::WatchRequest {
+            from_revision: 0,
+            host: String::new(),
+            history: String::new(),
+            status_changes: true,
+        })
+        .await
+        .map_err(|s| format!("{s:?}"))?
+        .into_inner();
+    match events.message().await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the stream ended".into()),
+        Err(s) => Err(format!("{s:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_on_new_connections_within_seconds_and_no_other(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+        .tls()
+        .revocation_list()
+        .manager()
+        .agent("agent-4")
+        .start()
+        .await?;
+    fleet.issue("agent-3")?;
+    // Before: agent-3's certificate is let in.
+    watch_as(&fleet, "agent-3")
+        .await
+        .map_err(|e| anyhow::anyhow!("agent-3 before revocation: {e}"))?;
+
+    let out = fleet.revoke("agent-3")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("revoked the certificate of agent-3") && said.contains("2 revoked"),
+        "{said}"
+    );
+    // The manager reads the changed list by itself and refuses agent-3's new connections.
+    wait_until("agent-3's certificate to be refused", SETTLE, || async {
+        match watch_as(&fleet, "agent-3").await {
+            Err(_) => Ok(()),
+            Ok(()) => Err("agent-3 was still let in".to_string()),
+        }
+    })
+    .await?;
+    wait_until(
+        "the manager to log the revoked certificate it refused",
+        SETTLE,
+        || async {
+            let logs = fleet.logs_all();
+            if logs
+                .lines()
+                .any(|l| l.contains("refused a TLS connection") && l.contains("Revoked"))
+            {
+                Ok(())
+            } else {
+                Err(fleet.logs())
+            }
+        },
+    )
+    .await?;
+    // Everyone else still gets in on new connections: the operator, and agent-4's agent.
+    let out = fleet.manager_cli(&["topology", "show"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    watch_as(&fleet, "agent-4")
+        .await
+        .map_err(|e| anyhow::anyhow!("agent-4 after agent-3's revocation: {e}"))?;
+
+    // A changed list that cannot be used is reported, and the one read before stays in force.
+    std::fs::write(fleet.revocation_list(), "not a revocation list")?;
+    wait_until(
+        "the manager to report the unusable list",
+        SETTLE,
+        || async {
+            if fleet
+                .logs_all()
+                .contains("the list read before stays in force")
+            {
+                Ok(())
+            } else {
+                Err(fleet.logs())
+            }
+        },
+    )
+    .await?;
+    assert!(
+        watch_as(&fleet, "agent-3").await.is_err(),
+        "agent-3 let in after the list was damaged"
+    );
+    let out = fleet.manager_cli(&["topology", "show"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worked_example_fleet_runs_with_mutual_tls_forwarding_included() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;

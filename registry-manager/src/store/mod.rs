@@ -104,11 +104,8 @@ impl RaftDb {
     pub fn open(dir: &Path) -> Result<RaftDb, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Engine(format!("cannot create the data directory: {e}")))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(engine)?;
+        let db =
+            open_sled(sled::Config::new().path(dir).cache_capacity(64 << 20)).map_err(engine)?;
         let log = db.open_tree(LOG_TREE).map_err(engine)?;
         let meta = db.open_tree(META_TREE).map_err(engine)?;
         let raft = RaftDb {
@@ -308,8 +305,30 @@ impl RaftDb {
 }
 
 /// The sealed vote record of the store in `dir` when it opens and the record is intact.
+/// How long opening a store waits for its directory's lock. sled's background threads let go
+/// of it a moment after the last handle in this process is dropped, so a store opened again
+/// at once (after an open found it damaged, to read its vote) can find it still held; a
+/// manager started on a directory another running manager holds is told so after this long.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_sled(config: sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            // sled says so only in the text of an I/O error.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 fn intact_vote(dir: &Path) -> Option<Vec<u8>> {
-    let db = sled::Config::new().path(dir).open().ok()?;
+    let db = open_sled(sled::Config::new().path(dir)).ok()?;
     let v = db.open_tree(META_TREE).ok()?.get(VOTE).ok()??;
     unseal(&v).ok()?;
     Some(v.to_vec())
