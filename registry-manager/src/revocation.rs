@@ -57,19 +57,16 @@ fn revoked_count(pem: &[u8]) -> usize {
         .sum()
 }
 
+/// The newest server configuration, for each new TLS handshake.
+pub type Configs = watch::Receiver<Arc<rustls::ServerConfig>>;
+
 /// The server configurations new TLS handshakes take: `material`'s, refusing the certificates
 /// the list `crl` names (when given), and the task that follows the list's file until `cancel`.
 pub fn server_configs(
     material: &TlsMaterial,
     crl: Option<&Path>,
     cancel: CancellationToken,
-) -> Result<
-    (
-        watch::Receiver<Arc<rustls::ServerConfig>>,
-        Option<tokio::task::JoinHandle<()>>,
-    ),
-    TlsError,
-> {
+) -> Result<(Configs, Option<tokio::task::JoinHandle<()>>), TlsError> {
     let Some(path) = crl else {
         let (_, rx) = watch::channel(material.server_config()?);
         return Ok((rx, None));
