@@ -277,9 +277,20 @@ pub struct CertFacts {
     pub not_before: i64,
     /// Validity, seconds since the Unix epoch.
     pub not_after: i64,
+    /// Its serial number ([`serial_bytes`]).
+    pub serial: Vec<u8>,
 }
 
-/// Reads a DER certificate's identity and validity.
+/// A serial number as DER holds it (`raw`), as compared here: without leading zeros.
+pub fn serial_bytes(raw: &[u8]) -> Vec<u8> {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[first..].to_vec()
+}
+
+/// Reads a DER certificate's identity, validity and serial.
 pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
     use x509_parser::prelude::*;
     let (_, cert) =
@@ -305,6 +316,7 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
         name: san.or_else(cn).filter(|n| !n.is_empty()),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
+        serial: serial_bytes(cert.raw_serial()),
     })
 }
 

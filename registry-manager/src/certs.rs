@@ -273,16 +273,8 @@ pub struct Revoked {
     pub total: usize,
 }
 
-/// A revoked certificate: its serial (the integer's bytes, no leading zero) and when.
+/// A revoked certificate: its serial ([`proto::tls::serial_bytes`]) and when.
 type Entry = (Vec<u8>, OffsetDateTime);
-
-fn serial_bytes(raw: &[u8]) -> Vec<u8> {
-    let first = raw
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    raw[first..].to_vec()
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -292,9 +284,9 @@ fn hex(bytes: &[u8]) -> String {
 fn serial_of(path: &Path, pem: &[u8]) -> Result<Vec<u8>, CertsError> {
     let der = CertificateDer::from_pem_slice(pem)
         .map_err(|e| file_error(path, format!("holds no PEM certificate ({e})")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| file_error(path, format!("not an X.509 certificate: {e}")))?;
-    Ok(serial_bytes(cert.raw_serial()))
+    proto::tls::cert_facts(&der)
+        .map(|facts| facts.serial)
+        .map_err(|e| file_error(path, e))
 }
 
 /// The entries and number of the list in `path`.
@@ -313,7 +305,7 @@ fn read_crl(path: &Path, pem: &[u8]) -> Result<(Vec<Entry>, u64), CertsError> {
     for r in crl.iter_revoked_certificates() {
         let at = OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
             .map_err(|e| bad(format!("a revocation date out of range: {e}")))?;
-        entries.push((serial_bytes(r.raw_serial()), at));
+        entries.push((proto::tls::serial_bytes(r.raw_serial()), at));
     }
     let number = match crl.crl_number() {
         None => 0,

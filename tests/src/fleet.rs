@@ -1306,33 +1306,32 @@ impl Fleet {
         )
     }
 
-    /// Issues a certificate for `name` (valid at 127.0.0.1) with the real `certs issue`.
-    pub fn issue(&self, name: &str) -> anyhow::Result<()> {
+    /// The real `registry-manager certs WHAT --dir <certs dir> ARGS...`; its output, or an
+    /// error with what it said when it failed.
+    fn certs_cli(&self, what: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let dir = self.certs_dir().display().to_string();
         let out = Command::new(bin_path("registry-manager")?)
-            .args(["certs", "issue", "--dir", &dir, name, "--ip", "127.0.0.1"])
+            .args(["certs", what, "--dir", &dir])
+            .args(args)
             .stdin(Stdio::null())
             .output()?;
         anyhow::ensure!(
             out.status.success(),
-            "certs issue {name} failed: {}",
+            "certs {what} {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Ok(())
+        Ok(out)
+    }
+
+    /// Issues a certificate for `name` (valid at 127.0.0.1) with the real `certs issue`.
+    pub fn issue(&self, name: &str) -> anyhow::Result<()> {
+        self.certs_cli("issue", &[name, "--ip", "127.0.0.1"])
+            .map(drop)
     }
 
     /// `certs init`, then a certificate for every member, agent host and the operator.
     fn make_certs(&self) -> anyhow::Result<()> {
-        let dir = self.certs_dir().display().to_string();
-        let out = Command::new(bin_path("registry-manager")?)
-            .args(["certs", "init", "--dir", &dir])
-            .stdin(Stdio::null())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "certs init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.certs_cli("init", &[])?;
         let members = (1..=self.spec.members.max(1)).map(|i| format!("m{i}"));
         for name in members
             .chain(self.spec.agents.iter().cloned())
@@ -1366,17 +1365,7 @@ impl Fleet {
 
     /// Revokes `name`'s certificate with the real `certs revoke`; its output.
     pub fn revoke(&self, name: &str) -> anyhow::Result<std::process::Output> {
-        let dir = self.certs_dir().display().to_string();
-        let out = Command::new(bin_path("registry-manager")?)
-            .args(["certs", "revoke", "--dir", &dir, name])
-            .stdin(Stdio::null())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "certs revoke {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        self.certs_cli("revoke", &[name])
     }
 
     /// An endpoint to a manager for the harness's own admin calls: over TLS as the operator
