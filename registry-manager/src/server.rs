@@ -493,14 +493,16 @@ async fn launch(
             crate::grpc_port::spawn(incoming, routes, http2, cancel.clone())
         }
         Some(material) => {
+            let open = Arc::new(crate::revocation::OpenConnections::default());
             let (configs, follow) = crate::revocation::server_configs(
                 material,
                 config.security.crl.as_deref(),
+                Arc::clone(&open),
                 cancel.clone(),
             )?;
             tasks.extend(follow);
             let (sorted, accept) =
-                crate::tls_accept::sort(listener, configs, slots, cancel.clone());
+                crate::tls_accept::sort(listener, configs, open, slots, cancel.clone());
             tasks.push(accept);
             tasks.push(spawn_plaintext_refuser(
                 sorted.plain,

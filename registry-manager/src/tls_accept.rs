@@ -15,6 +15,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn_limit::Counted;
+use crate::revocation::{OpenConnections, Revocable};
+
 /// Connections accepted at once before the accept loop waits for the servers.
 const BACKLOG: usize = 256;
 /// A client that sends nothing, or does not finish its handshake, within this long is dropped.
@@ -27,8 +30,8 @@ pub const PLAINTEXT_REFUSED: &str = "this registry manager serves TLS only (mutu
 
 /// The two streams of connections a TLS listener sorts its clients into.
 pub struct Sorted {
-    /// Connections whose TLS handshake succeeded.
-    pub tls: ReceiverStream<std::io::Result<TlsStream<crate::conn_limit::Counted<TcpStream>>>>,
+    /// Connections whose TLS handshake succeeded, each followed by its client's certificate.
+    pub tls: ReceiverStream<std::io::Result<Revocable<TlsStream<Counted<TcpStream>>>>>,
     /// Plaintext connections (to be refused with [`PLAINTEXT_REFUSED`]).
     pub plain: ReceiverStream<std::io::Result<TcpStream>>,
 }
@@ -40,10 +43,12 @@ impl std::fmt::Debug for Sorted {
 }
 
 /// Accepts on `listener` until `cancel`, sorting connections by their first byte. Each
-/// handshake takes the newest of `configs` (the revocation list may change).
+/// handshake takes the newest of `configs` (the revocation list may change); each TLS
+/// connection is followed in `open` by the serial of its client's certificate.
 pub fn sort(
     listener: TcpListener,
     configs: watch::Receiver<Arc<rustls::ServerConfig>>,
+    open: Arc<OpenConnections>,
     slots: Arc<crate::conn_limit::Slots>,
     cancel: CancellationToken,
 ) -> (Sorted, tokio::task::JoinHandle<()>) {
@@ -55,7 +60,7 @@ pub fn sort(
         cancel,
         move |stream, peer, slot| {
             let acceptor = TlsAcceptor::from(Arc::clone(&configs.borrow()));
-            let (tls_tx, plain_tx) = (tls_tx.clone(), plain_tx.clone());
+            let (tls_tx, plain_tx, open) = (tls_tx.clone(), plain_tx.clone(), Arc::clone(&open));
             async move {
                 // Closed at once (a TCP probe), an error, or silence: nothing to serve.
                 let Some(first) = crate::conn_limit::first_byte(&stream, HANDSHAKE_TIMEOUT).await
@@ -67,10 +72,18 @@ pub fn sort(
                     let _ = plain_tx.send(Ok(stream)).await;
                     return;
                 }
-                let stream = crate::conn_limit::Counted::new(stream, slot);
+                let stream = Counted::new(stream, slot);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tls_tx.send(Ok(tls)).await;
+                        let serial = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| proto::tls::cert_facts(cert).ok())
+                            .map(|facts| facts.serial)
+                            .unwrap_or_default();
+                        let _ = tls_tx.send(Ok(open.track(serial, tls))).await;
                     }
                     Ok(Err(e)) => tracing::warn!(
                         %peer,

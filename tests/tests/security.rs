@@ -397,7 +397,7 @@ async fn watch_as(fleet: &Fleet, who: &str) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_certificate_is_refused_on_new_connections_within_seconds_and_no_other(
+async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_seconds_and_no_other(
 ) -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
@@ -408,10 +408,26 @@ async fn a_revoked_certificate_is_refused_on_new_connections_within_seconds_and_
         .start()
         .await?;
     fleet.issue("agent-3")?;
-    // Before: agent-3's certificate is let in.
+    // Before: agent-3's certificate is let in. One watch stream stays open across the
+    // revocation: its connection is cut when the manager reads the changed list.
     watch_as(&fleet, "agent-3")
         .await
         .map_err(|e| anyhow::anyhow!("agent-3 before revocation: {e}"))?;
+    let mut open_before = agent_client(&fleet, Some("agent-3"))
+        .await?
+        .watch(proto::WatchRequest {
+            from_revision: 0,
+            host: String::new(),
+            history: String::new(),
+            status_changes: true,
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(open_before.message().await?.is_some(), "no first event");
+    let ended = tokio::spawn(async move {
+        // Events until the connection is cut (an error) or the stream ends.
+        while let Ok(Some(_)) = open_before.message().await {}
+    });
 
     let out = fleet.revoke("agent-3")?;
     let said = String::from_utf8_lossy(&out.stdout);
@@ -443,6 +459,9 @@ async fn a_revoked_certificate_is_refused_on_new_connections_within_seconds_and_
         },
     )
     .await?;
+    tokio::time::timeout(SETTLE, ended).await.map_err(|_| {
+        anyhow::anyhow!("agent-3's connection opened before the revocation was not cut")
+    })??;
     // Everyone else still gets in on new connections: the operator, and agent-4's agent.
     let out = fleet.manager_cli(&["topology", "show"])?;
     assert!(out.status.success(), "{}", stderr(&out));
