@@ -78,8 +78,11 @@ fn revoked_serials(pem: &[u8]) -> Serials {
 #[derive(Debug, Default)]
 pub struct OpenConnections {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, (Vec<u8>, Arc<Cut>)>>,
+    open: Mutex<HashMap<u64, Followed>>,
 }
+
+/// One open connection: its client certificate's serial, and how to cut it.
+type Followed = (Vec<u8>, Arc<Cut>);
 
 /// Set when a connection is to be cut; wakes the task serving it.
 #[derive(Debug, Default)]
@@ -97,7 +100,7 @@ impl Cut {
 }
 
 impl OpenConnections {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Vec<u8>, Arc<Cut>)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Followed>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
