@@ -43,4 +43,6 @@ pub fn explained(e: &RouteExplanation, with_stale: bool) -> topology::Explained 
         stale: with_stale.then_some(e.stale),
     }
 }
+
+pub mod crl;
 pub mod tls;

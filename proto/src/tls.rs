@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+
+use crate::crl::{ClientTls, CRL_HINT};
 
 /// The three files of a TLS identity: this party's certificate and key, and the CA that signs
 /// every certificate of the fleet (peers must present one it signed).
@@ -64,9 +67,6 @@ impl fmt::Debug for TlsMaterial {
     }
 }
 
-const CRL_HINT: &str =
-    "it is made by `registry-manager certs revoke --dir D NAME` with the fleet's CA in D";
-
 const ISSUE_HINT: &str =
     "make one with `registry-manager certs init --dir D` and `registry-manager certs issue --dir D NAME`";
 
@@ -100,6 +100,17 @@ impl TlsFiles {
         let cert_pem = read("certificate", &self.cert)?;
         let key_pem = read("key", &self.key)?;
         let ca_pem = read("CA certificate", &self.ca)?;
+        self.material(cert_pem, key_pem, ca_pem)
+    }
+
+    /// The material of the three PEM texts, read from these files (or made in memory: the
+    /// files then only name them in errors), checked as [`TlsFiles::load`] checks them.
+    pub fn material(
+        &self,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        ca_pem: Vec<u8>,
+    ) -> Result<TlsMaterial, TlsError> {
         let der = first_cert("certificate", &self.cert, &cert_pem)?;
         first_cert("CA certificate", &self.ca, &ca_pem)?;
         if let Err(e) = PrivateKeyDer::from_pem_slice(&key_pem) {
@@ -166,12 +177,34 @@ impl TlsMaterial {
         Ok(())
     }
 
-    /// The client side: this party's certificate as its identity, the CA as the only root.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+    /// The client side: this party's certificate as its identity, the fleet's CA as the only
+    /// root, and the manager's certificate checked also against the CA's revocation list `crl`
+    /// (its file and PEM text) when given. The list is checked as for
+    /// [`TlsMaterial::server_config_revoking`].
+    pub fn client_tls(&self, crl: Option<(&Path, &[u8])>) -> Result<ClientTls, TlsError> {
+        let config = ClientTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5));
+        Ok(ClientTls::new(
+            config,
+            self.server_verifier(crl)?,
+            self.clone(),
+        ))
+    }
+
+    /// The check of a server's certificate: signed by the fleet's CA, and not named by `crl`.
+    pub(crate) fn server_verifier(
+        &self,
+        crl: Option<(&Path, &[u8])>,
+    ) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        let mut builder =
+            WebPkiServerVerifier::builder_with_provider(self.roots()?, Self::provider());
+        if let Some((path, pem)) = crl {
+            builder = builder.with_crls(self.checked_list(path, pem)?);
+        }
+        builder
+            .build()
+            .map_err(|e| self.bad("CA certificate", e.to_string()))
     }
 
     /// The server side: this party's certificate, and a client certificate signed by the CA
@@ -183,79 +216,101 @@ impl TlsMaterial {
     /// [`TlsMaterial::server_config`], refusing also every client certificate the CA's
     /// revocation list `crl` (its file and PEM text) names. The list must be the fleet CA's,
     /// and must not name this party's own certificate: both are checked here, so that a wrong
-    /// file is an error at once rather than every client refused.
+    /// file is an error at once rather than every peer refused.
     pub fn server_config_revoking(
         &self,
         crl: Option<(&Path, &[u8])>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let bad = |what: &'static str, reason: String| TlsError {
-            what,
-            path: self.cert_path.clone(),
-            reason,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for der in CertificateDer::pem_slice_iter(&self.ca_pem) {
-            let der = der.map_err(|e| bad("CA certificate", e.to_string()))?;
-            roots
-                .add(der)
-                .map_err(|e| bad("CA certificate", format!("not a usable CA: {e}")))?;
-        }
         let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&provider),
+            self.roots()?,
+            Self::provider(),
         );
         if let Some((path, pem)) = crl {
-            let bad_crl = |reason: String| TlsError {
-                what: "revocation list",
-                path: path.display().to_string(),
-                reason,
-            };
-            let crls = CertificateRevocationListDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad_crl(format!("not a PEM revocation list ({e}); {CRL_HINT}")))?;
-            if crls.is_empty() {
-                return Err(bad_crl(format!("holds no revocation list; {CRL_HINT}")));
-            }
-            builder = builder.with_crls(crls);
+            builder = builder.with_crls(self.checked_list(path, pem)?);
         }
         let verifier = builder
             .build()
-            .map_err(|e| bad("CA certificate", e.to_string()))?;
-        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", e.to_string()))?;
-        if let (Some((path, _)), Some(own)) = (crl, chain.first()) {
-            // This party's own certificate, checked as a client's would be: a list of another
-            // CA (or damaged) cannot decide, and would refuse every client.
-            let now = rustls::pki_types::UnixTime::now();
-            if let Err(e) = verifier.verify_client_cert(own, &chain[1..], now) {
-                let reason = match e {
-                    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => format!(
-                        "revokes this party's own certificate {}; issue it a new one (`registry-manager certs issue`) and restart",
-                        self.cert_path
-                    ),
-                    e => format!(
-                        "cannot be used with the fleet's CA ({e}); {CRL_HINT}"
-                    ),
-                };
-                return Err(TlsError {
-                    what: "revocation list",
-                    path: path.display().to_string(),
-                    reason,
-                });
-            }
-        }
+            .map_err(|e| self.bad("CA certificate", e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| bad("key", format!("holds no PEM private key ({e})")))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .map_err(|e| self.bad("key", format!("holds no PEM private key ({e})")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| bad("certificate", e.to_string()))?
+            .map_err(|e| self.bad("certificate", e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| bad("certificate", format!("does not match its key: {e}")))?;
+            .with_single_cert(self.chain()?, key)
+            .map_err(|e| self.bad("certificate", format!("does not match its key: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn bad(&self, what: &'static str, reason: String) -> TlsError {
+        TlsError {
+            what,
+            path: self.cert_path.clone(),
+            reason,
+        }
+    }
+
+    /// The fleet's CA as the only root.
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let der = der.map_err(|e| self.bad("CA certificate", e.to_string()))?;
+            roots
+                .add(der)
+                .map_err(|e| self.bad("CA certificate", format!("not a usable CA: {e}")))?;
+        }
+        Ok(Arc::new(roots))
+    }
+
+    /// This party's certificate chain.
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.bad("certificate", e.to_string()))
+    }
+
+    /// The lists of the PEM text `pem` (read from `path`), checked: this party's own
+    /// certificate is checked against them as a peer's would be, so a list of another CA (or
+    /// damaged), which cannot decide and would refuse every peer, is an error, and so is a
+    /// list naming this party.
+    fn checked_list(
+        &self,
+        path: &Path,
+        pem: &[u8],
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let crls = crate::crl::parse(path, pem)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            Self::provider(),
+        )
+        .with_crls(crls.clone())
+        .build()
+        .map_err(|e| self.bad("CA certificate", e.to_string()))?;
+        let chain = self.chain()?;
+        let Some(own) = chain.first() else {
+            return Err(self.bad("certificate", format!("holds no certificate; {ISSUE_HINT}")));
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        if let Err(e) = verifier.verify_client_cert(own, &chain[1..], now) {
+            let reason = match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => format!(
+                    "revokes this party's own certificate {}; issue it a new one (`registry-manager certs issue`) and restart",
+                    self.cert_path
+                ),
+                e => format!("cannot be used with the fleet's CA ({e}); {CRL_HINT}"),
+            };
+            return Err(TlsError {
+                what: "revocation list",
+                path: path.display().to_string(),
+                reason,
+            });
+        }
+        Ok(crls)
     }
 }
 
@@ -332,14 +387,16 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
 }
 
 /// A gRPC endpoint for `addr` (`HOST:PORT`): `https://` with `tls`, else `http://`.
-pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+pub fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("bad address {addr:?}: {e}"))?;
     match tls {
-        Some(t) => ep
-            .tls_config(t.clone())
-            .map_err(|e| format!("TLS for {addr}: {e}")),
+        Some(t) => {
+            let (config, verifier) = t.parts();
+            ep.tls_config_with_verifier(config, verifier)
+                .map_err(|e| format!("TLS for {addr}: {e}"))
+        }
         None => Ok(ep),
     }
 }

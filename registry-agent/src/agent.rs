@@ -110,10 +110,12 @@ impl RunningAgent {
 
 /// The agent's TLS client side: its certificate must be valid now and name this host (the
 /// managers let an agent act only for the host its certificate names).
+/// With `crl`, managers' certificates are checked against the CA's list of revoked ones too.
 fn client_tls(
     files: &proto::tls::TlsFiles,
+    crl: Option<&std::path::Path>,
     host: &topology::HostName,
-) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
+) -> Result<proto::crl::ClientTls, AgentError> {
     let material = files.load()?;
     material.check_valid_at(std::time::SystemTime::now())?;
     if material.name() != host.as_str() {
@@ -127,7 +129,36 @@ fn client_tls(
         }
         .into());
     }
-    Ok(material.client_config())
+    let crl = match crl {
+        Some(path) => Some((path, proto::crl::read(path)?)),
+        None => None,
+    };
+    Ok(material.client_tls(crl.as_ref().map(|(p, pem)| (*p, pem.as_slice())))?)
+}
+
+/// How often the revocation list's file is looked at.
+const CRL_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Follows the revocation list's file until `shutdown`: a changed list is put in force for
+/// every new handshake; one that cannot be used is logged and the one before stays in force.
+fn follow_crl(
+    tls: proto::crl::ClientTls,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(proto::crl::follow_file(
+        path,
+        CRL_CHECK_EVERY,
+        shutdown,
+        move |path, pem| match tls.revoke_from(path, &pem) {
+            Ok(serials) => {
+                tracing::info!(path = %path.display(), revoked = serials.len(), "read the changed revocation list: managers' certificates are checked against it")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the revocation list changed but cannot be used; the list read before stays in force")
+            }
+        },
+    ))
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -140,7 +171,7 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError>
 /// and forward ports, and starts every task. Returns once everything listens.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let tls = match &config.tls {
-        Some(files) => Some(client_tls(files, &config.host)?),
+        Some(files) => Some(client_tls(files, config.crl.as_deref(), &config.host)?),
         None => None,
     };
     // The local API and forward ports serve local programs, in plaintext and without
@@ -215,6 +246,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     ));
 
     let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let (Some(tls), Some(path)) = (&tls, &config.crl) {
+        tasks.push(follow_crl(tls.clone(), path.clone(), shutdown.clone()));
+    }
     let health = Arc::new(HealthView::new(&config.health));
     let mut always: Vec<PackageType> = config
         .forward
@@ -229,7 +264,6 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let (copy_changed_tx, copy_changed_rx) = watch::channel(0u64);
     let (stale_tx, stale_rx) = watch::channel(true);
 
-    let mut tasks = Vec::new();
     let inputs = EngineInputs {
         copy: copy.clone(),
         copy_changed: copy_changed_rx,

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     /// Mutual TLS toward the managers (`tls: { cert, key, ca }`): the certificate names this
     /// host, and the managers only let it act for this host. None: plaintext.
     pub tls: Option<proto::tls::TlsFiles>,
+    /// The CA's list of revoked certificates (`tls.crl`): a manager whose certificate it names
+    /// is refused. Followed while running.
+    pub crl: Option<PathBuf>,
 }
 
 /// A bootstrap address of a registry manager.
@@ -172,6 +175,8 @@ struct RawTls {
     cert: Spanned<String>,
     key: Spanned<String>,
     ca: Spanned<String>,
+    #[serde(default)]
+    crl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -612,6 +617,21 @@ impl AgentConfig {
                 ca: ca?,
             })
         });
+        let crl = raw
+            .tls
+            .as_ref()
+            .and_then(|t| t.value.crl.as_ref())
+            .and_then(|s| {
+                if s.value.trim().is_empty() {
+                    c.at(
+                        s,
+                        "tls.crl: is empty; give the CA's revocation list (`registry-manager certs revoke` writes it) or remove the key".to_owned(),
+                    );
+                    None
+                } else {
+                    Some(PathBuf::from(&s.value))
+                }
+            });
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));
@@ -628,6 +648,7 @@ impl AgentConfig {
             forward,
             http_listen,
             tls,
+            crl,
         })
     }
 

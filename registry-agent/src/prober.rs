@@ -46,13 +46,15 @@ pub fn probe_targets(
 /// Probes until `shutdown`.
 pub async fn run_prober(
     cfg: HealthConfig,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<proto::crl::ClientTls>,
     book: watch::Receiver<Arc<RouteBook>>,
     health: Arc<HealthView>,
     metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut channels: HashMap<String, Option<Channel>> = HashMap::new();
+    // Channels are made again after a revocation list names a manager's certificate.
+    let mut revocations = tls.as_ref().map_or(0, |t| t.revocations());
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,6 +63,11 @@ pub async fn run_prober(
             _ = ticker.tick() => {}
         }
         let targets = probe_targets(&book.borrow(), &health);
+        let now_revoked = tls.as_ref().map_or(0, |t| t.revocations());
+        if now_revoked != revocations {
+            revocations = now_revoked;
+            channels.clear();
+        }
         if cfg.probe == ProbeKind::GrpcHealth {
             // Keep one channel per probed endpoint; forget the ones no longer probed.
             channels.retain(|ep, _| targets.iter().any(|(_, _, e)| e == ep));
@@ -107,7 +114,7 @@ pub async fn run_prober(
 fn lazy_channel(
     endpoint: &str,
     timeout: Duration,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    tls: Option<&proto::crl::ClientTls>,
 ) -> Option<Channel> {
     proto::tls::endpoint(endpoint, tls)
         .ok()

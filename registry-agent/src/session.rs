@@ -173,7 +173,7 @@ pub struct SessionClient {
     /// Timing.
     pub timing: SessionTiming,
     /// Mutual TLS toward the managers (`tls:`); none: plaintext.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub tls: Option<proto::crl::ClientTls>,
 }
 
 impl SessionClient {
@@ -574,6 +574,19 @@ impl SessionClient {
         let mut statuses = self.statuses.clone();
         // A host without packages has no check task: its status channel is closed at once.
         let mut statuses_open = true;
+        // A revocation list read since this connection was made may name this manager's
+        // certificate: then the connection is dropped, and the next handshake checks it.
+        let mut revoked_peers = self.tls.as_ref().map(|t| t.revoked_peers());
+        let revoked_at_connect = self.tls.as_ref().map_or(0, |t| t.revocations());
+        let revoked = async {
+            match revoked_peers.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|n| *n != revoked_at_connect).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(revoked);
         loop {
             let open_at = conn.open_at;
             let open_sleep = async {
@@ -597,6 +610,9 @@ impl SessionClient {
             };
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut revoked => return Err(ConnEnd::Lost(
+                    "the revocation list (tls.crl) now names a certificate a manager showed this agent: connecting again".into(),
+                )),
                 msg = watch.message() => match msg {
                     Ok(Some(ev)) => {
                         let ev = match parts.push(ev) {

@@ -326,6 +326,7 @@ fn agent_config() -> impl Strategy<Value = AgentConfig> {
                 // Not rendered: the default.
                 http_listen: Some(DEFAULT_HTTP_LISTEN.parse().unwrap()),
                 tls: None,
+                crl: None,
             }
         })
 }

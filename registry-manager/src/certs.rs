@@ -620,21 +620,105 @@ mod tests {
         let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        handshake_of(server, config, "m1").await.0
+    }
+
+    /// A TLS handshake over memory between a server of `server` and a client of `client`
+    /// dialing `server_name`; (the server's verdict, the client's).
+    async fn handshake_of(
+        server: Arc<rustls::ServerConfig>,
+        mut client: rustls::ClientConfig,
+        server_name: &str,
+    ) -> (Result<(), String>, Result<(), String>) {
+        client.alpn_protocols = vec![b"h2".to_vec()];
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server_side = tokio_rustls::TlsAcceptor::from(server).accept(a);
-        let client_side = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(rustls::pki_types::ServerName::try_from("m1").unwrap(), b);
-        let (accepted, _) = tokio::join!(server_side, client_side);
-        accepted
-            .map(|_| ())
-            .map_err(|e| proto::tls::error_chain(&e))
+        let client_side = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(
+            rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap(),
+            b,
+        );
+        let (accepted, connected) = tokio::join!(server_side, client_side);
+        let verdict = |r: std::io::Result<()>| r.map_err(|e| proto::tls::error_chain(&e));
+        (verdict(accepted.map(drop)), verdict(connected.map(drop)))
+    }
+
+    /// A client of `dir`'s fleet holding `name`'s certificate and checking the server's with
+    /// `tls` (its newest list); its verdict on a handshake with `server`.
+    async fn dial(
+        tls: &proto::crl::ClientTls,
+        dir: &Path,
+        name: &str,
+        server: &str,
+    ) -> Result<(), String> {
+        let (crt, key) = paths(dir, name);
+        let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(tls.verifier())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        let server_config = material(dir, server).server_config().unwrap();
+        handshake_of(server_config, client, server).await.1
+    }
+
+    #[tokio::test]
+    async fn a_client_refuses_the_managers_a_list_names_and_hears_of_one_it_had_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        fleet_with(dir.path(), &["m1", "m2", "agent-1"]);
+        let agent = material(dir.path(), "agent-1");
+        let tls = agent.client_tls(None).unwrap();
+        dial(&tls, dir.path(), "agent-1", "m1")
+            .await
+            .expect("m1 is trusted before any list");
+        let crl_path = dir.path().join(CRL_FILE);
+
+        // m2, which this client never reached, is revoked: refused from now on, and nothing
+        // this client had open is concerned.
+        revoke_into(dir.path(), &["m2".into()]).unwrap();
+        let list = std::fs::read(&crl_path).unwrap();
+        let named = tls.revoke_from(&crl_path, &list).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(tls.revocations(), 0, "no manager reached was revoked");
+        let refused = dial(&tls, dir.path(), "agent-1", "m2").await.unwrap_err();
+        assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        dial(&tls, dir.path(), "agent-1", "m1")
+            .await
+            .expect("a manager the list does not name is trusted");
+
+        // m1, which this client reached, is revoked: its owner hears of it.
+        let heard = tls.revoked_peers();
+        revoke_into(dir.path(), &["m1".into()]).unwrap();
+        let list = std::fs::read(&crl_path).unwrap();
+        tls.revoke_from(&crl_path, &list).unwrap();
+        assert_eq!(tls.revocations(), 1);
+        assert!(heard.has_changed().unwrap(), "the revocation is told");
+        let refused = dial(&tls, dir.path(), "agent-1", "m1").await.unwrap_err();
+        assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+
+        // A list that cannot be used changes nothing: m1 stays refused.
+        let err = tls.revoke_from(&crl_path, b"junk").unwrap_err().to_string();
+        assert!(err.contains("certs revoke"), "{err}");
+        assert!(dial(&tls, dir.path(), "agent-1", "m1").await.is_err());
+        // Nor can a client start with a list naming its own certificate.
+        revoke_into(dir.path(), &["agent-1".into()]).unwrap();
+        let list = std::fs::read(&crl_path).unwrap();
+        let err = agent
+            .client_tls(Some((crl_path.as_path(), &list)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("own certificate"), "{err}");
     }
 
     #[tokio::test]

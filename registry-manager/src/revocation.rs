@@ -1,25 +1,28 @@
 //! The CA's list of revoked certificates (`tls.crl`, written by `registry-manager certs
 //! revoke`). Read at start: a list that cannot be used stops the manager with the reason. Then
 //! the file is looked at every [`CHECK_EVERY`] and read again when it changed; the TLS front
-//! door takes the newest server configuration for every new handshake. A list that changed
-//! but cannot be used is reported and the one read before stays in force.
+//! door takes the newest server configuration for every new handshake, and the member's own
+//! dialing of other members ([`proto::crl::ClientTls`]) checks their certificates against the
+//! newest list. A list that changed but cannot be used is reported and the one read before
+//! stays in force.
 //!
 //! Every TLS connection is followed by the serial of the certificate its client presented
 //! ([`OpenConnections`]); when a list read again names it, the connection is cut
 //! ([`Revocable`]): its next read or write fails and the server closes it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use proto::crl::ClientTls;
 use proto::tls::{TlsError, TlsMaterial};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,51 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// How often the list's file is looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// What tells one version of the file from another: its modification time and length.
-type Stamp = (Option<SystemTime>, u64);
-
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.modified().ok(), m.len()))
-}
-
 /// The serials of the certificates a list names.
-type Serials = BTreeSet<Vec<u8>>;
-
-/// The server configuration for `material` refusing what the list in `path` names, and the
-/// serials it names.
-fn load(
-    material: &TlsMaterial,
-    path: &Path,
-) -> Result<(Arc<rustls::ServerConfig>, Serials), TlsError> {
-    let pem = std::fs::read(path).map_err(|e| TlsError {
-        what: "revocation list",
-        path: path.display().to_string(),
-        reason: format!(
-            "cannot read it: {e}; it is made by `registry-manager certs revoke --dir D NAME`, or remove `crl` from `tls`"
-        ),
-    })?;
-    let config = material.server_config_revoking(Some((path, &pem)))?;
-    Ok((config, revoked_serials(&pem)))
-}
-
-/// The serials the PEM list names (none from a part that cannot be read as one: the TLS
-/// configuration made from it has reported that already).
-fn revoked_serials(pem: &[u8]) -> Serials {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(pem)
-        .filter_map(Result::ok)
-        .flat_map(|der| {
-            x509_parser::parse_x509_crl(&der)
-                .map(|(_, crl)| {
-                    crl.iter_revoked_certificates()
-                        .map(|r| proto::tls::serial_bytes(r.raw_serial()))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect()
-}
+type Serials = proto::crl::Serials;
 
 /// The open TLS connections, each with the serial of the certificate its client presented, so
 /// that those of a certificate revoked later can be cut.
@@ -224,84 +184,76 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Revocable<T> {
 /// The newest server configuration, for each new TLS handshake.
 pub type Configs = watch::Receiver<Arc<rustls::ServerConfig>>;
 
-/// The server configurations new TLS handshakes take: `material`'s, refusing the certificates
-/// the list `crl` names (when given), and the task that follows the list's file until `cancel`.
-/// When the list changes, the connections of `open` whose certificates it names are cut.
-pub fn server_configs(
+/// A member's TLS: the server configurations new handshakes take, its client side toward the
+/// other members, and the task following the list's file (when there is one).
+pub struct MemberTls {
+    /// The newest server configuration.
+    pub configs: Configs,
+    /// How this member dials the other members.
+    pub client: ClientTls,
+    /// Follows the list's file until the manager stops.
+    pub follow: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// `material`'s TLS, refusing the certificates the list `crl` names (when given), on both
+/// sides, and the task that follows the list's file until `cancel`. When the list changes,
+/// the connections of `open` whose certificates it names are cut.
+pub fn member_tls(
     material: &TlsMaterial,
     crl: Option<&Path>,
     open: Arc<OpenConnections>,
     cancel: CancellationToken,
-) -> Result<(Configs, Option<tokio::task::JoinHandle<()>>), TlsError> {
+) -> Result<MemberTls, TlsError> {
     let Some(path) = crl else {
-        let (_, rx) = watch::channel(material.server_config()?);
-        return Ok((rx, None));
+        let (_, configs) = watch::channel(material.server_config()?);
+        return Ok(MemberTls {
+            configs,
+            client: material.client_tls(None)?,
+            follow: None,
+        });
     };
-    let first = stamp(path).ok();
-    let (config, serials) = load(material, path)?;
+    let pem = proto::crl::read(path)?;
+    let config = material.server_config_revoking(Some((path, &pem)))?;
+    let client = material.client_tls(Some((path, &pem)))?;
+    let serials = proto::crl::revoked_serials(&pem);
     tracing::info!(path = %path.display(), revoked = serials.len(), "read the revocation list: certificates it names are refused");
-    let (tx, rx) = watch::channel(config);
-    let task = tokio::spawn(follow(
-        Following {
-            material: material.clone(),
-            path: path.to_path_buf(),
-            tx,
-            open,
-        },
-        first,
+    let (tx, configs) = watch::channel(config);
+    let (material, to_client) = (material.clone(), client.clone());
+    let follow = tokio::spawn(proto::crl::follow_file(
+        path.to_path_buf(),
+        CHECK_EVERY,
         cancel,
-    ));
-    Ok((rx, Some(task)))
-}
-
-/// What the task following the list's file works with.
-struct Following {
-    material: TlsMaterial,
-    path: PathBuf,
-    tx: watch::Sender<Arc<rustls::ServerConfig>>,
-    open: Arc<OpenConnections>,
-}
-
-/// Reads the list again whenever its file changes.
-async fn follow(f: Following, mut seen: Option<Stamp>, cancel: CancellationToken) {
-    let path = &f.path;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-        }
-        let now = match stamp(path) {
-            Ok(s) => s,
-            Err(e) => {
-                if seen.is_some() {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot see the revocation list any more; the list read before stays in force");
-                }
-                seen = None;
-                continue;
-            }
-        };
-        if seen == Some(now) {
-            continue;
-        }
-        seen = Some(now);
-        let (material, path2) = (f.material.clone(), path.clone());
-        match tokio::task::spawn_blocking(move || load(&material, &path2)).await {
-            Ok(Ok((config, serials))) => {
-                f.tx.send_replace(config);
-                let cut = f.open.cut(&serials);
+        move |path, pem| match material.server_config_revoking(Some((path, &pem))) {
+            Ok(config) => {
+                tx.send_replace(config);
+                let serials = match to_client.revoke_from(path, &pem) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Not expected: the same list was just found usable.
+                        tracing::warn!(error = %e, "the revocation list cannot be used to check other members");
+                        proto::crl::revoked_serials(&pem)
+                    }
+                };
+                let cut = open.cut(&serials);
                 tracing::info!(path = %path.display(), revoked = serials.len(), cut, "read the changed revocation list: new connections are checked against it, and the open connections of the certificates it names are cut");
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "the revocation list changed but cannot be used; the list read before stays in force");
             }
-            Err(e) => tracing::warn!(error = %e, "reading the revocation list failed"),
-        }
-    }
+        },
+    ));
+    Ok(MemberTls {
+        configs,
+        client,
+        follow: Some(follow),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::crl::revoked_serials;
+    use std::collections::BTreeSet;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]

@@ -319,6 +319,17 @@ async fn launch(
     };
     let http_addr = http.as_ref().map(|(_, addr)| *addr);
     let cancel = CancellationToken::new();
+    // Every TLS connection is followed, so that one of a certificate revoked later is cut.
+    let open = Arc::new(crate::revocation::OpenConnections::default());
+    let mut member_tls = match &tls {
+        Some(material) => Some(crate::revocation::member_tls(
+            material,
+            config.security.crl.as_deref(),
+            Arc::clone(&open),
+            cancel.clone(),
+        )?),
+        None => None,
+    };
     let store_error = |source| ServeError::Store {
         data_dir: config.data_dir.clone(),
         source,
@@ -348,7 +359,7 @@ async fn launch(
             .iter()
             .map(|(name, addr)| (name.to_string(), addr.clone()))
             .collect(),
-        tls.as_ref().map(|t| t.client_config()),
+        member_tls.as_ref().map(|t| t.client.clone()),
         keys,
     );
     let core_thread = CoreThread::start()
@@ -481,7 +492,7 @@ async fn launch(
         max_send_buf: crate::grpc_port::MAX_SEND_BUF,
     };
     let slots = crate::conn_limit::Slots::new(tuning.max_connections_per_client);
-    let server = match &tls {
+    let server = match member_tls.as_mut() {
         None => {
             let (incoming, accept) = crate::conn_limit::accept_plain(
                 listener,
@@ -492,17 +503,15 @@ async fn launch(
             tasks.push(accept);
             crate::grpc_port::spawn(incoming, routes, http2, cancel.clone())
         }
-        Some(material) => {
-            let open = Arc::new(crate::revocation::OpenConnections::default());
-            let (configs, follow) = crate::revocation::server_configs(
-                material,
-                config.security.crl.as_deref(),
-                Arc::clone(&open),
+        Some(member_tls) => {
+            tasks.extend(member_tls.follow.take());
+            let (sorted, accept) = crate::tls_accept::sort(
+                listener,
+                member_tls.configs.clone(),
+                open,
+                slots,
                 cancel.clone(),
-            )?;
-            tasks.extend(follow);
-            let (sorted, accept) =
-                crate::tls_accept::sort(listener, configs, open, slots, cancel.clone());
+            );
             tasks.push(accept);
             tasks.push(spawn_plaintext_refuser(
                 sorted.plain,

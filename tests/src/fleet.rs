@@ -187,6 +187,11 @@ impl Proc {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Its whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The tail of its log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -339,9 +344,10 @@ impl FleetBuilder {
         self
     }
 
-    /// With [`FleetBuilder::tls`]: the managers follow the CA's revocation list
-    /// (`tls: { crl }`), made at the start by the real `certs revoke` for a certificate issued
-    /// to nobody (`retired`); [`Fleet::revoke`] adds to it.
+    /// With [`FleetBuilder::tls`]: the managers and the agents follow the CA's revocation list
+    /// (`tls: { crl }`), and operator commands are given it (`--crl`); it is made at the start
+    /// by the real `certs revoke` for a certificate issued to nobody (`retired`);
+    /// [`Fleet::revoke`] adds to it.
     pub fn revocation_list(mut self) -> Self {
         self.crl = true;
         self
@@ -1034,10 +1040,11 @@ impl Fleet {
             let (cert, key, ca) = self.cert_files(host);
             let _ = writeln!(
                 y,
-                "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\" }}",
+                "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\"{} }}",
                 cert.display(),
                 key.display(),
-                ca.display()
+                ca.display(),
+                self.crl_yaml()
             );
         }
         if !forwards.is_empty() {
@@ -1278,6 +1285,10 @@ impl Fleet {
                 full.push(flag.into());
                 full.push(path.display().to_string());
             }
+            if self.spec.crl {
+                full.push("--crl".into());
+                full.push(self.revocation_list().display().to_string());
+            }
         }
         let out = Command::new(bin_path("registry-manager")?)
             .args(&full)
@@ -1345,17 +1356,22 @@ impl Fleet {
     /// The `tls:` and `admins:` keys of a manager's configuration (member `name`).
     fn tls_yaml(&self, name: &str) -> String {
         let (cert, key, ca) = self.cert_files(name);
-        let crl = if self.spec.crl {
+        format!(
+            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\"{} }}\nadmins: [{OPERATOR}]\n",
+            cert.display(),
+            key.display(),
+            ca.display(),
+            self.crl_yaml()
+        )
+    }
+
+    /// The `crl` key inside `tls:` (with [`FleetBuilder::revocation_list`]), after a comma.
+    fn crl_yaml(&self) -> String {
+        if self.spec.crl {
             format!(", crl: \"{}\"", self.revocation_list().display())
         } else {
             String::new()
-        };
-        format!(
-            "tls: {{ cert: \"{}\", key: \"{}\", ca: \"{}\"{crl} }}\nadmins: [{OPERATOR}]\n",
-            cert.display(),
-            key.display(),
-            ca.display()
-        )
+        }
     }
 
     /// The CA's revocation list the managers follow (with [`FleetBuilder::revocation_list`]).
@@ -1384,7 +1400,7 @@ impl Fleet {
             Some(name) => {
                 let (cert, key, ca) = self.cert_files(name);
                 let m = proto::tls::TlsFiles { cert, key, ca }.load()?;
-                Some(m.client_config())
+                Some(m.client_tls(None)?)
             }
             None => None,
         };
@@ -1422,6 +1438,19 @@ impl Fleet {
             out.push_str(&std::fs::read_to_string(&p.log).unwrap_or_default());
         }
         out
+    }
+
+    /// The whole log of member `i`.
+    pub fn member_log(&self, i: usize) -> String {
+        self.members[i].proc.log()
+    }
+
+    /// The whole log of `host`'s agent (empty when there is none).
+    pub fn agent_log(&self, host: &str) -> String {
+        self.agents
+            .get(host)
+            .map(|a| a.proc.log())
+            .unwrap_or_default()
     }
 
     /// The whole logs of every agent.

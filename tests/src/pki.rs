@@ -44,8 +44,7 @@ pub fn client_config(
     dir: &Path,
     issuer: &Issuer<'static, KeyPair>,
     identity: &str,
-) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+) -> anyhow::Result<proto::crl::ClientTls> {
     let now = OffsetDateTime::now_utc();
     let (cert, key) = issue(
         issuer,
@@ -53,11 +52,15 @@ pub fn client_config(
         now - Duration::hours(1),
         now + Duration::days(1),
     )?;
-    let ca = std::fs::read_to_string(dir.join("ca.crt"))?;
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key))
-        .timeout(std::time::Duration::from_secs(5)))
+    let files = proto::tls::TlsFiles {
+        cert: format!("<{identity} in memory>").into(),
+        key: format!("<{identity} key in memory>").into(),
+        ca: dir.join("ca.crt"),
+    };
+    let ca = std::fs::read(&files.ca)?;
+    Ok(files
+        .material(cert.into_bytes(), key.into_bytes(), ca)?
+        .client_tls(None)?)
 }
 
 /// (certificate PEM, key PEM) for `identity` (its common name and first DNS name).

@@ -337,7 +337,7 @@ async fn plaintext_another_cas_certificate_and_an_expired_certificate_are_refuse
         key,
         ca: fleet.certs_dir().join("ca.crt"),
     };
-    let tls = files.load()?.client_config();
+    let tls = files.load()?.client_tls(None)?;
     let call = async {
         let ch = proto::tls::endpoint(&addr.to_string(), Some(&tls))
             .map_err(|e| anyhow::anyhow!(e))?
@@ -493,7 +493,117 @@ async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_se
         watch_as(&fleet, "agent-3").await.is_err(),
         "agent-3 let in after the list was damaged"
     );
+    watch_as(&fleet, "agent-4")
+        .await
+        .map_err(|e| anyhow::anyhow!("agent-4 after the list was damaged: {e}"))?;
+    // An operator command given the damaged list (`--crl`) says so before dialing.
     let out = fleet.manager_cli(&["topology", "show"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("revoked.crl") && stderr(&out).contains("certs revoke"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_operators_refuse_a_manager_whose_certificate_is_revoked() -> anyhow::Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+        .tls()
+        .revocation_list()
+        .manager()
+        .agent("agent-4")
+        .start()
+        .await?;
+    // The agent is connected, and an operator given the list gets in.
+    wait_until("agent-4's session", SETTLE, || async {
+        let logs = fleet.agent_logs();
+        if logs.contains("connected to registry manager") {
+            Ok(())
+        } else {
+            Err(fleet.logs())
+        }
+    })
+    .await?;
+    let out = fleet.manager_cli(&["topology", "show"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The manager's own certificate is revoked (its key was stolen, say). The manager keeps
+    // the list it had (a list naming itself cannot be its own); the agent, which was shown
+    // that certificate, drops its connection and is refused when it dials again.
+    fleet.revoke("m1")?;
+    wait_until(
+        "the agent to drop its connection to the revoked manager",
+        SETTLE,
+        || async {
+            let logs = fleet.agent_logs();
+            if logs.contains("now names a certificate a manager showed this agent") {
+                Ok(())
+            } else {
+                Err(fleet.logs())
+            }
+        },
+    )
+    .await?;
+    wait_until(
+        "the agent's new handshakes to refuse the revoked manager",
+        SETTLE,
+        || async {
+            let logs = fleet.agent_logs();
+            let after = logs
+                .split("now names a certificate a manager showed this agent")
+                .nth(1)
+                .unwrap_or_default();
+            if after.contains("Revoked") {
+                Ok(())
+            } else {
+                Err(fleet.logs())
+            }
+        },
+    )
+    .await?;
+    let logs = fleet.agent_logs();
+    let after = logs
+        .split("now names a certificate a manager showed this agent")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        !after.contains("connected to registry manager"),
+        "the agent connected to the revoked manager again:\n{after}"
+    );
+    assert!(
+        fleet
+            .logs_all()
+            .contains("the list read before stays in force"),
+        "the manager did not report the list naming itself: {}",
+        fleet.logs()
+    );
+
+    // An operator given the list refuses the manager; one without it still gets in (the
+    // list is the client's own check).
+    let out = fleet.manager_cli(&["topology", "show"])?;
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("Revoked"), "{}", stderr(&out));
+    let (cert, key, ca) = fleet.cert_files(OPERATOR);
+    let out = Command::new(bin_path("registry-manager")?)
+        .args([
+            "topology",
+            "show",
+            "--manager",
+            &fleet.manager_addr().to_string(),
+        ])
+        .args(["--ca", &ca.display().to_string()])
+        .args(["--cert", &cert.display().to_string()])
+        .args(["--key", &key.display().to_string()])
+        .stdin(Stdio::null())
+        .output()?;
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
@@ -595,6 +705,100 @@ async fn a_group_runs_over_tls_and_member_rpcs_need_a_member_certificate() -> an
     )?;
     assert!(out.status.success(), "{}", stderr(&out));
     fleet.wait_leader(Some(leader), SETTLE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_is_shut_out_by_the_others_and_its_agents_move_to_them(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+        .tls()
+        .revocation_list()
+        .managers(3)
+        .agent("agent-3")
+        .agent("agent-4")
+        .package("agent-3", CCM)
+        .start()
+        .await?;
+    let leader = fleet.wait_leader(None, SETTLE).await?;
+    fleet
+        .wait_chosen("agent-4", CCM, Some("agent-3"), SETTLE)
+        .await?;
+    // The leader's certificate is revoked (its key was stolen, say): the other members shut
+    // it out both ways and elect one of themselves; agents refuse it too.
+    let revoked = fleet.member_name(leader).to_owned();
+    let revoked_addr = fleet.member_addr(leader).to_string();
+    fleet.revoke(&revoked)?;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = fleet.wait_leader_among(&others, SETTLE * 2).await?;
+    assert_ne!(new_leader, leader);
+    // A write through the others is acknowledged, and reaches the agents through them.
+    let out = fleet.cli_as(
+        Some(OPERATOR),
+        fleet.member_addr(others[0]),
+        &["package", "drain", "--host", "agent-3", "--type", CCM],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for host in ["agent-3", "agent-4"] {
+        fleet.wait_chosen(host, CCM, None, SETTLE).await?;
+    }
+    // Every agent's latest connection is to a member that was not revoked.
+    wait_until("the agents to leave the revoked member", SETTLE, || async {
+        for host in ["agent-3", "agent-4"] {
+            let log = fleet.agent_log(host);
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("connected to registry manager"))
+                .unwrap_or_default();
+            if last.is_empty() || last.contains(&revoked_addr) {
+                return Err(format!("{host}'s last connection: {last}"));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    // The others refuse the revoked member's connections: it cannot take part any more.
+    wait_until(
+        "the others to refuse the revoked member",
+        SETTLE,
+        || async {
+            let refused = others.iter().all(|i| {
+                fleet
+                    .member_log(*i)
+                    .lines()
+                    .any(|l| l.contains("refused a TLS connection") && l.contains("Revoked"))
+            });
+            if refused {
+                Ok(())
+            } else {
+                Err(fleet.logs())
+            }
+        },
+    )
+    .await?;
+    // Nor does it accept them as its leader: with nobody to talk to, it is cut off from the
+    // majority, and would close any agent's stream.
+    wait_until("the revoked member to be cut off", SETTLE, || async {
+        let log = fleet.member_log(leader);
+        let after = log
+            .split("the revocation list changed but cannot be used")
+            .nth(1)
+            .unwrap_or_default();
+        if after.contains("cut off from the group's majority")
+            && !after
+                .split("cut off from the group's majority")
+                .last()
+                .unwrap_or_default()
+                .contains("back in touch")
+        {
+            Ok(())
+        } else {
+            Err(fleet.logs())
+        }
+    })
+    .await?;
     Ok(())
 }
 

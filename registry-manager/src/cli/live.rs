@@ -59,7 +59,11 @@ pub async fn connect(manager: &ManagerAddr) -> anyhow::Result<AdminClient<Channe
         Some(files) => {
             let material = files.load()?;
             material.check_valid_at(std::time::SystemTime::now())?;
-            Some(material.client_config())
+            let crl = match manager.crl() {
+                Some(path) => Some((path, proto::crl::read(path)?)),
+                None => None,
+            };
+            Some(material.client_tls(crl.as_ref().map(|(p, pem)| (*p, pem.as_slice())))?)
         }
         None => None,
     };

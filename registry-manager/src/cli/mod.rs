@@ -263,6 +263,10 @@ pub struct ManagerAddr {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "FILE", env = "FLEET_REGISTRY_KEY", requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// The CA's list of revoked certificates (PEM, written by `certs revoke`): refuse a manager
+    /// whose certificate it names. Needs --ca, --cert and --key.
+    #[arg(long, value_name = "FILE", env = "FLEET_REGISTRY_CRL", requires_all = ["ca", "cert", "key"])]
+    crl: Option<PathBuf>,
 }
 
 impl ManagerAddr {
@@ -284,6 +288,11 @@ impl ManagerAddr {
             }),
             _ => None,
         }
+    }
+
+    /// The revocation list given, if any.
+    fn crl(&self) -> Option<&std::path::Path> {
+        self.crl.as_deref()
     }
 }
 

@@ -32,9 +32,11 @@ pub struct Peers {
     /// How this member reaches other members by name, where its configuration says so (behind
     /// NAT, a proxy or a test relay); others are reached at their address in the membership.
     routes: Arc<HashMap<String, String>>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The channels, and the count of revocations of members' certificates they were made
+    /// after ([`proto::crl::ClientTls::revoked_peers`]): after another, they are made again.
+    channels: Arc<Mutex<(u64, HashMap<String, Channel>)>>,
     /// This member's TLS client side (its own certificate), when the group serves TLS.
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<proto::crl::ClientTls>,
     /// The cluster key every member RPC is signed with (and checked against), if configured,
     /// and the file it is kept in (rewritten at each step of a rotation).
     keys: Option<Arc<std::sync::RwLock<crate::cluster_key::ClusterKeys>>>,
@@ -48,7 +50,7 @@ impl Peers {
     /// with this member's certificate when `tls` is given.
     pub fn new(
         routes: HashMap<String, String>,
-        tls: Option<tonic::transport::ClientTlsConfig>,
+        tls: Option<proto::crl::ClientTls>,
         keys: Option<(crate::cluster_key::ClusterKeys, std::path::PathBuf)>,
     ) -> Peers {
         let (keys, key_file) = match keys {
@@ -135,9 +137,17 @@ impl Peers {
             .unwrap_or(true)
     }
 
-    /// The reused channel to `addr`.
+    /// The reused channel to `addr`. When a revocation list read since names a certificate a
+    /// member has shown this one, every channel is made again (their handshakes check the
+    /// newest list), and connections to a revoked member close once their calls end.
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let (made_after, map) = &mut *channels;
+        let revocations = self.tls.as_ref().map_or(0, |t| t.revocations());
+        if *made_after != revocations {
+            *made_after = revocations;
+            map.clear();
+        }
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }

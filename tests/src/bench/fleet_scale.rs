@@ -152,7 +152,7 @@ impl Track {
 struct SimHost {
     host: String,
     packages: Vec<proto::Package>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<proto::crl::ClientTls>,
 }
 
 /// What an agent task shares with the others.
@@ -169,7 +169,7 @@ struct Ctx {
 
 async fn own_channel(
     addr: SocketAddr,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    tls: Option<&proto::crl::ClientTls>,
 ) -> anyhow::Result<Channel> {
     proto::tls::endpoint(&addr.to_string(), tls)
         .map_err(|e| anyhow::anyhow!(e))?
