@@ -129,11 +129,13 @@ fn client_tls(
         }
         .into());
     }
-    let crl = match crl {
-        Some(path) => Some((path, proto::crl::read(path)?)),
-        None => None,
+    let Some(path) = crl else {
+        return Ok(material.client_tls(None)?);
     };
-    Ok(material.client_tls(crl.as_ref().map(|(p, pem)| (*p, pem.as_slice())))?)
+    let pem = proto::crl::read(path)?;
+    let tls = material.client_tls(Some((path, &pem)))?;
+    tracing::info!(path = %path.display(), revoked = proto::crl::revoked_serials(&pem).len(), "read the revocation list: managers' certificates it names are refused");
+    Ok(tls)
 }
 
 /// How often the revocation list's file is looked at.

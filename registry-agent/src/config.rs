@@ -751,6 +751,24 @@ forward:
     }
 
     #[test]
+    fn tls_takes_an_optional_revocation_list_and_an_empty_one_is_located() {
+        let base = "host: a\nmanagers: [\"127.0.0.1:7400\"]\n";
+        let tls = "tls: { cert: a.crt, key: a.key, ca: ca.crt";
+        let c = AgentConfig::from_yaml("agent.yaml", &format!("{base}{tls} }}\n")).unwrap();
+        assert!(c.tls.is_some());
+        assert_eq!(c.crl, None);
+        let c =
+            AgentConfig::from_yaml("agent.yaml", &format!("{base}{tls}, crl: revoked.crl }}\n"))
+                .unwrap();
+        assert_eq!(c.crl, Some(PathBuf::from("revoked.crl")));
+        let e = err(&format!("{base}{tls}, crl: \"\" }}\n"));
+        assert!(
+            e.starts_with("agent.yaml:3:") && e.contains("tls.crl: is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn http_listen_is_an_address_or_none() {
         let base = "host: a\nmanagers: [\"127.0.0.1:7400\"]\n";
         let c = AgentConfig::from_yaml("agent.yaml", base).unwrap();
