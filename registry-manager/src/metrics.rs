@@ -7,7 +7,7 @@
 //! watchdog); gauges that mirror state are read from the engine when `/metrics` is scraped.
 
 use openraft::ServerState;
-use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder};
 
 use crate::engine::Engine;
 
@@ -25,6 +25,7 @@ pub struct ManagerMetrics {
     is_leader: IntGauge,
     term: IntGauge,
     leader_changes: IntCounter,
+    slots: crate::conn_limit::SlotGauges,
 }
 
 /// `metric`, registered once in `registry`.
@@ -120,8 +121,36 @@ impl ManagerMetrics {
                 "fleet_registry_ha_leader_changes_total",
                 "Times this member saw the group's leader change (the first leader it learns of included).",
             ),
+            slots: crate::conn_limit::SlotGauges {
+                open: gauge(
+                    &r,
+                    "fleet_registry_connections",
+                    "Client connections the gRPC port holds now (agents, operators, other members).",
+                ),
+                max: gauge(
+                    &r,
+                    "fleet_registry_connections_max",
+                    "The most client connections the gRPC port holds: the limit of open descriptors less a reserve for the store and the other members. Past it, a new connection is closed at once (its client tries another member).",
+                ),
+                refused: registered(
+                    &r,
+                    IntCounterVec::new(
+                        prometheus::Opts::new(
+                            "fleet_registry_connections_refused_total",
+                            "Client connections closed at once: reason=\"descriptors\" (the port held fleet_registry_connections_max), reason=\"per_client\" (the address held its share).",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid metric name and help"),
+                ),
+            },
             registry: r,
         }
+    }
+
+    /// The gauges of the gRPC port's connection slots.
+    pub(crate) fn slot_gauges(&self) -> crate::conn_limit::SlotGauges {
+        self.slots.clone()
     }
 
     /// A write acknowledged to its caller.

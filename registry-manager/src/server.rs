@@ -86,6 +86,10 @@ pub struct Tuning {
     pub max_concurrent_streams: u32,
     /// Connections one client address may hold (loopback not counted; 0: no limit).
     pub max_connections_per_client: usize,
+    /// Client connections the gRPC port holds in all, loopback included; 0: the process's
+    /// limit of open descriptors (raised to its hard limit at start) less a reserve for the
+    /// store and the other members ([`crate::conn_limit::connections_for`]).
+    pub max_connections: usize,
     /// Largest request decoded by `AgentRegistry`.
     pub max_agent_request: usize,
     /// Largest request decoded by `Admin` (topology files).
@@ -103,6 +107,7 @@ impl Default for Tuning {
             proposal_queue: 16_384,
             max_concurrent_streams: 16_384,
             max_connections_per_client: 256,
+            max_connections: 0,
             max_agent_request: 4 << 20,
             max_admin_request: (topology::MAX_FILE_BYTES + (1 << 20)).max(4 << 20),
             max_response: 256 << 20,
@@ -491,7 +496,23 @@ async fn launch(
         keepalive_timeout: Duration::from_secs(5),
         max_send_buf: crate::grpc_port::MAX_SEND_BUF,
     };
-    let slots = crate::conn_limit::Slots::new(tuning.max_connections_per_client);
+    let max_connections = match tuning.max_connections {
+        0 => {
+            let limit = crate::conn_limit::raise_descriptor_limit().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the limit of open descriptors; assuming 1024");
+                1024
+            });
+            let max = crate::conn_limit::connections_for(limit);
+            tracing::info!(descriptors = limit, max_connections = max, "open descriptors allowed: client connections past max_connections are closed at once, the rest kept for the store and the other members");
+            max
+        }
+        n => n,
+    };
+    let slots = crate::conn_limit::Slots::new(
+        tuning.max_connections_per_client,
+        max_connections,
+        engine.telemetry().slot_gauges(),
+    );
     let server = match member_tls.as_mut() {
         None => {
             let (incoming, accept) = crate::conn_limit::accept_plain(

@@ -995,3 +995,73 @@ async fn concurrent_diffs_of_a_large_fleet_stall_no_heartbeat() -> Result<()> {
     );
     h.shutdown().await
 }
+
+/// A raw connection that sends the HTTP/2 preface; whether the server then answers (its
+/// SETTINGS) rather than closing it (end of stream or an error), within five seconds.
+async fn served(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+#[tokio::test]
+async fn past_its_share_of_connections_the_port_closes_new_ones_at_once_and_keeps_serving(
+) -> Result<()> {
+    let tuning = Tuning {
+        max_connections: 4,
+        ..Tuning::default()
+    };
+    let h = Harness::start_tuned(TTL, tuning).await?;
+    let addr = h.manager.as_ref().expect("running").local_addr();
+    // The harness holds one connection; three more fill the port.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        anyhow::ensure!(served(&mut s).await, "connection {} was not served", i + 2);
+        held.push(s);
+    }
+    // The next one is closed at once, and so is every one after it, from any client.
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        anyhow::ensure!(
+            !served(&mut s).await,
+            "a connection past the share was served"
+        );
+    }
+    // Those it holds are served as before.
+    h.revision().await;
+    let mut c = h.agent.clone();
+    c.open_session(pb::OpenSessionRequest {
+        host: "agent-1".into(),
+        packages: vec![],
+    })
+    .await?;
+    // A place given back is taken by the next connection.
+    drop(held.pop());
+    tests::wait_until(
+        "a freed place to be taken",
+        Duration::from_secs(10),
+        || async {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            if served(&mut s).await {
+                Ok(())
+            } else {
+                Err("still closed".to_string())
+            }
+        },
+    )
+    .await?;
+    h.shutdown().await
+}
