@@ -188,6 +188,12 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             tracing::warn!(%addr, what, "listening beyond loopback: this port is plaintext and asks for no credentials (it serves local programs); keep it on 127.0.0.1 unless every program that can reach it may use it");
         }
     }
+    // Every forwarded connection takes two descriptors: as many as the hard limit allows (a
+    // service or a shell often starts with a soft limit of 1,024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(descriptors = limit, "open descriptors allowed"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the limit of open descriptors"),
+    }
     let store = CopyStore::open(&config.data_dir)?;
     let copy = match store.load() {
         Ok(c) => c,
