@@ -200,7 +200,13 @@ impl ClientTls {
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = verifier;
-        let hit = self.check.seen().iter().any(|s| serials.contains(s));
+        // Forgotten once told: a later list that still names them changes nothing more.
+        let hit = {
+            let mut seen = self.check.seen();
+            let before = seen.len();
+            seen.retain(|s| !serials.contains(s));
+            seen.len() != before
+        };
         if hit {
             self.check.revoked_peers.send_modify(|n| *n += 1);
         }

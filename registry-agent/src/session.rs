@@ -538,6 +538,8 @@ impl SessionClient {
         machine: &mut SessionMachine,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnEnd> {
+        // Read before the handshake: a list put in force after it may name this manager.
+        let revoked_at_connect = self.tls.as_ref().map_or(0, |t| t.revocations());
         let channel = self.connect(addr).await.map_err(ConnEnd::Unreachable)?;
         let client = AgentRegistryClient::new(channel);
         let mut conn = Conn {
@@ -577,7 +579,6 @@ impl SessionClient {
         // A revocation list read since this connection was made may name this manager's
         // certificate: then the connection is dropped, and the next handshake checks it.
         let mut revoked_peers = self.tls.as_ref().map(|t| t.revoked_peers());
-        let revoked_at_connect = self.tls.as_ref().map_or(0, |t| t.revocations());
         let revoked = async {
             match revoked_peers.as_mut() {
                 Some(rx) => {

@@ -530,6 +530,11 @@ mod tests {
     /// A fleet's files in `dir`: the CA and certificates for `names`.
     fn fleet_with(dir: &Path, names: &[&str]) {
         init(dir).unwrap();
+        fleet_with_more(dir, names);
+    }
+
+    /// Certificates for `names` in the fleet of `dir`, made before.
+    fn fleet_with_more(dir: &Path, names: &[&str]) {
         for n in names {
             issue_into(dir, &LeafSpec::new(n, vec![], vec![])).unwrap();
         }
@@ -706,6 +711,13 @@ mod tests {
         assert!(heard.has_changed().unwrap(), "the revocation is told");
         let refused = dial(&tls, dir.path(), "agent-1", "m1").await.unwrap_err();
         assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+        // A later list that still names m1 (another certificate revoked) is not told again:
+        // the connections made since are to other managers.
+        fleet_with_more(dir.path(), &["agent-2"]);
+        revoke_into(dir.path(), &["agent-2".into()]).unwrap();
+        let list = std::fs::read(&crl_path).unwrap();
+        tls.revoke_from(&crl_path, &list).unwrap();
+        assert_eq!(tls.revocations(), 1, "told once");
 
         // A list that cannot be used changes nothing: m1 stays refused.
         let err = tls.revoke_from(&crl_path, b"junk").unwrap_err().to_string();
