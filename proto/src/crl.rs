@@ -4,12 +4,14 @@
 //! - [`ClientTls`] is what a client dials managers with: its own certificate, and a check of
 //!   the manager's certificate against the fleet's CA and, when given, against the list. The
 //!   list can be replaced while running ([`ClientTls::revoke_from`]); every new handshake takes
-//!   the newest. A replacement naming a certificate a manager has already shown this process
-//!   bumps [`ClientTls::revoked_peers`]: the owner drops its open connections and dials again,
-//!   and the new handshakes refuse that manager.
+//!   the newest. [`ClientTls::revoked`] tells what the list in force names: a connection made
+//!   with [`ClientTls::recording`] knows the certificate its manager showed ([`Shown`]) and is
+//!   dropped when the list names it; [`Revoked::generation`] grows whenever a list names a
+//!   certificate none before it did, for owners of many connections (channel caches) that
+//!   simply make them again.
 //! - [`revoked_serials`]: the serials a list names.
-//! - [`follow_file`]: looks at a file every so often and hands over its text when it changed
-//!   (every daemon follows its list this way).
+//! - [`read`] and [`follow_file`]: the list read at start, then looked at every so often and
+//!   handed over when it changed (every daemon follows its list this way).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,26 +72,26 @@ pub fn revoked_serials(pem: &[u8]) -> Serials {
         .collect()
 }
 
-/// Most serials of managers' certificates remembered (a process talks to a few managers; the
-/// bound only keeps a hostile stream of new certificates from growing memory).
-const SEEN_MAX: usize = 1024;
+/// What the list in force names.
+#[derive(Debug, Clone, Default)]
+pub struct Revoked {
+    /// The serials of the certificates it names.
+    pub serials: Arc<Serials>,
+    /// Grows whenever a list put in force names a certificate no list before it named.
+    pub generation: u64,
+}
 
 /// The check of a manager's certificate: the current verifier (the CA, and the list when
-/// given), and the serials of the certificates it accepted.
+/// given), and what that list names.
 #[derive(Debug)]
 struct ServerCheck {
     current: RwLock<Arc<WebPkiServerVerifier>>,
-    seen: Mutex<Serials>,
-    revoked_peers: watch::Sender<u64>,
+    revoked: watch::Sender<Revoked>,
 }
 
 impl ServerCheck {
     fn current(&self) -> Arc<WebPkiServerVerifier> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn seen(&self) -> std::sync::MutexGuard<'_, Serials> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -102,21 +104,13 @@ impl ServerCertVerifier for ServerCheck {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.current().verify_server_cert(
+        self.current().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )?;
-        if let Ok(facts) = cert_facts(end_entity) {
-            let mut seen = self.seen();
-            if seen.len() >= SEEN_MAX && !seen.contains(&facts.serial) {
-                seen.clear();
-            }
-            seen.insert(facts.serial);
-        }
-        Ok(verified)
+        )
     }
 
     fn verify_tls12_signature(
@@ -142,6 +136,69 @@ impl ServerCertVerifier for ServerCheck {
     }
 }
 
+/// The serial of the certificate a manager showed on one connection (the latest handshake of
+/// a channel that reconnects), once it was accepted.
+#[derive(Debug, Default)]
+pub struct Shown(Mutex<Option<Vec<u8>>>);
+
+impl Shown {
+    /// The serial ([`serial_bytes`]), if a handshake was accepted.
+    pub fn serial(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// [`ServerCheck`], recording the serial of every certificate it accepts in a [`Shown`].
+#[derive(Debug)]
+struct Recording {
+    check: Arc<ServerCheck>,
+    shown: Arc<Shown>,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.check.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        *self.shown.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            cert_facts(end_entity).ok().map(|f| f.serial);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.check.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.check.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.check.supported_verify_schemes()
+    }
+}
+
 /// What a client dials managers with over mutual TLS: its identity, and the check of the
 /// manager's certificate (the fleet's CA; the revocation list when given). Clones share the
 /// check, so a list replaced in one is in force in all.
@@ -149,6 +206,8 @@ impl ServerCertVerifier for ServerCheck {
 pub struct ClientTls {
     config: ClientTlsConfig,
     check: Arc<ServerCheck>,
+    /// What handshakes call: the check, or a [`Recording`] of it.
+    verifier: Arc<dyn ServerCertVerifier>,
     material: crate::tls::TlsMaterial,
 }
 
@@ -164,15 +223,21 @@ impl ClientTls {
     pub(crate) fn new(
         config: ClientTlsConfig,
         verifier: Arc<WebPkiServerVerifier>,
+        serials: Serials,
         material: crate::tls::TlsMaterial,
     ) -> ClientTls {
+        let check = Arc::new(ServerCheck {
+            current: RwLock::new(verifier),
+            revoked: watch::channel(Revoked {
+                serials: Arc::new(serials),
+                generation: 0,
+            })
+            .0,
+        });
         ClientTls {
             config,
-            check: Arc::new(ServerCheck {
-                current: RwLock::new(verifier),
-                seen: Mutex::new(Serials::new()),
-                revoked_peers: watch::channel(0).0,
-            }),
+            verifier: check.clone(),
+            check,
             material,
         }
     }
@@ -185,13 +250,26 @@ impl ClientTls {
     /// The check of a manager's certificate every handshake of this client makes (shared by
     /// its clones; the newest list in force).
     pub fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
-        self.check.clone()
+        Arc::clone(&self.verifier)
+    }
+
+    /// This client for one connection: its handshakes record the certificate the manager
+    /// showed in the [`Shown`] returned, so that the connection can be dropped when a list
+    /// names it ([`ClientTls::names`]).
+    pub fn recording(&self) -> (ClientTls, Arc<Shown>) {
+        let shown = Arc::new(Shown::default());
+        let client = ClientTls {
+            verifier: Arc::new(Recording {
+                check: Arc::clone(&self.check),
+                shown: Arc::clone(&shown),
+            }),
+            ..self.clone()
+        };
+        (client, shown)
     }
 
     /// Puts the list `pem` (read from `path`) in force for every new handshake; returns the
-    /// serials it names. A list that cannot be used is an error and changes nothing. When it
-    /// names a certificate a manager has shown this process, [`ClientTls::revoked_peers`]
-    /// changes.
+    /// serials it names. A list that cannot be used is an error and changes nothing.
     pub fn revoke_from(&self, path: &Path, pem: &[u8]) -> Result<Serials, TlsError> {
         let verifier = self.material.server_verifier(Some((path, pem)))?;
         let serials = revoked_serials(pem);
@@ -200,28 +278,35 @@ impl ClientTls {
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = verifier;
-        // Forgotten once told: a later list that still names them changes nothing more.
-        let hit = {
-            let mut seen = self.check.seen();
-            let before = seen.len();
-            seen.retain(|s| !serials.contains(s));
-            seen.len() != before
-        };
-        if hit {
-            self.check.revoked_peers.send_modify(|n| *n += 1);
-        }
+        self.check.revoked.send_if_modified(|r| {
+            if *r.serials == serials {
+                return false;
+            }
+            if !serials.is_subset(&r.serials) {
+                r.generation += 1;
+            }
+            r.serials = Arc::new(serials.clone());
+            true
+        });
         Ok(serials)
     }
 
-    /// Changes whenever a list put in force names a certificate a manager showed this process
-    /// before: connections open to that manager are to be dropped and dialed again.
-    pub fn revoked_peers(&self) -> watch::Receiver<u64> {
-        self.check.revoked_peers.subscribe()
+    /// What the list in force names; changes when another list is put in force.
+    pub fn revoked(&self) -> watch::Receiver<Revoked> {
+        self.check.revoked.subscribe()
     }
 
-    /// How many times [`ClientTls::revoked_peers`] changed.
+    /// Whether the list in force names the certificate `shown` recorded.
+    pub fn names(&self, shown: &Shown) -> bool {
+        shown
+            .serial()
+            .is_some_and(|s| self.check.revoked.borrow().serials.contains(&s))
+    }
+
+    /// [`Revoked::generation`] of the list in force: owners of many connections compare it
+    /// with the one they were made at, and make them again when it grew.
     pub fn revocations(&self) -> u64 {
-        *self.check.revoked_peers.borrow()
+        self.check.revoked.borrow().generation
     }
 }
 
@@ -233,17 +318,35 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     Ok((m.modified().ok(), m.len()))
 }
 
+/// The version of a list's file that was read ([`read`]), for [`follow_file`] to start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp(Option<Stamp>);
+
+/// Reads the list at `path` for the first time, and the version read (looked at before
+/// reading: a change while reading is read again by [`follow_file`]). An error names the
+/// file and how to make one.
+pub fn read(path: &Path) -> Result<(Vec<u8>, FileStamp), TlsError> {
+    let before = FileStamp(stamp(path).ok());
+    let text = std::fs::read(path).map_err(|e| TlsError {
+        what: "revocation list",
+        path: path.display().to_string(),
+        reason: format!("cannot read it: {e}; {CRL_HINT}"),
+    })?;
+    Ok((text, before))
+}
+
 /// Looks at `path` every `every` until `cancel`, and calls `changed` with its text whenever it
-/// changed since the last look (the first look compares with the file as it was when this
-/// was called). A file that cannot be seen or read is logged once, and `changed` is not
-/// called: what was read before stays in force.
+/// changed since the version `from` ([`read`]) or the last one handed over. A file that cannot
+/// be seen or read is logged once, and `changed` is not called: what was read before stays in
+/// force.
 pub async fn follow_file(
     path: PathBuf,
+    from: FileStamp,
     every: Duration,
     cancel: CancellationToken,
     mut changed: impl FnMut(&Path, Vec<u8>) + Send,
 ) {
-    let mut seen = stamp(&path).ok();
+    let mut seen = from.0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -270,13 +373,4 @@ pub async fn follow_file(
             }
         }
     }
-}
-
-/// Reads the list at `path` for the first time: an error names the file and the fix.
-pub fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError {
-        what: "revocation list",
-        path: path.display().to_string(),
-        reason: format!("cannot read it: {e}; {CRL_HINT}, or remove `crl`"),
-    })
 }

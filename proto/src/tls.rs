@@ -185,9 +185,13 @@ impl TlsMaterial {
         let config = ClientTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .timeout(Duration::from_secs(5));
+        let serials = crl
+            .map(|(_, pem)| crate::crl::revoked_serials(pem))
+            .unwrap_or_default();
         Ok(ClientTls::new(
             config,
             self.server_verifier(crl)?,
+            serials,
             self.clone(),
         ))
     }
@@ -299,7 +303,7 @@ impl TlsMaterial {
         if let Err(e) = verifier.verify_client_cert(own, &chain[1..], now) {
             let reason = match e {
                 rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => format!(
-                    "revokes this party's own certificate {}; issue it a new one (`registry-manager certs issue`) and restart",
+                    "revokes this party's own certificate {}; issue it a new one (`registry-manager certs issue`)",
                     self.cert_path
                 ),
                 e => format!("cannot be used with the fleet's CA ({e}); {CRL_HINT}"),

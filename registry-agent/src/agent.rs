@@ -109,13 +109,14 @@ impl RunningAgent {
 }
 
 /// The agent's TLS client side: its certificate must be valid now and name this host (the
-/// managers let an agent act only for the host its certificate names).
-/// With `crl`, managers' certificates are checked against the CA's list of revoked ones too.
+/// managers let an agent act only for the host its certificate names). With `crl`, managers'
+/// certificates are checked against the CA's list of revoked ones too; the version of the
+/// list read, for following it.
 fn client_tls(
     files: &proto::tls::TlsFiles,
     crl: Option<&std::path::Path>,
     host: &topology::HostName,
-) -> Result<proto::crl::ClientTls, AgentError> {
+) -> Result<(proto::crl::ClientTls, Option<proto::crl::FileStamp>), AgentError> {
     let material = files.load()?;
     material.check_valid_at(std::time::SystemTime::now())?;
     if material.name() != host.as_str() {
@@ -130,26 +131,29 @@ fn client_tls(
         .into());
     }
     let Some(path) = crl else {
-        return Ok(material.client_tls(None)?);
+        return Ok((material.client_tls(None)?, None));
     };
-    let pem = proto::crl::read(path)?;
+    let (pem, stamp) = proto::crl::read(path)?;
     let tls = material.client_tls(Some((path, &pem)))?;
     tracing::info!(path = %path.display(), revoked = proto::crl::revoked_serials(&pem).len(), "read the revocation list: managers' certificates it names are refused");
-    Ok(tls)
+    Ok((tls, Some(stamp)))
 }
 
 /// How often the revocation list's file is looked at.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Follows the revocation list's file until `shutdown`: a changed list is put in force for
-/// every new handshake; one that cannot be used is logged and the one before stays in force.
+/// Follows the revocation list's file from the version read until `shutdown`: a changed list
+/// is put in force for every new handshake; one that cannot be used is logged and the one
+/// before stays in force.
 fn follow_crl(
     tls: proto::crl::ClientTls,
     path: std::path::PathBuf,
+    from: proto::crl::FileStamp,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(proto::crl::follow_file(
         path,
+        from,
         CRL_CHECK_EVERY,
         shutdown,
         move |path, pem| match tls.revoke_from(path, &pem) {
@@ -172,9 +176,12 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, AgentError>
 /// Starts an agent: opens the persisted copy (answering from it at once), binds the local API
 /// and forward ports, and starts every task. Returns once everything listens.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let tls = match &config.tls {
-        Some(files) => Some(client_tls(files, config.crl.as_deref(), &config.host)?),
-        None => None,
+    let (tls, crl_read) = match &config.tls {
+        Some(files) => {
+            let (tls, read) = client_tls(files, config.crl.as_deref(), &config.host)?;
+            (Some(tls), read)
+        }
+        None => (None, None),
     };
     // The local API and forward ports serve local programs, in plaintext and without
     // credentials: beyond loopback only when configured so, and then said in the log.
@@ -255,8 +262,13 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    if let (Some(tls), Some(path)) = (&tls, &config.crl) {
-        tasks.push(follow_crl(tls.clone(), path.clone(), shutdown.clone()));
+    if let (Some(tls), Some(path), Some(read)) = (&tls, &config.crl, crl_read) {
+        tasks.push(follow_crl(
+            tls.clone(),
+            path.clone(),
+            read,
+            shutdown.clone(),
+        ));
     }
     let health = Arc::new(HealthView::new(&config.health));
     let mut always: Vec<PackageType> = config

@@ -593,45 +593,37 @@ impl AgentConfig {
             }
         }
 
-        let tls = raw.tls.as_ref().and_then(|t| {
-            let t = &t.value;
-            let mut path = |key: &str, s: &Spanned<String>| {
-                if s.value.trim().is_empty() {
-                    c.at(
-                        s,
-                        format!("tls.{key}: is empty; give a PEM file (see docs/security.md)"),
-                    );
-                    None
-                } else {
-                    Some(PathBuf::from(&s.value))
-                }
-            };
-            let (cert, key, ca) = (
-                path("cert", &t.cert),
-                path("key", &t.key),
-                path("ca", &t.ca),
-            );
-            Some(proto::tls::TlsFiles {
-                cert: cert?,
-                key: key?,
-                ca: ca?,
-            })
-        });
-        let crl = raw
-            .tls
-            .as_ref()
-            .and_then(|t| t.value.crl.as_ref())
-            .and_then(|s| {
-                if s.value.trim().is_empty() {
-                    c.at(
-                        s,
-                        "tls.crl: is empty; give the CA's revocation list (`registry-manager certs revoke` writes it) or remove the key".to_owned(),
-                    );
-                    None
-                } else {
-                    Some(PathBuf::from(&s.value))
-                }
-            });
+        let (tls, crl) = match raw.tls.as_ref() {
+            Some(t) => {
+                let t = &t.value;
+                let mut path = |key: &str, s: &Spanned<String>| {
+                    if s.value.trim().is_empty() {
+                        c.at(
+                            s,
+                            format!("tls.{key}: is empty; give a PEM file (see docs/security.md)"),
+                        );
+                        None
+                    } else {
+                        Some(PathBuf::from(&s.value))
+                    }
+                };
+                let (cert, key, ca) = (
+                    path("cert", &t.cert),
+                    path("key", &t.key),
+                    path("ca", &t.ca),
+                );
+                let crl = t.crl.as_ref().and_then(|s| path("crl", s));
+                let files = (|| {
+                    Some(proto::tls::TlsFiles {
+                        cert: cert?,
+                        key: key?,
+                        ca: ca?,
+                    })
+                })();
+                (files, crl)
+            }
+            None => (None, None),
+        };
 
         if !c.errors.is_empty() {
             c.errors.sort_by_key(|e| (e.line, e.column));

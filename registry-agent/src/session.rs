@@ -389,14 +389,25 @@ impl SessionClient {
         v
     }
 
-    async fn connect(&self, addr: &str) -> Result<Channel, String> {
-        let ep = proto::tls::endpoint(addr, self.tls.as_ref())?
+    /// A channel to `addr`, and the certificate its manager showed (with TLS).
+    async fn connect(
+        &self,
+        addr: &str,
+    ) -> Result<(Channel, Option<Arc<proto::crl::Shown>>), String> {
+        let (tls, shown) = match &self.tls {
+            Some(t) => {
+                let (t, shown) = t.recording();
+                (Some(t), Some(shown))
+            }
+            None => (None, None),
+        };
+        let ep = proto::tls::endpoint(addr, tls.as_ref())?
             .connect_timeout(self.timing.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         match tokio::time::timeout(self.timing.connect_timeout * 2, ep.connect()).await {
-            Ok(Ok(ch)) => Ok(ch),
+            Ok(Ok(ch)) => Ok((ch, shown)),
             Ok(Err(e)) => Err(format!("connect: {}", proto::tls::error_chain(&e))),
             Err(_) => Err("connect timed out".into()),
         }
@@ -538,9 +549,7 @@ impl SessionClient {
         machine: &mut SessionMachine,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnEnd> {
-        // Read before the handshake: a list put in force after it may name this manager.
-        let revoked_at_connect = self.tls.as_ref().map_or(0, |t| t.revocations());
-        let channel = self.connect(addr).await.map_err(ConnEnd::Unreachable)?;
+        let (channel, shown) = self.connect(addr).await.map_err(ConnEnd::Unreachable)?;
         let client = AgentRegistryClient::new(channel);
         let mut conn = Conn {
             addr,
@@ -576,15 +585,17 @@ impl SessionClient {
         let mut statuses = self.statuses.clone();
         // A host without packages has no check task: its status channel is closed at once.
         let mut statuses_open = true;
-        // A revocation list read since this connection was made may name this manager's
-        // certificate: then the connection is dropped, and the next handshake checks it.
-        let mut revoked_peers = self.tls.as_ref().map(|t| t.revoked_peers());
+        // When the revocation list in force names the certificate this manager showed, the
+        // connection is dropped (the next handshake with it is refused).
         let revoked = async {
-            match revoked_peers.as_mut() {
-                Some(rx) => {
-                    let _ = rx.wait_for(|n| *n != revoked_at_connect).await;
+            match (&self.tls, &shown) {
+                (Some(tls), Some(shown)) => {
+                    let mut rx = tls.revoked();
+                    let _ = rx
+                        .wait_for(|r| shown.serial().is_some_and(|s| r.serials.contains(&s)))
+                        .await;
                 }
-                None => std::future::pending().await,
+                _ => std::future::pending().await,
             }
         };
         tokio::pin!(revoked);
@@ -612,7 +623,7 @@ impl SessionClient {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = &mut revoked => return Err(ConnEnd::Lost(
-                    "the revocation list (tls.crl) now names a certificate a manager showed this agent: connecting again".into(),
+                    "the revocation list (tls.crl) names the certificate this manager showed: connecting to another".into(),
                 )),
                 msg = watch.message() => match msg {
                     Ok(Some(ev)) => {

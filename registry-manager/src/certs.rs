@@ -679,50 +679,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_refuses_the_managers_a_list_names_and_hears_of_one_it_had_reached() {
+    async fn a_client_refuses_the_managers_a_list_names_and_a_connection_knows_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        fleet_with(dir.path(), &["m1", "m2", "agent-1"]);
+        fleet_with(dir.path(), &["m1", "m2", "agent-1", "agent-2"]);
         let agent = material(dir.path(), "agent-1");
         let tls = agent.client_tls(None).unwrap();
-        dial(&tls, dir.path(), "agent-1", "m1")
+        // One connection to m1, which records the certificate m1 showed.
+        let (to_m1, shown) = tls.recording();
+        dial(&to_m1, dir.path(), "agent-1", "m1")
             .await
             .expect("m1 is trusted before any list");
+        let m1_serial = shown.serial().expect("recorded");
+        assert!(!tls.names(&shown));
         let crl_path = dir.path().join(CRL_FILE);
 
-        // m2, which this client never reached, is revoked: refused from now on, and nothing
-        // this client had open is concerned.
+        // m2 is revoked: refused from now on; the connection to m1 is not concerned.
+        let revoked = tls.revoked();
         revoke_into(dir.path(), &["m2".into()]).unwrap();
         let list = std::fs::read(&crl_path).unwrap();
         let named = tls.revoke_from(&crl_path, &list).unwrap();
         assert_eq!(named.len(), 1);
-        assert_eq!(tls.revocations(), 0, "no manager reached was revoked");
+        assert!(
+            revoked.has_changed().unwrap(),
+            "owners are told of the new list"
+        );
+        assert_eq!(tls.revocations(), 1, "a certificate no list named before");
+        assert!(!tls.names(&shown), "the connection to m1 stays");
         let refused = dial(&tls, dir.path(), "agent-1", "m2").await.unwrap_err();
         assert!(refused.to_lowercase().contains("revoked"), "{refused}");
         dial(&tls, dir.path(), "agent-1", "m1")
             .await
             .expect("a manager the list does not name is trusted");
 
-        // m1, which this client reached, is revoked: its owner hears of it.
-        let heard = tls.revoked_peers();
+        // m1 is revoked: the connection to it knows it is named, and m1 is refused.
         revoke_into(dir.path(), &["m1".into()]).unwrap();
         let list = std::fs::read(&crl_path).unwrap();
         tls.revoke_from(&crl_path, &list).unwrap();
-        assert_eq!(tls.revocations(), 1);
-        assert!(heard.has_changed().unwrap(), "the revocation is told");
+        assert!(tls.names(&shown));
+        assert!(tls.revoked().borrow().serials.contains(&m1_serial));
+        assert_eq!(tls.revocations(), 2);
         let refused = dial(&tls, dir.path(), "agent-1", "m1").await.unwrap_err();
         assert!(refused.to_lowercase().contains("revoked"), "{refused}");
-        // A later list that still names m1 (another certificate revoked) is not told again:
-        // the connections made since are to other managers.
-        fleet_with_more(dir.path(), &["agent-2"]);
-        revoke_into(dir.path(), &["agent-2".into()]).unwrap();
-        let list = std::fs::read(&crl_path).unwrap();
+        // The same list read again changes nothing.
         tls.revoke_from(&crl_path, &list).unwrap();
-        assert_eq!(tls.revocations(), 1, "told once");
+        assert_eq!(tls.revocations(), 2);
 
         // A list that cannot be used changes nothing: m1 stays refused.
         let err = tls.revoke_from(&crl_path, b"junk").unwrap_err().to_string();
         assert!(err.contains("certs revoke"), "{err}");
         assert!(dial(&tls, dir.path(), "agent-1", "m1").await.is_err());
+        assert!(tls.names(&shown));
         // Nor can a client start with a list naming its own certificate.
         revoke_into(dir.path(), &["agent-1".into()]).unwrap();
         let list = std::fs::read(&crl_path).unwrap();

@@ -43,6 +43,11 @@ pub fn raise_descriptor_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// This process's soft limit of open descriptors.
+pub fn descriptor_limit() -> std::io::Result<u64> {
+    rlimit::Resource::NOFILE.get().map(|(soft, _)| soft)
+}
+
 /// The most client connections a process allowed `limit` open descriptors holds, keeping
 /// [`RESERVED_DESCRIPTORS`] (or a quarter of a small limit) for everything else.
 pub fn connections_for(limit: u64) -> usize {

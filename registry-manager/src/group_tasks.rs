@@ -36,6 +36,9 @@ pub(crate) async fn watchdog(engine: Engine) {
     let mut lagging: BTreeSet<u64> = BTreeSet::new();
     let mut silent: BTreeSet<u64> = BTreeSet::new();
     let me = group::node_id(engine.name());
+    // Until the first contact with a majority (a start, an election), agents' streams are
+    // refused without a warning: nothing was lost.
+    let mut ever_connected = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -44,7 +47,7 @@ pub(crate) async fn watchdog(engine: Engine) {
         // Cut off from the majority: close streams so agents move on; refuse new ones.
         let connected = !engine.is_cut_off();
         let was_cut = engine.set_cut_off(!connected);
-        if !connected && !was_cut {
+        if !connected && !was_cut && ever_connected {
             tracing::warn!(
                 member = engine.name(),
                 "cut off from the group's majority: closing watch and keep-alive streams so agents move to another member"
@@ -53,9 +56,15 @@ pub(crate) async fn watchdog(engine: Engine) {
         } else if connected && was_cut {
             tracing::info!(
                 member = engine.name(),
-                "back in touch with the group's majority"
+                "{}",
+                if ever_connected {
+                    "back in touch with the group's majority"
+                } else {
+                    "in touch with the group's majority: serving agents"
+                }
             );
         }
+        ever_connected |= connected;
 
         let m = engine.metrics();
         if m.current_leader != last_leader {

@@ -212,7 +212,7 @@ pub fn member_tls(
             follow: None,
         });
     };
-    let pem = proto::crl::read(path)?;
+    let (pem, read) = proto::crl::read(path)?;
     let config = material.server_config_revoking(Some((path, &pem)))?;
     let client = material.client_tls(Some((path, &pem)))?;
     let serials = proto::crl::revoked_serials(&pem);
@@ -221,6 +221,7 @@ pub fn member_tls(
     let (material, to_client) = (material.clone(), client.clone());
     let follow = tokio::spawn(proto::crl::follow_file(
         path.to_path_buf(),
+        read,
         CHECK_EVERY,
         cancel,
         move |path, pem| match material.server_config_revoking(Some((path, &pem))) {

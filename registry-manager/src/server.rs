@@ -324,6 +324,8 @@ async fn launch(
     };
     let http_addr = http.as_ref().map(|(_, addr)| *addr);
     let cancel = CancellationToken::new();
+    // Until the manager is running, a failed start stops every task spawned so far.
+    let started = cancel.clone().drop_guard();
     // Every TLS connection is followed, so that one of a certificate revoked later is cut.
     let open = Arc::new(crate::revocation::OpenConnections::default());
     let mut member_tls = match &tls {
@@ -499,8 +501,9 @@ async fn launch(
     let max_connections = match tuning.max_connections {
         0 => {
             let limit = crate::conn_limit::raise_descriptor_limit().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read the limit of open descriptors; assuming 1024");
-                1024
+                let soft = crate::conn_limit::descriptor_limit().unwrap_or(1024);
+                tracing::warn!(error = %e, descriptors = soft, "cannot raise the limit of open descriptors; keeping it");
+                soft
             });
             let max = crate::conn_limit::connections_for(limit);
             tracing::info!(descriptors = limit, max_connections = max, "open descriptors allowed: client connections past max_connections are closed at once, the rest kept for the store and the other members");
@@ -551,6 +554,7 @@ async fn launch(
         tasks.push(crate::http::spawn(listener, engine.clone()));
         tracing::info!(%addr, "HTTP port serving the status page (/), /metrics and /healthz");
     }
+    started.disarm();
     Ok(RunningManager {
         local_addr,
         http_addr,
@@ -571,7 +575,9 @@ fn health_service_for_refuser(
 /// Serves plaintext connections of a TLS manager: every call of every service is answered
 /// `UNAUTHENTICATED` with [`crate::tls_accept::PLAINTEXT_REFUSED`].
 fn spawn_plaintext_refuser(
-    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>>,
+    incoming: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<crate::conn_limit::Counted<tokio::net::TcpStream>>,
+    >,
     engine: Engine,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,

@@ -32,8 +32,9 @@ pub const PLAINTEXT_REFUSED: &str = "this registry manager serves TLS only (mutu
 pub struct Sorted {
     /// Connections whose TLS handshake succeeded, each followed by its client's certificate.
     pub tls: ReceiverStream<std::io::Result<Revocable<TlsStream<Counted<TcpStream>>>>>,
-    /// Plaintext connections (to be refused with [`PLAINTEXT_REFUSED`]).
-    pub plain: ReceiverStream<std::io::Result<TcpStream>>,
+    /// Plaintext connections (to be refused with [`PLAINTEXT_REFUSED`]), each holding its
+    /// slot for as long as its client keeps it open.
+    pub plain: ReceiverStream<std::io::Result<Counted<TcpStream>>>,
 }
 
 impl std::fmt::Debug for Sorted {
@@ -69,7 +70,7 @@ pub fn sort(
                 };
                 if first != TLS_HANDSHAKE {
                     tracing::warn!(%peer, "refused a plaintext client: this manager serves TLS only");
-                    let _ = plain_tx.send(Ok(stream)).await;
+                    let _ = plain_tx.send(Ok(Counted::new(stream, slot))).await;
                     return;
                 }
                 let stream = Counted::new(stream, slot);

@@ -996,22 +996,32 @@ async fn concurrent_diffs_of_a_large_fleet_stall_no_heartbeat() -> Result<()> {
     h.shutdown().await
 }
 
-/// A raw connection that sends the HTTP/2 preface; whether the server then answers (its
-/// SETTINGS) rather than closing it (end of stream or an error), within five seconds.
-async fn served(stream: &mut tokio::net::TcpStream) -> bool {
+/// What the server did with a raw connection that sent the HTTP/2 preface.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    /// It answered (its SETTINGS).
+    Served,
+    /// It closed the connection (end of stream, or a reset).
+    Closed,
+    /// Neither within five seconds.
+    Held,
+}
+
+async fn fate(stream: &mut tokio::net::TcpStream) -> Fate {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if stream
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .is_err()
     {
-        return false;
+        return Fate::Closed;
     }
     let mut buf = [0u8; 64];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
-        Ok(Ok(n)) if n > 0
-    )
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Fate::Closed,
+        Ok(Ok(_)) => Fate::Served,
+        Err(_) => Fate::Held,
+    }
 }
 
 #[tokio::test]
@@ -1027,16 +1037,15 @@ async fn past_its_share_of_connections_the_port_closes_new_ones_at_once_and_keep
     let mut held = Vec::new();
     for i in 0..3 {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        anyhow::ensure!(served(&mut s).await, "connection {} was not served", i + 2);
+        let f = fate(&mut s).await;
+        anyhow::ensure!(f == Fate::Served, "connection {}: {f:?}", i + 2);
         held.push(s);
     }
-    // The next one is closed at once, and so is every one after it, from any client.
+    // The next one is closed at once (not held), and so is every one after it.
     for _ in 0..3 {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        anyhow::ensure!(
-            !served(&mut s).await,
-            "a connection past the share was served"
-        );
+        let f = fate(&mut s).await;
+        anyhow::ensure!(f == Fate::Closed, "a connection past the share: {f:?}");
     }
     // Those it holds are served as before.
     h.revision().await;
@@ -1055,13 +1064,13 @@ async fn past_its_share_of_connections_the_port_closes_new_ones_at_once_and_keep
             let mut s = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;
-            if served(&mut s).await {
-                Ok(())
-            } else {
-                Err("still closed".to_string())
+            match fate(&mut s).await {
+                Fate::Served => Ok(()),
+                f => Err(format!("{f:?}")),
             }
         },
     )
     .await?;
+    drop(held);
     h.shutdown().await
 }

@@ -60,7 +60,7 @@ pub async fn connect(manager: &ManagerAddr) -> anyhow::Result<AdminClient<Channe
             let material = files.load()?;
             material.check_valid_at(std::time::SystemTime::now())?;
             let crl = match manager.crl() {
-                Some(path) => Some((path, proto::crl::read(path)?)),
+                Some(path) => Some((path, proto::crl::read(path)?.0)),
                 None => None,
             };
             Some(material.client_tls(crl.as_ref().map(|(p, pem)| (*p, pem.as_slice())))?)

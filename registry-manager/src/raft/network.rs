@@ -33,7 +33,7 @@ pub struct Peers {
     /// NAT, a proxy or a test relay); others are reached at their address in the membership.
     routes: Arc<HashMap<String, String>>,
     /// The channels, and the count of revocations of members' certificates they were made
-    /// after ([`proto::crl::ClientTls::revoked_peers`]): after another, they are made again.
+    /// after ([`proto::crl::ClientTls::revocations`]): after another, they are made again.
     channels: Arc<Mutex<(u64, HashMap<String, Channel>)>>,
     /// This member's TLS client side (its own certificate), when the group serves TLS.
     tls: Option<proto::crl::ClientTls>,
