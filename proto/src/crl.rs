@@ -81,17 +81,43 @@ pub struct Revoked {
     pub generation: u64,
 }
 
-/// The check of a manager's certificate: the current verifier (the CA, and the list when
-/// given), and what that list names.
+/// What every clone of a [`ClientTls`] shares: the current verifier (the CA, and the list
+/// when given), and what that list names.
 #[derive(Debug)]
-struct ServerCheck {
+struct Shared {
     current: RwLock<Arc<WebPkiServerVerifier>>,
     revoked: watch::Sender<Revoked>,
 }
 
+/// The serial of the certificate a manager showed on one connection (the latest handshake of
+/// a channel that reconnects), once it was accepted.
+#[derive(Debug, Default)]
+pub struct Shown(Mutex<Option<Vec<u8>>>);
+
+impl Shown {
+    /// The serial ([`serial_bytes`]), if a handshake was accepted.
+    pub fn serial(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The check of a manager's certificate with the current verifier; with `shown`, the serial
+/// of every certificate it accepts is recorded there.
+#[derive(Debug)]
+struct ServerCheck {
+    shared: Arc<Shared>,
+    shown: Option<Arc<Shown>>,
+}
+
 impl ServerCheck {
     fn current(&self) -> Arc<WebPkiServerVerifier> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(
+            &self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 
@@ -104,13 +130,18 @@ impl ServerCertVerifier for ServerCheck {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.current().verify_server_cert(
+        let verified = self.current().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )
+        )?;
+        if let Some(shown) = &self.shown {
+            *shown.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                cert_facts(end_entity).ok().map(|f| f.serial);
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -136,78 +167,15 @@ impl ServerCertVerifier for ServerCheck {
     }
 }
 
-/// The serial of the certificate a manager showed on one connection (the latest handshake of
-/// a channel that reconnects), once it was accepted.
-#[derive(Debug, Default)]
-pub struct Shown(Mutex<Option<Vec<u8>>>);
-
-impl Shown {
-    /// The serial ([`serial_bytes`]), if a handshake was accepted.
-    pub fn serial(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// [`ServerCheck`], recording the serial of every certificate it accepts in a [`Shown`].
-#[derive(Debug)]
-struct Recording {
-    check: Arc<ServerCheck>,
-    shown: Arc<Shown>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.check.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
-        *self.shown.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            cert_facts(end_entity).ok().map(|f| f.serial);
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.check.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.check.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.check.supported_verify_schemes()
-    }
-}
-
 /// What a client dials managers with over mutual TLS: its identity, and the check of the
 /// manager's certificate (the fleet's CA; the revocation list when given). Clones share the
 /// check, so a list replaced in one is in force in all.
 #[derive(Clone)]
 pub struct ClientTls {
     config: ClientTlsConfig,
-    check: Arc<ServerCheck>,
-    /// What handshakes call: the check, or a [`Recording`] of it.
-    verifier: Arc<dyn ServerCertVerifier>,
+    shared: Arc<Shared>,
+    /// What handshakes call: the check, recording or not.
+    verifier: Arc<ServerCheck>,
     material: crate::tls::TlsMaterial,
 }
 
@@ -226,7 +194,7 @@ impl ClientTls {
         serials: Serials,
         material: crate::tls::TlsMaterial,
     ) -> ClientTls {
-        let check = Arc::new(ServerCheck {
+        let shared = Arc::new(Shared {
             current: RwLock::new(verifier),
             revoked: watch::channel(Revoked {
                 serials: Arc::new(serials),
@@ -236,8 +204,11 @@ impl ClientTls {
         });
         ClientTls {
             config,
-            verifier: check.clone(),
-            check,
+            verifier: Arc::new(ServerCheck {
+                shared: Arc::clone(&shared),
+                shown: None,
+            }),
+            shared,
             material,
         }
     }
@@ -250,7 +221,7 @@ impl ClientTls {
     /// The check of a manager's certificate every handshake of this client makes (shared by
     /// its clones; the newest list in force).
     pub fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
-        Arc::clone(&self.verifier)
+        self.verifier.clone()
     }
 
     /// This client for one connection: its handshakes record the certificate the manager
@@ -259,9 +230,9 @@ impl ClientTls {
     pub fn recording(&self) -> (ClientTls, Arc<Shown>) {
         let shown = Arc::new(Shown::default());
         let client = ClientTls {
-            verifier: Arc::new(Recording {
-                check: Arc::clone(&self.check),
-                shown: Arc::clone(&shown),
+            verifier: Arc::new(ServerCheck {
+                shared: Arc::clone(&self.shared),
+                shown: Some(Arc::clone(&shown)),
             }),
             ..self.clone()
         };
@@ -274,11 +245,11 @@ impl ClientTls {
         let verifier = self.material.server_verifier(Some((path, pem)))?;
         let serials = revoked_serials(pem);
         *self
-            .check
+            .shared
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = verifier;
-        self.check.revoked.send_if_modified(|r| {
+        self.shared.revoked.send_if_modified(|r| {
             if *r.serials == serials {
                 return false;
             }
@@ -293,20 +264,20 @@ impl ClientTls {
 
     /// What the list in force names; changes when another list is put in force.
     pub fn revoked(&self) -> watch::Receiver<Revoked> {
-        self.check.revoked.subscribe()
+        self.shared.revoked.subscribe()
     }
 
     /// Whether the list in force names the certificate `shown` recorded.
     pub fn names(&self, shown: &Shown) -> bool {
         shown
             .serial()
-            .is_some_and(|s| self.check.revoked.borrow().serials.contains(&s))
+            .is_some_and(|s| self.shared.revoked.borrow().serials.contains(&s))
     }
 
     /// [`Revoked::generation`] of the list in force: owners of many connections compare it
     /// with the one they were made at, and make them again when it grew.
     pub fn revocations(&self) -> u64 {
-        self.check.revoked.borrow().generation
+        self.shared.revoked.borrow().generation
     }
 }
 
