@@ -396,17 +396,45 @@ async fn watch_as(fleet: &Fleet, who: &str) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_seconds_and_no_other(
-) -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
+/// One manager and agent-4's agent over TLS, both following the CA's revocation list.
+async fn revoking_fleet() -> anyhow::Result<Fleet> {
+    Fleet::from_topology(&worked_example::topology("300ms", false))
         .tls()
         .revocation_list()
         .manager()
         .agent("agent-4")
         .start()
-        .await?;
+        .await
+}
+
+/// Waits (up to [`SETTLE`]) until `seen` holds for the text `log` reads; fails with the tails
+/// of every log.
+async fn wait_logged(
+    fleet: &Fleet,
+    what: &str,
+    log: impl Fn() -> String,
+    seen: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    wait_until(what, SETTLE, || async {
+        if seen(&log()) {
+            Ok(())
+        } else {
+            Err(fleet.logs())
+        }
+    })
+    .await
+}
+
+/// The part of `log` after the first `mark` (empty without one).
+fn after<'a>(log: &'a str, mark: &str) -> &'a str {
+    log.split_once(mark).map_or("", |(_, rest)| rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_seconds_and_no_other(
+) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let fleet = revoking_fleet().await?;
     fleet.issue("agent-3")?;
     // Before: agent-3's certificate is let in. One watch stream stays open across the
     // revocation: its connection is cut when the manager reads the changed list.
@@ -511,22 +539,14 @@ async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_se
 async fn agents_and_operators_refuse_a_manager_whose_certificate_is_revoked() -> anyhow::Result<()>
 {
     let _serial = SERIAL.lock().await;
-    let fleet = Fleet::from_topology(&worked_example::topology("300ms", false))
-        .tls()
-        .revocation_list()
-        .manager()
-        .agent("agent-4")
-        .start()
-        .await?;
+    let fleet = revoking_fleet().await?;
     // The agent is connected, and an operator given the list gets in.
-    wait_until("agent-4's session", SETTLE, || async {
-        let logs = fleet.agent_logs();
-        if logs.contains("connected to registry manager") {
-            Ok(())
-        } else {
-            Err(fleet.logs())
-        }
-    })
+    wait_logged(
+        &fleet,
+        "agent-4's session",
+        || fleet.agent_logs(),
+        |log| log.contains("connected to registry manager"),
+    )
     .await?;
     let out = fleet.manager_cli(&["topology", "show"])?;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -535,44 +555,26 @@ async fn agents_and_operators_refuse_a_manager_whose_certificate_is_revoked() ->
     // the list it had (a list naming itself cannot be its own); the agent, which was shown
     // that certificate, drops its connection and is refused when it dials again.
     fleet.revoke("m1")?;
-    wait_until(
+    const DROPPED: &str = "names the certificate this manager showed";
+    wait_logged(
+        &fleet,
         "the agent to drop its connection to the revoked manager",
-        SETTLE,
-        || async {
-            let logs = fleet.agent_logs();
-            if logs.contains("names the certificate this manager showed") {
-                Ok(())
-            } else {
-                Err(fleet.logs())
-            }
-        },
+        || fleet.agent_logs(),
+        |log| log.contains(DROPPED),
     )
     .await?;
-    wait_until(
+    wait_logged(
+        &fleet,
         "the agent's new handshakes to refuse the revoked manager",
-        SETTLE,
-        || async {
-            let logs = fleet.agent_logs();
-            let after = logs
-                .split("names the certificate this manager showed")
-                .nth(1)
-                .unwrap_or_default();
-            if after.contains("Revoked") {
-                Ok(())
-            } else {
-                Err(fleet.logs())
-            }
-        },
+        || fleet.agent_logs(),
+        |log| after(log, DROPPED).contains("Revoked"),
     )
     .await?;
     let logs = fleet.agent_logs();
-    let after = logs
-        .split("names the certificate this manager showed")
-        .nth(1)
-        .unwrap_or_default();
+    let since = after(&logs, DROPPED);
     assert!(
-        !after.contains("connected to registry manager"),
-        "the agent connected to the revoked manager again:\n{after}"
+        !since.contains("connected to registry manager"),
+        "the agent connected to the revoked manager again:\n{since}"
     );
     let manager_log = fleet.logs_all();
     assert!(
@@ -760,44 +762,35 @@ async fn a_revoked_member_is_shut_out_by_the_others_and_its_agents_move_to_them(
     })
     .await?;
     // The others refuse the revoked member's connections: it cannot take part any more.
-    wait_until(
-        "the others to refuse the revoked member",
-        SETTLE,
-        || async {
-            let refused = others.iter().all(|i| {
-                fleet
-                    .member_log(*i)
-                    .lines()
+    for i in &others {
+        wait_logged(
+            &fleet,
+            "the others to refuse the revoked member",
+            || fleet.member_log(*i),
+            |log| {
+                log.lines()
                     .any(|l| l.contains("refused a TLS connection") && l.contains("Revoked"))
-            });
-            if refused {
-                Ok(())
-            } else {
-                Err(fleet.logs())
-            }
-        },
-    )
-    .await?;
+            },
+        )
+        .await?;
+    }
     // Nor does it accept them as its leader: with nobody to talk to, it is cut off from the
     // majority, and would close any agent's stream.
-    wait_until("the revoked member to be cut off", SETTLE, || async {
-        let log = fleet.member_log(leader);
-        let after = log
-            .split("the revocation list changed but cannot be used")
-            .nth(1)
-            .unwrap_or_default();
-        if after.contains("cut off from the group's majority")
-            && !after
-                .split("cut off from the group's majority")
-                .last()
-                .unwrap_or_default()
-                .contains("back in touch")
-        {
-            Ok(())
-        } else {
-            Err(fleet.logs())
-        }
-    })
+    const CUT: &str = "cut off from the group's majority";
+    wait_logged(
+        &fleet,
+        "the revoked member to be cut off",
+        || fleet.member_log(leader),
+        |log| {
+            let since = after(log, "the revocation list changed but cannot be used");
+            since.contains(CUT)
+                && !since
+                    .rsplit(CUT)
+                    .next()
+                    .unwrap_or_default()
+                    .contains("back in touch")
+        },
+    )
     .await?;
     Ok(())
 }
