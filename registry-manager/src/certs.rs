@@ -609,38 +609,39 @@ mod tests {
     }
 
     /// A TLS handshake over memory between a server of `server` and a client holding `client`'s
-    /// certificate; the server's verdict.
+    /// certificate (checking the server's with the fleet's CA alone); the server's verdict.
     async fn handshake(
         server: Arc<rustls::ServerConfig>,
         dir: &Path,
         client: &str,
     ) -> Result<(), String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
-        roots
-            .add(CertificateDer::from_pem_slice(&ca).unwrap())
-            .unwrap();
-        let (crt, key) = paths(dir, client);
-        let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        handshake_of(server, config, "m1").await.0
+        let tls = material(dir, client).client_tls(None).unwrap();
+        handshake_of(server, &tls, dir, client, "m1").await.0
     }
 
-    /// A TLS handshake over memory between a server of `server` and a client of `client`
+    /// A TLS handshake over memory between a server of `server` and a client of `dir`'s fleet
+    /// holding `name`'s certificate and checking the server's with `tls` (its newest list),
     /// dialing `server_name`; (the server's verdict, the client's).
     async fn handshake_of(
         server: Arc<rustls::ServerConfig>,
-        mut client: rustls::ClientConfig,
+        tls: &proto::crl::ClientTls,
+        dir: &Path,
+        name: &str,
         server_name: &str,
     ) -> (Result<(), String>, Result<(), String>) {
+        let (crt, key) = paths(dir, name);
+        let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(tls.verifier())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
         client.alpn_protocols = vec![b"h2".to_vec()];
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server_side = tokio_rustls::TlsAcceptor::from(server).accept(a);
@@ -653,29 +654,15 @@ mod tests {
         (verdict(accepted.map(drop)), verdict(connected.map(drop)))
     }
 
-    /// A client of `dir`'s fleet holding `name`'s certificate and checking the server's with
-    /// `tls` (its newest list); its verdict on a handshake with `server`.
+    /// The client's verdict on a handshake of `name` (checking with `tls`) with `server`.
     async fn dial(
         tls: &proto::crl::ClientTls,
         dir: &Path,
         name: &str,
         server: &str,
     ) -> Result<(), String> {
-        let (crt, key) = paths(dir, name);
-        let chain = vec![CertificateDer::from_pem_slice(&std::fs::read(crt).unwrap()).unwrap()];
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(tls.verifier())
-        .with_client_auth_cert(chain, key)
-        .unwrap();
         let server_config = material(dir, server).server_config().unwrap();
-        handshake_of(server_config, client, server).await.1
+        handshake_of(server_config, tls, dir, name, server).await.1
     }
 
     #[tokio::test]

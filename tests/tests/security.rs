@@ -375,20 +375,27 @@ async fn plaintext_another_cas_certificate_and_an_expired_certificate_are_refuse
 
 /// Watches the registry as `who`, over a new connection with `who`'s certificate, until the
 /// first event.
-async fn watch_as(fleet: &Fleet, who: &str) -> Result<(), String> {
-    let mut client = agent_client(fleet, Some(who))
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    let mut events = client
+/// A watch stream from revision 0, over a new connection showing `who`'s certificate.
+async fn watch_stream(
+    fleet: &Fleet,
+    who: &str,
+) -> anyhow::Result<tonic::Streaming<proto::WatchEvent>> {
+    Ok(agent_client(fleet, Some(who))
+        .await?
         .watch(proto::WatchRequest {
             from_revision: 0,
             host: String::new(),
             history: String::new(),
             status_changes: true,
         })
+        .await?
+        .into_inner())
+}
+
+async fn watch_as(fleet: &Fleet, who: &str) -> Result<(), String> {
+    let mut events = watch_stream(fleet, who)
         .await
-        .map_err(|s| format!("{s:?}"))?
-        .into_inner();
+        .map_err(|e| format!("{e:#}"))?;
     match events.message().await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err("the stream ended".into()),
@@ -441,16 +448,7 @@ async fn a_revoked_certificate_is_refused_and_its_open_connections_cut_within_se
     watch_as(&fleet, "agent-3")
         .await
         .map_err(|e| anyhow::anyhow!("agent-3 before revocation: {e}"))?;
-    let mut open_before = agent_client(&fleet, Some("agent-3"))
-        .await?
-        .watch(proto::WatchRequest {
-            from_revision: 0,
-            host: String::new(),
-            history: String::new(),
-            status_changes: true,
-        })
-        .await?
-        .into_inner();
+    let mut open_before = watch_stream(&fleet, "agent-3").await?;
     anyhow::ensure!(open_before.message().await?.is_some(), "no first event");
     let ended = tokio::spawn(async move {
         // Events until the connection is cut (an error) or the stream ends.

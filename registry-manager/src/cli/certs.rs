@@ -37,7 +37,7 @@ pub enum CertsCommand {
         #[command(flatten)]
         out: Output,
     },
-    /// Revoke the certificates DIR/NAME.crt (a lost or stolen key, a host taken out of the fleet): adds them to DIR/revoked.crl, the CA's signed list. Copy that file to every member as `tls: { crl }`; a member reads it again within 5 s of a change, refuses those certificates on every new connection and cuts the connections open with them. Revoke before issuing NAME a new certificate: the one revoked is the one DIR/NAME.crt holds now.
+    /// Revoke the certificates DIR/NAME.crt (a lost or stolen key, a host taken out of the fleet): adds them to DIR/revoked.crl, the CA's signed list. Copy that file to every member and agent host as `tls: { crl }` (operators give it as --crl); members read it again within 5 s of a change, refuse those certificates on every new connection and cut the connections open with them; agents leave a manager it names. Revoke before issuing NAME a new certificate: the one revoked is the one DIR/NAME.crt holds now.
     Revoke {
         /// The directory holding the CA and the certificates (from `certs init` and `certs issue`).
         #[arg(long, value_name = "DIR")]
@@ -116,7 +116,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     println!("the certificate of {name} was revoked already");
                 }
                 println!(
-                    "{} lists {} revoked certificate(s): copy it to every member (`tls: {{ crl: ... }}` in its configuration); a member reads it again within 5 s of a change",
+                    "{} lists {} revoked certificate(s): copy it to every member and agent host (`tls: {{ crl: ... }}` in their configurations); they read it again within 5 s of a change",
                     r.path.display(),
                     r.total
                 );

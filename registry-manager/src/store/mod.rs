@@ -304,7 +304,6 @@ impl RaftDb {
     }
 }
 
-/// The sealed vote record of the store in `dir` when it opens and the record is intact.
 /// How long opening a store waits for its directory's lock. sled's background threads let go
 /// of it a moment after the last handle in this process is dropped, so a store opened again
 /// at once (after an open found it damaged, to read its vote) can find it still held; a
@@ -327,6 +326,7 @@ fn open_sled(config: sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// The sealed vote record of the store in `dir` when it opens and the record is intact.
 fn intact_vote(dir: &Path) -> Option<Vec<u8>> {
     let db = open_sled(sled::Config::new().path(dir)).ok()?;
     let v = db.open_tree(META_TREE).ok()?.get(VOTE).ok()??;
